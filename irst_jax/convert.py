@@ -1,0 +1,197 @@
+"""PyTorch state_dict (name -> array, NCHW/OIHW) -> Flax variables (NHWC/HWIO).
+
+A conversion is a list of `Rule`s, each mapping one PyTorch module prefix to one Flax module
+path and saying what kind of layer it is. Models provide their rules (`acm_unet_rules`, ...);
+`convert_state_dict` applies them, checks every tensor's presence and shape, and names the
+first missing, unused or mis-shaped tensor in its error.
+
+Layouts (REFERENCE.md §6): Conv2d weight (out, in, kh, kw) -> kernel (kh, kw, in, out);
+ConvTranspose2d weight (in, out, kh, kw) -> kernel of the forward conv it transposes
+(kh, kw, out, in), see `layers.ConvTranspose4x4`; BatchNorm weight/bias/running_mean/
+running_var -> params scale/bias, batch_stats mean/var.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+CONV, CONV_TRANSPOSE, BATCH_NORM = "conv", "conv_transpose", "batch_norm"
+
+
+class ConversionError(ValueError):
+  """A state_dict does not fit the model: names the offending tensor and what was expected."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """`torch_prefix` (e.g. 'layer1.0.conv1') -> Flax module `flax_path` of layer `kind`."""
+  torch_prefix: str
+  flax_path: tuple[str, ...]
+  kind: str
+
+
+def _conv(w: np.ndarray) -> np.ndarray:
+  return np.transpose(w, (2, 3, 1, 0))
+
+
+def _conv_transpose(w: np.ndarray) -> np.ndarray:
+  return np.transpose(w, (2, 3, 1, 0))
+
+
+# kind -> list of (torch suffix, collection, flax leaf name, transform, required)
+_LEAVES = {
+    CONV: [("weight", "params", "kernel", _conv, True), ("bias", "params", "bias", None, False)],
+    CONV_TRANSPOSE: [("weight", "params", "kernel", _conv_transpose, True),
+                     ("bias", "params", "bias", None, False)],
+    BATCH_NORM: [("weight", "params", "scale", None, True), ("bias", "params", "bias", None, True),
+                 ("running_mean", "batch_stats", "mean", None, True),
+                 ("running_var", "batch_stats", "var", None, True)],
+}
+
+
+def _set(tree: dict, path: tuple[str, ...], value: np.ndarray) -> None:
+  for key in path[:-1]:
+    tree = tree.setdefault(key, {})
+  tree[path[-1]] = value
+
+
+def _get(tree: Mapping, path: tuple[str, ...]) -> Any:
+  for key in path:
+    if not isinstance(tree, Mapping) or key not in tree:
+      return None
+    tree = tree[key]
+  return tree
+
+
+def strip_prefixes(state_dict: Mapping[str, Any], prefixes: Iterable[str] = ("module.",)
+                   ) -> dict[str, np.ndarray]:
+  """Drops wrapper prefixes such as DataParallel's 'module.' and casts values to numpy."""
+  out = {}
+  for name, value in state_dict.items():
+    for prefix in prefixes:
+      if name.startswith(prefix):
+        name = name[len(prefix):]
+    out[name] = np.asarray(value)
+  return out
+
+
+def convert_state_dict(state_dict: Mapping[str, Any], rules: Iterable[Rule],
+                       reference_variables: Mapping | None = None,
+                       ignore: Iterable[str] = ("num_batches_tracked",)) -> dict[str, dict]:
+  """Converts a PyTorch state_dict into Flax variables {'params': ..., 'batch_stats': ...}.
+
+  Args:
+    state_dict: torch name -> array (torch tensors or numpy arrays), NCHW layouts.
+    rules: the model's `Rule`s.
+    reference_variables: the model's own initialised variables; when given, every converted
+      leaf must exist there with the same shape, and every reference leaf must be covered.
+    ignore: torch name suffixes that carry no weights.
+
+  Raises:
+    ConversionError: naming the first missing tensor, mis-shaped tensor, unused tensor or
+      uncovered Flax leaf.
+  """
+  state = strip_prefixes(state_dict)
+  used = set()
+  variables: dict[str, dict] = {}
+  for rule in rules:
+    for suffix, collection, leaf, transform, required in _LEAVES[rule.kind]:
+      name = f"{rule.torch_prefix}.{suffix}" if rule.torch_prefix else suffix
+      if name not in state:
+        if required:
+          raise ConversionError(f"state_dict has no tensor {name!r} (needed for Flax "
+                                f"{collection}/{'/'.join(rule.flax_path)}/{leaf})")
+        continue
+      value = state[name]
+      value = transform(value) if transform is not None else value
+      path = (collection,) + rule.flax_path + (leaf,)
+      if reference_variables is not None:
+        expected = _get(reference_variables, path)
+        if expected is None:
+          raise ConversionError(f"tensor {name!r} maps to {'/'.join(path)}, which the model "
+                                "does not have")
+        if tuple(expected.shape) != tuple(value.shape):
+          raise ConversionError(
+              f"tensor {name!r} has shape {tuple(state[name].shape)}, converted "
+              f"{tuple(value.shape)}, but the model expects {tuple(expected.shape)} at "
+              f"{'/'.join(path)}")
+        value = value.astype(expected.dtype)
+      _set(variables, path, value)
+      used.add(name)
+  unused = [n for n in state if n not in used and not any(n.endswith(s) for s in ignore)]
+  if unused:
+    raise ConversionError(f"state_dict tensor {unused[0]!r} is not used by the model "
+                          f"({len(unused)} unused in all)")
+  if reference_variables is not None:
+    _check_covered(reference_variables, variables)
+  return variables
+
+
+def _check_covered(reference: Mapping, converted: Mapping, prefix: tuple[str, ...] = ()) -> None:
+  for key, value in reference.items():
+    path = prefix + (key,)
+    if isinstance(value, Mapping):
+      _check_covered(value, converted, path)
+    elif _get(converted, path) is None:
+      raise ConversionError(f"no state_dict tensor provides the Flax leaf {'/'.join(path)}")
+
+
+# ----------------------------------------------------------------------------------- ACM
+
+def _residual_stage_rules(torch_prefix: str, flax_path: tuple[str, ...], num_blocks: int,
+                          with_shortcut: bool) -> list[Rule]:
+  rules = []
+  for i in range(num_blocks):
+    t, f = f"{torch_prefix}.{i}", flax_path + (f"block{i}",)
+    rules += [Rule(f"{t}.conv1", f + ("conv1",), CONV), Rule(f"{t}.bn1", f + ("bn1",), BATCH_NORM),
+              Rule(f"{t}.conv2", f + ("conv2",), CONV), Rule(f"{t}.bn2", f + ("bn2",), BATCH_NORM)]
+    if i == 0 and with_shortcut:
+      rules += [Rule(f"{t}.downsample.0", f + ("shortcut_conv",), CONV),
+                Rule(f"{t}.downsample.1", f + ("shortcut_bn",), BATCH_NORM)]
+  return rules
+
+
+def _channel_attention_rules(torch_prefix: str, flax_path: tuple[str, ...], pooled: bool
+                             ) -> list[Rule]:
+  # torch Sequential indices: [GAP,] conv, BN, ReLU, conv, BN, Sigmoid
+  o = 1 if pooled else 0
+  return [Rule(f"{torch_prefix}.{o}", flax_path + ("conv1",), CONV),
+          Rule(f"{torch_prefix}.{o + 1}", flax_path + ("bn1",), BATCH_NORM),
+          Rule(f"{torch_prefix}.{o + 3}", flax_path + ("conv2",), CONV),
+          Rule(f"{torch_prefix}.{o + 4}", flax_path + ("bn2",), BATCH_NORM)]
+
+
+def asym_bi_cha_fuse_rules(torch_prefix: str = "", flax_path: tuple[str, ...] = ()
+                           ) -> list[Rule]:
+  """Rules for one AsymBiChaFuse (torch names topdown.*, bottomup.*, post.*)."""
+  p = f"{torch_prefix}." if torch_prefix else ""
+  return (_channel_attention_rules(f"{p}topdown", flax_path + ("topdown",), pooled=True)
+          + _channel_attention_rules(f"{p}bottomup", flax_path + ("bottomup",), pooled=False)
+          + [Rule(f"{p}post.0", flax_path + ("post_conv",), CONV),
+             Rule(f"{p}post.1", flax_path + ("post_bn",), BATCH_NORM)])
+
+
+def acm_unet_rules(num_blocks: int = 3, tiny: bool = False) -> list[Rule]:
+  """Rules for the PyTorch ACM-U-Net (BasicIRSTD `ASKCResUNet`, AsymBiChaFuse) -> `ACMUNet`."""
+  stem = ("backbone", "stem")
+  if tiny:
+    rules = [Rule("stem.0", stem + ("input_bn",), BATCH_NORM), Rule("stem.1", stem + ("conv1",), CONV),
+             Rule("stem.2", stem + ("bn1",), BATCH_NORM)]
+  else:
+    rules = [Rule("stem.0", stem + ("input_bn",), BATCH_NORM)]
+    for i, torch_index in enumerate((1, 4, 7), start=1):
+      rules += [Rule(f"stem.{torch_index}", stem + (f"conv{i}",), CONV),
+                Rule(f"stem.{torch_index + 1}", stem + (f"bn{i}",), BATCH_NORM)]
+  for stage in (1, 2, 3):
+    rules += _residual_stage_rules(f"layer{stage}", ("backbone", f"layer{stage}"), num_blocks,
+                                   with_shortcut=stage > 1)
+  for level in (2, 1):
+    rules += [Rule(f"deconv{level}", (f"deconv{level}", "deconv"), CONV_TRANSPOSE)]
+    rules += asym_bi_cha_fuse_rules(f"fuse{level}", (f"fuse{level}",))
+    rules += _residual_stage_rules(f"uplayer{level}", (f"uplayer{level}",), num_blocks, False)
+  rules += [Rule("head.block.0", ("head", "conv1"), CONV),
+            Rule("head.block.1", ("head", "bn1"), BATCH_NORM),
+            Rule("head.block.4", ("head", "conv2"), CONV)]
+  return rules

@@ -1,0 +1,80 @@
+"""ACM-U-Net and ACM-FPN (Dai et al., WACV 2021; papers/acm_wacv2021.md, Sec. 4.4, Fig. 6).
+
+Host networks whose cross-layer fusions are `attention.CrossLayerFusion` (AsymBiChaFuse by
+default, or an ablation variant). Layout follows the reference implementation (open-acm and
+its PyTorch port in BasicIRSTD, REFERENCE.md §3): input BN, stem, ResNet-CIFAR stages with
+`num_blocks` blocks, decoder, FCN head, bilinear x4 back to the input size (non-tiny).
+
+Input: NHWC [N, H, W, C_in] with H, W multiples of 16 (non-tiny; 4 when tiny).
+Output: logits [N, H, W, 1] (apply sigmoid for probabilities).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import flax.linen as nn
+import jax
+
+from irst_jax.models import attention, backbones, layers
+
+
+class _ACMBase(nn.Module):
+  channels: Sequence[int] = (8, 16, 32, 64)
+  num_blocks: int = 3
+  fusion: str = "asym_bi"
+  tiny: bool = False
+  head_dropout: float = 0.1
+  axis_name: Optional[str] = None
+
+  def _check_input(self, x: jax.Array) -> None:
+    multiple = 4 if self.tiny else 16
+    if x.ndim != 4 or x.shape[1] % multiple or x.shape[2] % multiple:
+      raise ValueError(f"{type(self).__name__} expects NHWC input with H and W multiples of "
+                       f"{multiple}, got shape {x.shape}")
+
+  def _head(self, x: jax.Array, size: tuple[int, int], norm, train: bool) -> jax.Array:
+    logits = layers.FCNHead(1, self.head_dropout, norm, name="head")(x, train)
+    if not self.tiny:
+      logits = layers.resize_bilinear(logits, size)
+    return logits
+
+
+class ACMUNet(_ACMBase):
+  """ACM-U-Net: ConvTranspose(4, s2, p1) up, fusion(xh=up, xl=skip), `num_blocks` blocks; twice.
+
+  With channels (8, 16, 32, 64), num_blocks 3, in_channels 1: 397,823 parameters, the
+  BasicIRSTD ACM (ASKCResUNet) model of REFERENCE.md §5.
+  """
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    self._check_input(x)
+    norm = layers.batch_norm(train, self.axis_name)
+    c1, c2, c3 = backbones.CifarResNet(self.channels, self.num_blocks, self.tiny, norm,
+                                       name="backbone")(x)
+    up2 = layers.ConvTranspose4x4(self.channels[2], name="deconv2")(c3)
+    f2 = attention.CrossLayerFusion(self.channels[2], self.fusion, norm=norm, name="fuse2")(up2, c2)
+    f2 = layers.ResidualStage(self.channels[2], self.num_blocks, 1, norm, name="uplayer2")(f2)
+    up1 = layers.ConvTranspose4x4(self.channels[1], name="deconv1")(f2)
+    f1 = attention.CrossLayerFusion(self.channels[1], self.fusion, norm=norm, name="fuse1")(up1, c1)
+    f1 = layers.ResidualStage(self.channels[1], self.num_blocks, 1, norm, name="uplayer1")(f1)
+    return self._head(f1, x.shape[1:3], norm, train)
+
+
+class ACMFPN(_ACMBase):
+  """ACM-FPN: bilinear resize of the deep map to the skip's size, fusion with the 1x1
+  "feature_high" reduction on xh (open-acm's AsymBiChaFuseReduce), twice; no decoder blocks."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    self._check_input(x)
+    norm = layers.batch_norm(train, self.axis_name)
+    c1, c2, c3 = backbones.CifarResNet(self.channels, self.num_blocks, self.tiny, norm,
+                                       name="backbone")(x)
+    up2 = layers.resize_bilinear(c3, c2.shape[1:3])
+    f2 = attention.CrossLayerFusion(self.channels[2], self.fusion, reduce_high=True, norm=norm,
+                                    name="fuse2")(up2, c2)
+    up1 = layers.resize_bilinear(f2, c1.shape[1:3])
+    f1 = attention.CrossLayerFusion(self.channels[1], self.fusion, reduce_high=True, norm=norm,
+                                    name="fuse1")(up1, c1)
+    return self._head(f1, x.shape[1:3], norm, train)

@@ -1,0 +1,100 @@
+"""Attention blocks shared by the networks (NHWC).
+
+ACM family (Dai et al., "Asymmetric Contextual Modulation for Infrared Small Target
+Detection", WACV 2021, papers/acm_wacv2021.md):
+- `ChannelAttention`: the global channel attention G (eq. 2, GAP first) or the point-wise
+  channel attention L (eq. 3, per pixel), both sigma(BN(W2 ReLU(BN(W1 .)))).
+- `CrossLayerFusion`: AsymBiChaFuse (eq. 5) and the paper's ablation variants TopDownLocal,
+  BiLocal, BiGlobal (Fig. 7) plus TopDownGlobal (the GAU/SK-style top-down baseline), used by
+  both host networks (U-Net and FPN).
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from irst_jax.models import layers
+
+# name -> (top-down attention on the high-level feature, bottom-up attention on the low-level
+# feature, reduction ratio r). None = no modulation on that path. The ratios keep the
+# parameter budget of the attention weights at C^2 for every variant (paper Fig. 7 caption).
+FUSION_VARIANTS = {
+    "asym_bi": ("global", "pointwise", 4),        # ACM, eq. 5
+    "bi_local": ("pointwise", "pointwise", 4),     # Fig. 7(b)
+    "bi_global": ("global", "global", 4),          # Fig. 7(c)
+    "top_down_local": ("pointwise", None, 2),      # Fig. 7(a)
+    "top_down_global": ("global", None, 2),        # top-down only, global (GAU-like)
+}
+
+
+class ChannelAttention(nn.Module):
+  """Channel attention weights sigma(BN(conv1x1(ReLU(BN(conv1x1_{C/r}(x)))))) in (0, 1).
+
+  `pooling='global'`: x is first global-average-pooled, output [N, 1, 1, C] (ACM eq. 2, the
+  top-down global channel attention G). `pooling='pointwise'`: per pixel, output [N, H, W, C]
+  (ACM eq. 3, the bottom-up point-wise channel attention L). The 1x1 convs have biases, as in
+  the reference code.
+  """
+  channels: int
+  reduction: int = 4
+  pooling: str = "global"
+  norm: layers.ModuleDef = nn.BatchNorm
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.pooling == "global":
+      x = jnp.mean(x, axis=(1, 2), keepdims=True)
+    elif self.pooling != "pointwise":
+      raise ValueError(f"pooling must be 'global' or 'pointwise', got {self.pooling!r}")
+    y = nn.Conv(self.channels // self.reduction, (1, 1), kernel_init=layers.he_normal,
+                name="conv1")(x)
+    y = nn.relu(self.norm(name="bn1")(y))
+    y = nn.Conv(self.channels, (1, 1), kernel_init=layers.he_normal, name="conv2")(y)
+    return nn.sigmoid(self.norm(name="bn2")(y))
+
+
+class CrossLayerFusion(nn.Module):
+  """Cross-layer feature fusion of the ACM paper: AsymBiChaFuse and its ablation variants.
+
+  Args (call): xh, the high-level (deep, already upsampled) feature [N, H, W, C_h]; xl, the
+  low-level skip feature [N, H, W, C]. Returns [N, H, W, C].
+
+  - `variant='asym_bi'` (ACM, eq. 5): Z = 2 * xl * G(xh) + 2 * xh * L(xl). The factor 2 and
+    the post-fusion conv3x3 (bias) + BN + ReLU come from the reference implementation
+    (open-acm AsymBiChaFuse); the paper omits them.
+  - `bi_local` / `bi_global`: both paths point-wise / both global (Fig. 7(b), 7(c)).
+  - `top_down_local` / `top_down_global`: Z = 2 * xl * A(xh) + xh with A point-wise / global
+    and r = 2, the same C^2 attention budget (Fig. 7(a)).
+  - `reduce_high=True` (the FPN host, open-acm's "...Reduce" fuses): xh first passes through a
+    1x1 conv-BN-ReLU ("feature_high") mapping C_h to C channels.
+
+  Raises ValueError for an unknown variant (the message lists the known ones).
+  """
+  channels: int
+  variant: str = "asym_bi"
+  reduce_high: bool = False
+  norm: layers.ModuleDef = nn.BatchNorm
+
+  @nn.compact
+  def __call__(self, xh: jax.Array, xl: jax.Array) -> jax.Array:
+    if self.variant not in FUSION_VARIANTS:
+      raise ValueError(f"unknown fusion variant {self.variant!r}; expected one of "
+                       f"{sorted(FUSION_VARIANTS)}")
+    top_down, bottom_up, r = FUSION_VARIANTS[self.variant]
+    if self.reduce_high:
+      xh = layers.conv(self.channels, 1, use_bias=True, name="feature_high_conv")(xh)
+      xh = nn.relu(self.norm(name="feature_high_bn")(xh))
+    if xh.shape != xl.shape:
+      raise ValueError(f"fusion inputs differ in shape: xh {xh.shape} vs xl {xl.shape}")
+    top_down_weights = ChannelAttention(self.channels, r, top_down, self.norm,
+                                        name="topdown")(xh)
+    if bottom_up is None:
+      z = 2.0 * xl * top_down_weights + xh
+    else:
+      bottom_up_weights = ChannelAttention(self.channels, r, bottom_up, self.norm,
+                                           name="bottomup")(xl)
+      z = 2.0 * xl * top_down_weights + 2.0 * xh * bottom_up_weights
+    z = layers.conv(self.channels, 3, use_bias=True, name="post_conv")(z)
+    return nn.relu(self.norm(name="post_bn")(z))
+

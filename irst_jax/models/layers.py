@@ -1,0 +1,156 @@
+"""Shared building blocks of every network: normalisation, conv-BN-ReLU, residual blocks,
+resampling and segmentation heads.
+
+Layout is NHWC everywhere. BatchNorm follows PyTorch's semantics (momentum 0.1, i.e. Flax
+momentum 0.9; eps 1e-5) because the reference implementations are PyTorch/MXNet; when the
+model runs inside `jax.pmap` with `axis_name` set, batch statistics are averaged over the
+devices (synchronised BatchNorm).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+ModuleDef = Any
+
+# He (Kaiming) normal initialisation, fan-in, as used by the ACM paper (Sec. 5, "the strategy
+# described by He et al. [13]").
+he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal")
+
+
+def batch_norm(train: bool, axis_name: Optional[str] = None) -> ModuleDef:
+  """BatchNorm with PyTorch defaults (momentum 0.1, eps 1e-5).
+
+  Args:
+    train: use batch statistics (and update the running ones) when True.
+    axis_name: the pmap axis over which batch statistics are averaged (synchronised
+      BatchNorm), or None outside pmap.
+  """
+  return functools.partial(
+      nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
+      axis_name=axis_name if train else None)
+
+
+def conv(features: int, kernel: int = 3, strides: int = 1, use_bias: bool = False,
+         dilation: int = 1, name: Optional[str] = None) -> nn.Conv:
+  """A k x k convolution with PyTorch-style symmetric padding (k // 2 * dilation)."""
+  pad = kernel // 2 * dilation
+  return nn.Conv(features, (kernel, kernel), strides=(strides, strides),
+                 padding=((pad, pad), (pad, pad)), kernel_dilation=(dilation, dilation),
+                 use_bias=use_bias, kernel_init=he_normal, name=name)
+
+
+def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
+  """PyTorch `MaxPool2d(3, stride=2, padding=1)` on NHWC input (padding never wins)."""
+  return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
+class BasicBlock(nn.Module):
+  """CIFAR/torchvision BasicBlock: 3x3 conv-BN-ReLU, 3x3 conv-BN, shortcut, ReLU after add.
+
+  The shortcut is a 1x1 conv (stride `strides`, no bias) + BN when the shape changes.
+  Input/output NHWC; output has `features` channels and spatial size / `strides`.
+  Source: He et al. 2016; ACM reference code (ResidualBlock of the PyTorch port).
+  """
+  features: int
+  strides: int = 1
+  norm: ModuleDef = nn.BatchNorm
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    residual = x
+    y = conv(self.features, 3, self.strides, name="conv1")(x)
+    y = nn.relu(self.norm(name="bn1")(y))
+    y = conv(self.features, 3, name="conv2")(y)
+    y = self.norm(name="bn2")(y)
+    if self.strides != 1 or x.shape[-1] != self.features:
+      residual = conv(self.features, 1, self.strides, name="shortcut_conv")(x)
+      residual = self.norm(name="shortcut_bn")(residual)
+    return nn.relu(y + residual)
+
+
+class ResidualStage(nn.Module):
+  """`num_blocks` BasicBlocks; the first one carries the stride (ResNet `_make_layer`)."""
+  features: int
+  num_blocks: int
+  strides: int = 1
+  norm: ModuleDef = nn.BatchNorm
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for i in range(self.num_blocks):
+      x = BasicBlock(self.features, self.strides if i == 0 else 1, self.norm,
+                     name=f"block{i}")(x)
+    return x
+
+
+class ConvTranspose4x4(nn.Module):
+  """PyTorch `ConvTranspose2d(C_in, features, kernel_size=4, stride=2, padding=1)`: x2 upsampling.
+
+  NHWC [N, H, W, C_in] -> [N, 2H, 2W, features]. The kernel is stored as the forward conv
+  it transposes (Flax `transpose_kernel=True`, shape (4, 4, features, C_in)); convert.py maps
+  PyTorch's (C_in, features, 4, 4) weight onto it.
+  """
+  features: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return nn.ConvTranspose(self.features, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)),
+                            transpose_kernel=True, kernel_init=he_normal, name="deconv")(x)
+
+
+def _align_corners_matrix(in_size: int, out_size: int, dtype) -> jax.Array:
+  """[out_size, in_size] linear-interpolation weights with source = i * (in-1) / (out-1)."""
+  scale = (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
+  src = jnp.arange(out_size, dtype=jnp.float32) * scale
+  lo = jnp.clip(jnp.floor(src).astype(jnp.int32), 0, in_size - 1)
+  hi = jnp.minimum(lo + 1, in_size - 1)
+  frac = src - lo
+  weights = (jax.nn.one_hot(lo, in_size) * (1.0 - frac)[:, None]
+             + jax.nn.one_hot(hi, in_size) * frac[:, None])
+  return weights.astype(dtype)
+
+
+def resize_bilinear(x: jax.Array, size: Sequence[int], align_corners: bool = False) -> jax.Array:
+  """Bilinear resize of NHWC `x` [N, H, W, C] to spatial `size` = (H', W').
+
+  `align_corners=False`: half-pixel centres without antialiasing, equal to PyTorch
+  `F.interpolate(mode='bilinear', align_corners=False)` for upsampling (ACM's head and FPN).
+  `align_corners=True`: corner pixels of input and output coincide, source coordinate
+  i * (H - 1) / (H' - 1), equal to PyTorch's `align_corners=True` (used throughout DNA-Net);
+  `jax.image.resize` has no such mode, so it is computed as two interpolation matrices.
+  """
+  n, h, w, c = x.shape
+  if not align_corners:
+    return jax.image.resize(x, (n, size[0], size[1], c), method="bilinear", antialias=False)
+  rows = _align_corners_matrix(h, size[0], x.dtype)
+  cols = _align_corners_matrix(w, size[1], x.dtype)
+  return jnp.einsum("oh,nhwc,pw->nopc", rows, x, cols)
+
+
+class FCNHead(nn.Module):
+  """FCN head: conv3x3 to C/4 (no bias) - BN - ReLU - Dropout(p) - conv1x1 (bias) to `features`.
+
+  Source: the `_FCNHead` of the ACM reference code (open-acm / BasicIRSTD port).
+  Output: logits, NHWC [N, H, W, features].
+  """
+  features: int = 1
+  dropout: float = 0.1
+  norm: ModuleDef = nn.BatchNorm
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    y = conv(x.shape[-1] // 4, 3, name="conv1")(x)
+    y = nn.relu(self.norm(name="bn1")(y))
+    y = nn.Dropout(self.dropout, deterministic=not train)(y)
+    return nn.Conv(self.features, (1, 1), kernel_init=he_normal, name="conv2")(y)
+
+
+def count_params(params: Any) -> int:
+  """Number of scalar parameters in a pytree."""
+  return sum(int(jnp.size(p)) for p in jax.tree_util.tree_leaves(params))
+
