@@ -1,0 +1,42 @@
+"""Model registry: config name -> Flax module.
+
+Every model maps NHWC input [N, H, W, C_in] to logits [N, H, W, 1] (or, for deep supervision,
+a tuple of such maps whose last is the prediction).
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import flax.linen as nn
+import ml_collections
+
+from irst_jax.models import acm
+
+
+def _acm(cls) -> Callable[[ml_collections.ConfigDict, Optional[str]], nn.Module]:
+  def build(config, axis_name):
+    return cls(channels=tuple(config.channels), num_blocks=config.num_blocks,
+               fusion=config.fusion, tiny=config.tiny, head_dropout=config.head_dropout,
+               axis_name=axis_name)
+  return build
+
+
+MODELS = {
+    "acm_unet": _acm(acm.ACMUNet),
+    "acm_fpn": _acm(acm.ACMFPN),
+}
+
+
+def create_model(config: ml_collections.ConfigDict, axis_name: Optional[str] = None) -> nn.Module:
+  """The model named `config.name` built from `config`; `axis_name` for synchronised BN.
+
+  Raises ValueError naming an unknown model and listing the known ones.
+  """
+  if config.name not in MODELS:
+    raise ValueError(f"unknown model {config.name!r}; expected one of {sorted(MODELS)}")
+  return MODELS[config.name](config, axis_name)
+
+
+def final_logits(outputs):
+  """The prediction map of a model's outputs (the last map under deep supervision)."""
+  return outputs[-1] if isinstance(outputs, (list, tuple)) else outputs

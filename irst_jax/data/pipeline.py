@@ -1,0 +1,372 @@
+"""Input pipeline: Grain loaders over the TFDS (ArrayRecord) data sources of the IRSTD datasets.
+
+Train (:func:`create_train_iterator`): one epoch of ``{'image', 'mask'}`` float32 batches
+``[num_devices, batch_size // num_devices, crop, crop, 1]``. Each example is normalised
+(``(x - mean) / std``), zero-padded bottom/right up to the crop size when smaller, cropped
+(with probability ``center_on_target_prob`` around a random target pixel, otherwise
+uniformly) and, when ``augment``, flipped horizontally, vertically and transposed (each with
+probability 0.5). Shuffling and augmentation are seeded by ``seed + epoch``; the records
+are sharded over JAX processes (``batch_size`` is the per-process batch). With
+``num_workers > 0`` Grain batches inside each worker process: a (seed, epoch) still gives
+the same examples with the same augmentations and identical batches run to run, but
+grouped into batches differently than with ``num_workers=0``; on a 2-core machine
+``num_workers=0`` is faster (worker start-up costs seconds per epoch).
+
+Eval (:func:`create_eval_iterator`): whole images at their original size, zero-padded
+bottom/right to a multiple of ``pad_multiple``, grouped into buckets of equal padded shape
+(so an image never sees more padding than its own), with a ``valid`` mask (1 on real
+pixels) and the image ``name``. The last batch of a bucket is completed with dummy
+examples (all-zero ``valid``, name ``''``). Deterministic order: buckets by (Hp, Wp),
+images by name within a bucket. Each bucket is a distinct input shape for a jitted step
+(NUAA-SIRST 50_50 test: 214 images in 34 shapes). The bucket layout of a split is computed
+once per process (one pass over the split) and cached.
+
+``dataset_config`` is an ``ml_collections.ConfigDict``; see :func:`default_dataset_config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Iterator
+
+from absl import flags
+import grain.python as grain
+import jax
+import ml_collections
+import numpy as np
+import tensorflow_datasets as tfds
+
+from irst_jax.data import builders
+
+#: Per-dataset grey normalisation published by BasicIRSTD (0..255 scale), REFERENCE.md §1.
+BASICIRSTD_MEAN_STD = {
+    "nuaa_sirst": (101.06385, 34.61961),
+    "nudt_sirst": (107.80905, 33.02275),
+    "irstd_1k": (87.46619, 39.71953),
+}
+
+_NORMALIZATIONS = ("dataset", "basicirstd")
+
+
+def default_dataset_config() -> ml_collections.ConfigDict:
+  """The dataset part of a training config, with its defaults."""
+  return ml_collections.ConfigDict(dict(
+      name="nuaa_sirst",
+      builder_config="50_50",
+      data_dir=None,
+      manual_dir=None,
+      train_split="train",
+      eval_split="test",
+      normalization="dataset",
+      crop_size=256,
+      center_on_target_prob=0.5,
+      augment=True,
+      pad_multiple=32,
+      num_workers=0,
+      shuffle=True,
+  ))
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What the training code needs to know about a prepared dataset.
+
+  ``mean``/``std`` are the normalisation actually used (0..255 scale), i.e. the builder's
+  train statistics for ``normalization='dataset'`` or BasicIRSTD's constants for
+  ``normalization='basicirstd'``.
+  """
+
+  name: str
+  builder_config: str
+  num_examples: dict[str, int]
+  mean: float
+  std: float
+
+
+# -- builder -----------------------------------------------------------------------------
+
+
+def _builder_cls(name: str):
+  try:
+    return builders.BUILDERS[name]
+  except KeyError:
+    raise ValueError(
+        f"Unknown dataset name {name!r}; known datasets: {sorted(builders.BUILDERS)}."
+    ) from None
+
+
+def load_builder(dataset_config) -> tfds.core.DatasetBuilder:
+  """Returns the dataset's TFDS builder, preparing the data (ArrayRecord) if absent.
+
+  Raises:
+    ValueError: unknown dataset name.
+    irst_jax.data.sources.DatasetNotFoundError: the raw data could not be found/downloaded.
+  """
+  cls = _builder_cls(dataset_config.name)
+  builder = cls(config=dataset_config.builder_config, data_dir=dataset_config.data_dir)
+  if not _is_prepared(builder):
+    builder.download_and_prepare(
+        file_format="array_record",
+        download_config=tfds.download.DownloadConfig(manual_dir=dataset_config.manual_dir),
+    )
+  return builder
+
+
+def _is_prepared(builder) -> bool:
+  try:
+    return builder.is_prepared()
+  except AttributeError:  # Older tfds.
+    return builder.data_path.exists()
+
+
+def _mean_std(dataset_config, builder) -> tuple[float, float]:
+  norm = dataset_config.normalization
+  if norm == "dataset":
+    meta = builder.info.metadata or {}
+    if "mean" not in meta or "std" not in meta:
+      raise ValueError(
+          f"Dataset {dataset_config.name}/{dataset_config.builder_config} stores no mean/std "
+          "in its metadata; rebuild it or use normalization='basicirstd'."
+      )
+    return float(meta["mean"]), float(meta["std"])
+  if norm == "basicirstd":
+    if dataset_config.name not in BASICIRSTD_MEAN_STD:
+      raise ValueError(
+          f"normalization='basicirstd' has no published constants for dataset "
+          f"{dataset_config.name!r} (known: {sorted(BASICIRSTD_MEAN_STD)}); "
+          "use normalization='dataset'."
+      )
+    return BASICIRSTD_MEAN_STD[dataset_config.name]
+  raise ValueError(
+      f"Unknown normalization {norm!r}; expected one of {list(_NORMALIZATIONS)}."
+  )
+
+
+def dataset_info(dataset_config) -> DatasetInfo:
+  """Returns name, config, split sizes and the normalisation mean/std in use."""
+  builder = load_builder(dataset_config)
+  mean, std = _mean_std(dataset_config, builder)
+  return DatasetInfo(
+      name=dataset_config.name,
+      builder_config=dataset_config.builder_config,
+      num_examples={k: int(v.num_examples) for k, v in builder.info.splits.items()},
+      mean=mean,
+      std=std,
+  )
+
+
+# -- checks ------------------------------------------------------------------------------
+
+
+def _check_batch(batch_size: int, num_devices: int) -> int:
+  if num_devices <= 0:
+    raise ValueError(f"num_devices must be positive, got {num_devices}.")
+  if batch_size <= 0 or batch_size % num_devices:
+    raise ValueError(
+        f"batch_size ({batch_size}) must be a positive multiple of num_devices "
+        f"({num_devices})."
+    )
+  return batch_size // num_devices
+
+
+def _check_multiple(name: str, value: Any, multiple: int = 32) -> int:
+  if not isinstance(value, (int, np.integer)) or value <= 0 or value % multiple:
+    raise ValueError(
+        f"{name} must be a positive multiple of {multiple}, got {value!r}."
+    )
+  return int(value)
+
+
+# -- train -------------------------------------------------------------------------------
+
+
+class _TrainTransform(grain.RandomMapTransform):
+  """Normalise, pad to the crop size, crop (optionally on a target), flip/transpose."""
+
+  def __init__(self, mean: float, std: float, crop: int, center_prob: float, augment: bool):
+    self.mean = np.float32(mean)
+    self.std = np.float32(std)
+    self.crop = crop
+    self.center_prob = float(center_prob)
+    self.augment = augment
+
+  def random_map(self, element, rng: np.random.Generator):
+    image = (element["image"].astype(np.float32) - self.mean) / self.std
+    mask = (element["mask"] > 0).astype(np.float32)
+    c = self.crop
+    h, w = image.shape[:2]
+    if h < c or w < c:
+      pad = ((0, max(c - h, 0)), (0, max(c - w, 0)), (0, 0))
+      image = np.pad(image, pad)
+      mask = np.pad(mask, pad)
+      h, w = image.shape[:2]
+
+    on_target = rng.random() < self.center_prob
+    ys, xs = (np.nonzero(mask[..., 0]) if on_target else ((), ()))
+    if on_target and len(ys):
+      k = rng.integers(len(ys))
+      y0 = int(np.clip(ys[k] - c // 2, 0, h - c))
+      x0 = int(np.clip(xs[k] - c // 2, 0, w - c))
+    else:
+      y0 = int(rng.integers(h - c + 1))
+      x0 = int(rng.integers(w - c + 1))
+    image = image[y0:y0 + c, x0:x0 + c]
+    mask = mask[y0:y0 + c, x0:x0 + c]
+
+    if self.augment:
+      hflip, vflip, transpose = rng.random(3) < 0.5
+      if hflip:
+        image, mask = image[:, ::-1], mask[:, ::-1]
+      if vflip:
+        image, mask = image[::-1], mask[::-1]
+      if transpose:
+        image, mask = image.transpose(1, 0, 2), mask.transpose(1, 0, 2)
+    return {
+        "image": np.ascontiguousarray(image, dtype=np.float32),
+        "mask": np.ascontiguousarray(mask, dtype=np.float32),
+    }
+
+
+def create_train_iterator(
+    dataset_config, *, batch_size: int, num_devices: int, seed: int, epoch: int
+) -> Iterator[dict[str, np.ndarray]]:
+  """One epoch of training batches.
+
+  Yields:
+    {'image': float32 [num_devices, batch_size // num_devices, crop, crop, 1] normalised,
+     'mask': float32 of the same shape, in {0, 1}}; the remainder is dropped.
+
+  Raises:
+    ValueError: batch_size not a multiple of num_devices, bad crop_size, unknown dataset
+      or normalization, or a split too small for one batch.
+  """
+  per_device = _check_batch(batch_size, num_devices)
+  crop = _check_multiple("crop_size", dataset_config.crop_size)
+  p = float(dataset_config.center_on_target_prob)
+  if not 0.0 <= p <= 1.0:
+    raise ValueError(f"center_on_target_prob must be in [0, 1], got {p}.")
+  builder = load_builder(dataset_config)
+  mean, std = _mean_std(dataset_config, builder)
+  source = builder.as_data_source(split=dataset_config.train_split)
+
+  shard = grain.ShardOptions(
+      shard_index=jax.process_index(), shard_count=jax.process_count(), drop_remainder=True
+  )
+  per_process = len(source) // jax.process_count()
+  if per_process < batch_size:
+    raise ValueError(
+        f"Split {dataset_config.train_split!r} has {per_process} examples per process, "
+        f"fewer than one batch of {batch_size}."
+    )
+  sampler = grain.IndexSampler(
+      num_records=len(source),
+      shard_options=shard,
+      shuffle=bool(dataset_config.shuffle),
+      num_epochs=1,
+      seed=int(seed) + int(epoch),
+  )
+  if int(dataset_config.num_workers) > 0 and not flags.FLAGS.is_parsed():
+    # Grain's worker processes read absl flags; outside an absl app (tests, notebooks)
+    # they are not parsed yet, so take the defaults.
+    flags.FLAGS.mark_as_parsed()
+  loader = grain.DataLoader(
+      data_source=source,
+      sampler=sampler,
+      operations=[
+          _TrainTransform(mean, std, crop, p, bool(dataset_config.augment)),
+          grain.Batch(batch_size, drop_remainder=True),
+      ],
+      worker_count=int(dataset_config.num_workers),
+  )
+
+  def gen():
+    for batch in loader:
+      yield {
+          k: np.asarray(v).reshape((num_devices, per_device) + np.shape(v)[1:])
+          for k, v in batch.items()
+      }
+
+  return gen()
+
+
+# -- eval --------------------------------------------------------------------------------
+
+
+def _padded(n: int, multiple: int) -> int:
+  return int(math.ceil(n / multiple) * multiple)
+
+
+def _bucket_indices(source, multiple: int) -> list[tuple[tuple[int, int], list[int]]]:
+  entries = []
+  for i in range(len(source)):
+    ex = source[i]
+    h, w = ex["image"].shape[:2]
+    name = ex["name"]
+    name = name.decode("utf-8") if isinstance(name, bytes) else str(name)
+    entries.append(((_padded(h, multiple), _padded(w, multiple)), name, i))
+  buckets: dict[tuple[int, int], list[tuple[str, int]]] = {}
+  for shape, name, i in entries:
+    buckets.setdefault(shape, []).append((name, i))
+  return [
+      (shape, [i for _, i in sorted(buckets[shape])]) for shape in sorted(buckets)
+  ]
+
+
+_BUCKET_CACHE: dict[tuple[str, str, int], list] = {}
+
+
+def create_eval_iterator(
+    dataset_config, *, split: str, batch_size: int, num_devices: int
+) -> Iterator[dict[str, np.ndarray]]:
+  """Whole images, padded to a multiple of ``pad_multiple`` and bucketed by padded shape.
+
+  Yields:
+    {'image': f32 [D, b, Hp, Wp, 1] normalised (0 on padding),
+     'mask': f32 [D, b, Hp, Wp, 1] in {0, 1},
+     'valid': f32 [D, b, Hp, Wp, 1], 1 on the original pixels, 0 on padding/dummies,
+     'name': str array [D, b], '' for dummy examples},
+    with D = num_devices and b = batch_size // D. All examples of a batch share (Hp, Wp).
+    With several JAX processes, every process yields the same number of batches of each
+    shape (its share of the images, the rest dummies).
+  """
+  per_device = _check_batch(batch_size, num_devices)
+  multiple = _check_multiple("pad_multiple", dataset_config.pad_multiple, multiple=1)
+  builder = load_builder(dataset_config)
+  mean, std = _mean_std(dataset_config, builder)
+  mean, std = np.float32(mean), np.float32(std)
+  source = builder.as_data_source(split=split)
+
+  key = (str(builder.data_path), split, multiple)
+  if key not in _BUCKET_CACHE:
+    _BUCKET_CACHE[key] = _bucket_indices(source, multiple)
+  buckets = _BUCKET_CACHE[key]
+
+  n_proc, proc = jax.process_count(), jax.process_index()
+  global_batch = batch_size * n_proc
+
+  def gen():
+    for (hp, wp), indices in buckets:
+      for start in range(0, len(indices), global_batch):
+        mine = indices[start + proc * batch_size: start + (proc + 1) * batch_size]
+        image = np.zeros((batch_size, hp, wp, 1), np.float32)
+        mask = np.zeros((batch_size, hp, wp, 1), np.float32)
+        valid = np.zeros((batch_size, hp, wp, 1), np.float32)
+        names = [""] * batch_size
+        for j, idx in enumerate(mine):
+          ex = source[idx]
+          h, w = ex["image"].shape[:2]
+          image[j, :h, :w] = (ex["image"].astype(np.float32) - mean) / std
+          mask[j, :h, :w] = ex["mask"] > 0
+          valid[j, :h, :w] = 1.0
+          name = ex["name"]
+          names[j] = name.decode("utf-8") if isinstance(name, bytes) else str(name)
+        shape = (num_devices, per_device)
+        yield {
+            "image": image.reshape(shape + image.shape[1:]),
+            "mask": mask.reshape(shape + mask.shape[1:]),
+            "valid": valid.reshape(shape + valid.shape[1:]),
+            "name": np.asarray(names, dtype=str).reshape(shape),
+        }
+
+  return gen()

@@ -1,0 +1,52 @@
+"""Command-line entry point.
+
+  python -m irst_jax.main --config=configs/acm_unet.py --workdir=runs/acm_unet
+  python -m irst_jax.main --config=configs/acm_unet.py --workdir=runs/acm_unet \
+      --config.train.num_epochs=5                          # override any config value
+  python -m irst_jax.main --mode=eval --workdir=runs/acm_unet [--checkpoint=latest]
+
+`train` resumes from the workdir's latest checkpoint when there is one. `eval` uses the
+config saved in the workdir unless --config is given.
+"""
+from __future__ import annotations
+
+import json
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from irst_jax import train
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, metrics).")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "What to do.")
+_CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", ["best", "latest"],
+                                "Checkpoint evaluated by --mode=eval.")
+_SPLIT = flags.DEFINE_string("split", None, "Split evaluated by --mode=eval (default: the "
+                             "config's dataset.eval_split).")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.info("JAX %s, devices: %s", jax.__version__, jax.local_devices())
+  if _MODE.value == "train":
+    if _CONFIG.value is None:
+      raise app.UsageError("--config is required for --mode=train")
+    result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    final, best = result["final"], result["best"]
+    print(f"final: {train.format_metrics(final)}")
+    if best:
+      print(f"best (step {int(best['step'])}): {train.format_metrics(best)}")
+    print(f"train throughput: {result['images_per_sec']:.1f} images/s")
+  else:
+    values = train.evaluate_workdir(_WORKDIR.value, _CHECKPOINT.value, _CONFIG.value, _SPLIT.value)
+    print(train.format_metrics(values))
+    print(json.dumps(values, indent=2))
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("workdir")
+  app.run(main)

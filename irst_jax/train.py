@@ -1,0 +1,292 @@
+"""Training and evaluation loop: pmapped steps over all local devices, checkpoints, logging.
+
+Data parallelism: the global batch [devices, batch / devices, H, W, C] is split over the local
+devices under `jax.pmap` (axis name `batch`); BatchNorm statistics are synchronised
+(`layers.batch_norm(axis_name='batch')`), losses are computed on global sums and gradients
+psum-med (`losses.global_sum`), so a step on D devices equals a step on one device holding
+the whole batch.
+
+A run is resumable: rerunning the same command continues from the latest checkpoint of the
+workdir (step, params, optimiser state, batch statistics, RNG, epoch).
+"""
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import sys
+import time
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax import jax_utils
+from flax.training import train_state
+from tqdm import tqdm
+
+from irst_jax import checkpoints, losses, metrics, models, optim
+from irst_jax.data import pipeline
+
+AXIS = "batch"
+
+
+class TrainingDivergedError(RuntimeError):
+  """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any
+  rng: jax.Array  # raw uint32 PRNG key; per-step keys are folded in from the step and device
+
+
+def create_train_state(model, config: ml_collections.ConfigDict, tx: optax.GradientTransformation,
+                       input_shape: tuple[int, ...]) -> TrainState:
+  """Initialises the model on an input of `input_shape` (NHWC) with `config.train.seed`."""
+  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.train.seed))
+  variables = jax.jit(lambda r: model.init(r, jnp.zeros(input_shape, jnp.float32)))(init_rng)
+  return TrainState.create(apply_fn=model.apply, params=variables["params"],
+                           batch_stats=variables.get("batch_stats", {}), tx=tx, rng=train_rng)
+
+
+def make_train_step(model, loss_name: str, schedule: optax.Schedule,
+                    devices: Optional[list] = None) -> Callable:
+  """pmapped step: (replicated state, sharded batch) -> (state, metrics {loss, learning_rate}).
+
+  `devices`: the devices to map over (default: all local devices).
+  """
+  loss_fn = losses.get_loss(loss_name, axis_name=AXIS)
+
+  def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), jax.lax.axis_index(AXIS))
+
+    def compute_loss(params):
+      outputs, updates = model.apply(
+          {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
+          mutable=["batch_stats"], rngs={"dropout": rng})
+      return loss_fn(outputs, batch["mask"]), updates
+
+    (loss, updates), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
+    grads = jax.lax.psum(grads, AXIS)
+    new_state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"])
+    return new_state, {"loss": loss, "learning_rate": schedule(state.step)}
+
+  return jax.pmap(train_step, axis_name=AXIS, donate_argnums=(0,), devices=devices)
+
+
+def make_eval_step(model, eval_config: ml_collections.ConfigDict) -> Callable:
+  """pmapped step: (replicated state, sharded eval batch) -> per-image metric statistics."""
+  p = eval_config.threshold
+  logit_threshold = float(math.log(p / (1.0 - p)))
+
+  def eval_step(state: TrainState, batch: dict) -> dict:
+    outputs = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                          batch["image"], train=False)
+    return metrics.batch_statistics(
+        models.final_logits(outputs), batch["mask"], batch["valid"], threshold=logit_threshold,
+        distance_threshold=eval_config.distance_threshold, max_targets=eval_config.max_targets)
+
+  return jax.pmap(eval_step, axis_name=AXIS)
+
+
+def evaluate(eval_step: Callable, state: TrainState, config: ml_collections.ConfigDict,
+             split: str) -> dict[str, float]:
+  """IoU, nIoU, Pd, Fa (fraction) of a replicated `state` on a whole split, original sizes."""
+  num_devices = jax.local_device_count()
+  accumulator = metrics.MetricAccumulator()
+  batches = pipeline.create_eval_iterator(
+      config.dataset, split=split, batch_size=config.eval.batch_size * num_devices,
+      num_devices=num_devices)
+  for batch in batches:
+    batch = {k: v for k, v in batch.items() if k != "name"}
+    accumulator.update(jax.device_get(eval_step(state, batch)))
+  return accumulator.result()
+
+
+def _checkpoint_state(state: TrainState, epoch: int) -> dict:
+  return {"params": state.params, "batch_stats": state.batch_stats, "opt_state": state.opt_state,
+          "step": state.step, "rng": state.rng, "epoch": np.int32(epoch)}
+
+
+def _restore_into(state: TrainState, restored: dict) -> tuple[TrainState, int]:
+  state = state.replace(params=restored["params"], batch_stats=restored["batch_stats"],
+                        opt_state=restored["opt_state"], step=int(restored["step"]),
+                        rng=jnp.asarray(restored["rng"]))
+  return state, int(restored["epoch"])
+
+
+class RunLogger:
+  """metrics.jsonl, TensorBoard events (tensorboardX) and the console, on process 0 only."""
+
+  def __init__(self, workdir: pathlib.Path):
+    self.enabled = jax.process_index() == 0
+    self.jsonl = workdir / "metrics.jsonl"
+    self.writer = None
+    if self.enabled:
+      from tensorboardX import SummaryWriter
+      self.writer = SummaryWriter(str(workdir / "tensorboard"))
+
+  def write(self, split: str, step: int, epoch: int, values: dict[str, float]) -> None:
+    if not self.enabled:
+      return
+    record = {"split": split, "step": step, "epoch": epoch, **{k: float(v) for k, v in values.items()}}
+    with self.jsonl.open("a") as f:
+      f.write(json.dumps(record) + "\n")
+    for key, value in values.items():
+      self.writer.add_scalar(f"{split}/{key}", float(value), step)
+    self.writer.flush()
+
+  def close(self) -> None:
+    if self.writer is not None:
+      self.writer.close()
+
+
+def format_metrics(values: dict[str, float]) -> str:
+  """'IoU 0.6940 nIoU 0.6800 Pd 0.9200 Fa 22.70e-6' (Fa shown x1e-6)."""
+  return (f"IoU {values['IoU']:.4f} nIoU {values['nIoU']:.4f} Pd {values['Pd']:.4f} "
+          f"Fa {values['Fa'] * 1e6:.2f}e-6")
+
+
+def _add_file_logging(workdir: pathlib.Path) -> None:
+  import logging as std_logging
+  handler = std_logging.FileHandler(workdir / "train.log")
+  handler.setFormatter(std_logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+  std_logging.getLogger("absl").addHandler(handler)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains `config` in `workdir` (resuming if it holds a checkpoint) and evaluates it.
+
+  Returns {'final': metrics of the last evaluation, 'best': best metrics, 'images_per_sec'}.
+  Raises:
+    checkpoints.WorkdirMismatchError: the workdir holds a different model's run.
+    TrainingDivergedError: the loss became NaN/inf (the last good checkpoint is kept).
+    ValueError: batch size not divisible by the number of devices, bad config values.
+  """
+  workdir_path = pathlib.Path(workdir).absolute()
+  workdir_path.mkdir(parents=True, exist_ok=True)
+  checkpoints.save_config(workdir_path, config)
+  _add_file_logging(workdir_path)
+
+  num_devices = jax.local_device_count()
+  if config.train.batch_size % (num_devices * jax.process_count()):
+    raise ValueError(f"train.batch_size={config.train.batch_size} is not divisible by the "
+                     f"{num_devices * jax.process_count()} devices")
+  process_batch = config.train.batch_size // jax.process_count()
+  info = pipeline.dataset_info(config.dataset)
+  steps_per_epoch = info.num_examples[config.dataset.train_split] // config.train.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f"train.batch_size={config.train.batch_size} exceeds the "
+                     f"{info.num_examples[config.dataset.train_split]} training images")
+  num_epochs = config.train.num_epochs
+  logging.info("%s on %s/%s: %d training images, %d steps/epoch, %d epochs, %d device(s)",
+               config.model.name, info.name, info.builder_config,
+               info.num_examples[config.dataset.train_split], steps_per_epoch, num_epochs,
+               num_devices)
+
+  model = models.create_model(config.model, axis_name=AXIS)
+  tx, schedule = optim.create_optimizer(config.optim, steps_per_epoch, num_epochs)
+  crop = config.dataset.crop_size
+  state = create_train_state(model, config, tx, (1, crop, crop, config.model.in_channels))
+  logging.info("parameters: %d", sum(x.size for x in jax.tree_util.tree_leaves(state.params)))
+
+  store = checkpoints.CheckpointStore(workdir_path, keep=config.train.keep_checkpoints)
+  start_epoch = 0
+  if store.latest_step() is not None:
+    state, start_epoch = _restore_into(state, store.restore(_checkpoint_state(state, 0)))
+    logging.info("resumed from %s at step %d (epoch %d)", store.latest.directory,
+                 int(state.step), start_epoch)
+
+  train_step = make_train_step(model, config.train.loss, schedule)
+  eval_step = make_eval_step(model, config.eval)
+  state = jax_utils.replicate(state)
+  logger = RunLogger(workdir_path)
+  final: dict[str, float] = {}
+  throughput: list[float] = []
+  progress = tqdm(total=num_epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
+                  desc=config.model.name, unit="step", dynamic_ncols=True, file=sys.stderr,
+                  mininterval=1.0 if sys.stderr.isatty() else 30.0,
+                  disable=jax.process_index() != 0)
+  try:
+    for epoch in range(start_epoch, num_epochs):
+      epoch_losses, start = [], None
+      batches = pipeline.create_train_iterator(
+          config.dataset, batch_size=process_batch, num_devices=num_devices,
+          seed=config.train.seed, epoch=epoch)
+      for i, batch in enumerate(batches):
+        if i == steps_per_epoch:
+          break
+        state, step_metrics = train_step(state, batch)
+        if i == 0:
+          jax.block_until_ready(step_metrics)
+          start = time.perf_counter()  # the first step of an epoch may compile
+        loss = step_metrics["loss"]
+        epoch_losses.append(loss)
+        progress.update(1)
+        global_step = epoch * steps_per_epoch + i + 1
+        if global_step % config.train.log_every_steps == 0:
+          value = float(loss[0])
+          _check_finite(value, global_step, epoch, store)
+          progress.set_postfix(loss=f"{value:.4f}", lr=f"{float(step_metrics['learning_rate'][0]):.2e}")
+      mean_loss = float(np.mean([float(l[0]) for l in epoch_losses]))
+      _check_finite(mean_loss, (epoch + 1) * steps_per_epoch, epoch, store)
+      elapsed = time.perf_counter() - start if start is not None else float("nan")
+      images_per_sec = (len(epoch_losses) - 1) * config.train.batch_size / elapsed if elapsed > 0 else float("nan")
+      if len(epoch_losses) > 1:
+        throughput.append(images_per_sec)
+      step = int(jax_utils.unreplicate(state.step))
+      lr = float(schedule(step - 1))
+      logger.write("train", step, epoch + 1, {"loss": mean_loss, "learning_rate": lr,
+                                                "images_per_sec": images_per_sec})
+      logging.info("epoch %d/%d step %d loss %.4f lr %.2e %.1f img/s", epoch + 1, num_epochs,
+                   step, mean_loss, lr, images_per_sec)
+      last = epoch + 1 == num_epochs
+      host_state = None
+      if (epoch + 1) % config.train.checkpoint_every_epochs == 0 or last:
+        host_state = _checkpoint_state(jax_utils.unreplicate(state), epoch + 1)
+        store.save_latest(step, host_state)
+      if (epoch + 1) % config.train.eval_every_epochs == 0 or last:
+        final = evaluate(eval_step, state, config, config.dataset.eval_split)
+        logger.write(config.dataset.eval_split, step, epoch + 1, final)
+        is_best = store.save_best(step, host_state or _checkpoint_state(
+            jax_utils.unreplicate(state), epoch + 1), final)
+        logging.info("eval %s epoch %d: %s%s", config.dataset.eval_split, epoch + 1,
+                     format_metrics(final), " (best)" if is_best else "")
+  finally:
+    progress.close()
+    logger.close()
+    store.close()
+  return {"final": final, "best": store.best_metrics(),
+          "images_per_sec": float(np.median(throughput)) if throughput else float("nan")}
+
+
+def _check_finite(loss: float, step: int, epoch: int, store: checkpoints.CheckpointStore) -> None:
+  if not math.isfinite(loss):
+    last = store.latest_step()
+    kept = (f"the last good checkpoint (step {last}) is kept in {store.latest.directory}"
+            if last is not None else "no checkpoint had been written yet")
+    raise TrainingDivergedError(
+        f"loss is {loss} at step {step} (epoch {epoch + 1}); training stopped and {kept}. "
+        "Lower optim.learning_rate or check the data.")
+
+
+def evaluate_workdir(workdir: str, which: str = "best",
+                     config: Optional[ml_collections.ConfigDict] = None,
+                     split: Optional[str] = None) -> dict[str, float]:
+  """Evaluates the `which` ('best' or 'latest') checkpoint of a workdir on `split`."""
+  config = config or checkpoints.load_config(workdir)
+  model = models.create_model(config.model, axis_name=AXIS)
+  tx, _ = optim.create_optimizer(config.optim, 1, config.train.num_epochs)
+  crop = config.dataset.crop_size
+  state = create_train_state(model, config, tx, (1, crop, crop, config.model.in_channels))
+  store = checkpoints.CheckpointStore(workdir, keep=config.train.keep_checkpoints)
+  try:
+    state, _ = _restore_into(state, store.restore(_checkpoint_state(state, 0), which=which))
+  finally:
+    store.close()
+  return evaluate(make_eval_step(model, config.eval), jax_utils.replicate(state), config,
+                  split or config.dataset.eval_split)
+

@@ -1,0 +1,152 @@
+"""Tests of the nuaa_sirst TFDS builder on a tiny fake dataset (and the real one if present)."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow_datasets as tfds
+
+from irst_jax.data import sources
+from irst_jax.data.builders import nuaa_sirst
+from tests.conftest import FAKE_SPLITS, write_fake_nuaa_sirst
+
+
+def _prepare(raw, data_dir, config="50_50"):
+  builder = nuaa_sirst.NuaaSirst(config=config, data_dir=str(data_dir))
+  builder.download_and_prepare(
+      file_format="array_record",
+      download_config=tfds.download.DownloadConfig(manual_dir=str(raw) if raw else None),
+  )
+  return builder
+
+
+def _all(source):
+  return [source[i] for i in range(len(source))]
+
+
+@pytest.mark.parametrize("config", ["50_50", "acm"])
+def test_splits_features_and_values(prepared_fake_nuaa, config):
+  raw, data_dir = prepared_fake_nuaa
+  builder = nuaa_sirst.NuaaSirst(config=config, data_dir=str(data_dir))
+  assert builder.info.file_format.value == "array_record"
+  expected = FAKE_SPLITS[config]
+  assert {k: v.num_examples for k, v in builder.info.splits.items()} == {
+      k: len(v) for k, v in expected.items()
+  }
+  sources_ = builder.as_data_source()
+  for split, names in expected.items():
+    examples = _all(sources_[split])
+    got_names = sorted(ex["name"].decode() for ex in examples)
+    assert got_names == sorted(names)
+    for ex in examples:
+      name = ex["name"].decode()
+      image, mask = ex["image"], ex["mask"]
+      assert image.dtype == np.uint8 and mask.dtype == np.uint8
+      assert image.ndim == 3 and image.shape[-1] == 1 and mask.shape == image.shape
+      assert set(np.unique(mask)) <= {0, 1} and mask.any()
+      with Image.open(raw / "images" / f"{name}.png") as f:
+        np.testing.assert_array_equal(image[..., 0], np.asarray(f.convert("L")))
+      with Image.open(raw / "masks" / f"{name}_pixels0.png") as f:
+        np.testing.assert_array_equal(mask[..., 0], (np.asarray(f) > 0).astype(np.uint8))
+
+
+@pytest.mark.parametrize("config", ["50_50", "acm"])
+def test_mean_std_metadata(prepared_fake_nuaa, config):
+  raw, data_dir = prepared_fake_nuaa
+  builder = nuaa_sirst.NuaaSirst(config=config, data_dir=str(data_dir))
+  greys = []
+  for name in FAKE_SPLITS[config]["train"]:
+    with Image.open(raw / "images" / f"{name}.png") as f:
+      greys.append(np.asarray(f.convert("L"), dtype=np.float32))
+  mean = np.mean([g.mean() for g in greys])
+  std = np.mean([g.std() for g in greys])
+  assert builder.info.metadata["mean"] == pytest.approx(mean, rel=1e-6)
+  assert builder.info.metadata["std"] == pytest.approx(std, rel=1e-6)
+
+
+def test_no_tensorflow_imported(prepared_fake_nuaa):
+  raw, data_dir = prepared_fake_nuaa
+  nuaa_sirst.NuaaSirst(config="50_50", data_dir=str(data_dir)).as_data_source()["train"][0]
+  assert "tensorflow" not in sys.modules
+
+
+def test_split_file_without_trailing_newline(fake_nuaa_sirst):
+  text = (fake_nuaa_sirst / "50_50" / "train.txt").read_text()
+  assert not text.endswith("\n")
+  assert sources.read_split_file(fake_nuaa_sirst / "50_50" / "train.txt") == (
+      FAKE_SPLITS["50_50"]["train"]
+  )
+
+
+def test_masks_with_other_values_are_binarised(tmp_path, no_download):
+  raw = write_fake_nuaa_sirst(tmp_path / "raw", mask_values=(0, 7))
+  builder = _prepare(raw, tmp_path / "tfds")
+  for ex in _all(builder.as_data_source("train")):
+    assert set(np.unique(ex["mask"])) == {0, 1}
+
+
+@pytest.mark.parametrize(
+    "kind, name, fragment",
+    [
+        ("missing_mask", "Misc_2", "Misc_2_pixels0.png"),
+        ("wrong_size_mask", "Misc_3", "Misc_3_pixels0.png"),
+        ("corrupt_image", "Misc_8", "Misc_8.png"),
+    ],
+)
+def test_bad_inputs_name_the_file(tmp_path, no_download, kind, name, fragment):
+  raw = write_fake_nuaa_sirst(tmp_path / "raw", **{kind: name})
+  with pytest.raises(sources.InvalidSourceError, match=fragment):
+    _prepare(raw, tmp_path / "tfds")
+
+
+def test_missing_listed_image_names_the_file(tmp_path, no_download):
+  raw = write_fake_nuaa_sirst(tmp_path / "raw")
+  (raw / "images" / "Misc_10.png").unlink()
+  with pytest.raises(sources.InvalidSourceError, match="Misc_10.png"):
+    _prepare(raw, tmp_path / "tfds")
+
+
+def test_not_found_lists_searched_dirs(tmp_path, monkeypatch, no_download):
+  monkeypatch.setattr(sources, "REPO_ROOT", tmp_path / "repo")
+  monkeypatch.setenv(sources.DATA_DIR_ENV, str(tmp_path / "env"))
+  work = tmp_path / "work" / "cwd"
+  work.mkdir(parents=True)
+  monkeypatch.chdir(work)
+  with pytest.raises(sources.DatasetNotFoundError) as e:
+    _prepare(tmp_path / "nowhere", tmp_path / "tfds")
+  msg = str(e.value)
+  assert str(tmp_path / "env" / "NUAA-SIRST") in msg
+  assert str(tmp_path / "shared" / "datasets" / "NUAA-SIRST") in msg
+  assert "images/Misc_<N>.png" in msg
+
+
+def test_env_dir_is_used(tmp_path, monkeypatch, no_download):
+  write_fake_nuaa_sirst(tmp_path / "env")
+  monkeypatch.setattr(sources, "REPO_ROOT", tmp_path / "repo")
+  monkeypatch.setenv(sources.DATA_DIR_ENV, str(tmp_path / "env"))
+  builder = _prepare(None, tmp_path / "tfds")
+  assert builder.info.splits["test"].num_examples == 6
+
+
+_REAL = sources.REPO_ROOT.parent / "shared" / "datasets" / "NUAA-SIRST"
+
+
+@pytest.mark.skipif(not (_REAL / "images").is_dir(), reason=f"{_REAL} absent")
+def test_real_dataset(tmp_path, no_download):
+  start = time.time()
+  b = _prepare(_REAL, tmp_path / "tfds", "50_50")
+  assert {k: v.num_examples for k, v in b.info.splits.items()} == {"train": 213, "test": 214}
+  assert 50 < b.info.metadata["mean"] < 200 and 10 < b.info.metadata["std"] < 80
+  b = _prepare(_REAL, tmp_path / "tfds", "acm")
+  assert {k: v.num_examples for k, v in b.info.splits.items()} == {
+      "train": 256, "val": 85, "test": 86
+  }
+  # Misc_111's published mask is larger than its image; the builder resizes it.
+  test = b.as_data_source("test")
+  ex = next(test[i] for i in range(len(test)) if test[i]["name"] == b"Misc_111")
+  assert ex["image"].shape == ex["mask"].shape == (220, 325, 1) and ex["mask"].any()
+  assert time.time() - start < 60

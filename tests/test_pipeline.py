@@ -1,0 +1,175 @@
+"""Tests of the Grain input pipeline over a tiny prepared fake NUAA-SIRST."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pytest
+
+from irst_jax.data import pipeline
+from irst_jax.data.builders import nuaa_sirst
+from tests.conftest import FAKE_SPLITS
+
+
+@pytest.fixture
+def cfg(prepared_fake_nuaa, no_download):
+  raw, data_dir = prepared_fake_nuaa
+  c = pipeline.default_dataset_config()
+  c.data_dir = str(data_dir)
+  c.manual_dir = str(raw)
+  c.crop_size = 32
+  return c
+
+
+def _source(cfg, split):
+  return nuaa_sirst.NuaaSirst(config=cfg.builder_config, data_dir=cfg.data_dir).as_data_source(
+      split
+  )
+
+
+def _train(cfg, batch_size=4, num_devices=2, seed=0, epoch=0):
+  return list(
+      pipeline.create_train_iterator(
+          cfg, batch_size=batch_size, num_devices=num_devices, seed=seed, epoch=epoch
+      )
+  )
+
+
+def test_default_config_fields():
+  c = pipeline.default_dataset_config()
+  assert c.name == "nuaa_sirst" and c.builder_config == "50_50"
+  assert c.data_dir is None and c.manual_dir is None
+  assert (c.crop_size, c.pad_multiple, c.num_workers) == (256, 32, 0)
+  assert c.normalization == "dataset" and c.augment and c.shuffle
+
+
+def test_dataset_info(cfg, prepared_fake_nuaa):
+  info = pipeline.dataset_info(cfg)
+  assert info.name == "nuaa_sirst" and info.builder_config == "50_50"
+  assert info.num_examples == {"train": 6, "test": 6}
+  meta = nuaa_sirst.NuaaSirst(config="50_50", data_dir=cfg.data_dir).info.metadata
+  assert (info.mean, info.std) == (meta["mean"], meta["std"])
+  cfg.normalization = "basicirstd"
+  info = pipeline.dataset_info(cfg)
+  assert (info.mean, info.std) == (101.06385, 34.61961)
+  cfg.normalization = "imagenet"
+  with pytest.raises(ValueError, match="imagenet"):
+    pipeline.dataset_info(cfg)
+
+
+def test_train_shapes_and_dtypes(cfg):
+  batches = _train(cfg, batch_size=4, num_devices=2)
+  assert len(batches) == 1  # 6 examples, drop remainder.
+  for b in batches:
+    assert set(b) == {"image", "mask"}
+    for k in ("image", "mask"):
+      assert b[k].shape == (2, 2, 32, 32, 1) and b[k].dtype == np.float32
+    assert set(np.unique(b["mask"])) <= {0.0, 1.0}
+  assert len(_train(cfg, batch_size=2, num_devices=1)) == 3
+
+
+def test_train_determinism(cfg):
+  a, b = _train(cfg, seed=3, epoch=1), _train(cfg, seed=3, epoch=1)
+  for x, y in zip(a, b):
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+  c = _train(cfg, seed=3, epoch=2)
+  assert any(not np.array_equal(x["image"], y["image"]) for x, y in zip(a, c))
+
+
+def test_train_normalisation_and_small_image_padding(cfg):
+  # Crop 96 > every fake image (<= 70 px): each example is its whole image, normalised,
+  # zero-padded bottom/right; no shuffle, no augmentation -> source order.
+  cfg.crop_size, cfg.augment, cfg.shuffle, cfg.center_on_target_prob = 96, False, False, 0.0
+  info = pipeline.dataset_info(cfg)
+  batches = _train(cfg, batch_size=2, num_devices=1)
+  source = _source(cfg, "train")
+  images = np.concatenate([b["image"][0] for b in batches])
+  masks = np.concatenate([b["mask"][0] for b in batches])
+  assert images.shape == (6, 96, 96, 1)
+  for i in range(6):
+    ex = source[i]
+    h, w = ex["image"].shape[:2]
+    expected = (ex["image"].astype(np.float32) - np.float32(info.mean)) / np.float32(info.std)
+    np.testing.assert_allclose(images[i, :h, :w], expected, rtol=1e-6, atol=1e-6)
+    assert not images[i, h:].any() and not images[i, :, w:].any()
+    np.testing.assert_array_equal(masks[i, :h, :w], ex["mask"].astype(np.float32))
+    assert not masks[i, h:].any() and not masks[i, :, w:].any()
+
+
+def test_crop_centred_on_target_always_has_target(cfg):
+  cfg.center_on_target_prob = 1.0
+  for epoch in range(4):
+    for b in _train(cfg, batch_size=2, num_devices=1, epoch=epoch):
+      assert b["mask"].reshape(2, -1).sum(axis=1).min() > 0
+
+
+def test_train_errors(cfg):
+  with pytest.raises(ValueError, match="num_devices"):
+    _train(cfg, batch_size=3, num_devices=2)
+  for bad in (0, -32, 48):
+    cfg.crop_size = bad
+    with pytest.raises(ValueError, match=f"crop_size.*{bad}"):
+      _train(cfg)
+  cfg.crop_size = 32
+  cfg.name = "no_such_set"
+  with pytest.raises(ValueError, match="nuaa_sirst"):
+    _train(cfg)
+
+
+def _eval(cfg, split="test", batch_size=4, num_devices=2):
+  return list(
+      pipeline.create_eval_iterator(
+          cfg, split=split, batch_size=batch_size, num_devices=num_devices
+      )
+  )
+
+
+@pytest.mark.parametrize("batch_size, num_devices", [(4, 2), (1, 1), (3, 1)])
+def test_eval_iterator(cfg, batch_size, num_devices):
+  info = pipeline.dataset_info(cfg)
+  source = _source(cfg, "test")
+  originals = {}
+  for i in range(len(source)):
+    ex = source[i]
+    originals[ex["name"].decode()] = ex
+  seen = collections.Counter()
+  per_device = batch_size // num_devices
+  for b in _eval(cfg, batch_size=batch_size, num_devices=num_devices):
+    hp, wp = b["image"].shape[2:4]
+    assert hp % 32 == 0 and wp % 32 == 0
+    for k in ("image", "mask", "valid"):
+      assert b[k].shape == (num_devices, per_device, hp, wp, 1) and b[k].dtype == np.float32
+    assert b["name"].shape == (num_devices, per_device)
+    for d in range(num_devices):
+      for j in range(per_device):
+        name = str(b["name"][d, j])
+        valid = b["valid"][d, j]
+        if not name:
+          assert not valid.any() and not b["image"][d, j].any() and not b["mask"][d, j].any()
+          continue
+        seen[name] += 1
+        ex = originals[name]
+        h, w = ex["image"].shape[:2]
+        # Bucketing: padded only to the image's own multiple of 32.
+        assert (hp, wp) == (-(-h // 32) * 32, -(-w // 32) * 32)
+        assert valid.sum() == h * w and valid[:h, :w].all()
+        expected = (ex["image"].astype(np.float32) - np.float32(info.mean)) / np.float32(
+            info.std
+        )
+        np.testing.assert_allclose(b["image"][d, j, :h, :w], expected, rtol=1e-6, atol=1e-6)
+        assert not b["image"][d, j, h:].any() and not b["image"][d, j, :, w:].any()
+        np.testing.assert_array_equal(b["mask"][d, j, :h, :w], ex["mask"].astype(np.float32))
+  assert dict(seen) == {n: 1 for n in FAKE_SPLITS["50_50"]["test"]}
+
+
+def test_eval_deterministic_and_other_splits(cfg):
+  a, b = _eval(cfg), _eval(cfg)
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x["name"], y["name"])
+    np.testing.assert_array_equal(x["image"], y["image"])
+  cfg.builder_config = "acm"
+  names = [str(n) for batch in _eval(cfg, split="val") for n in batch["name"].ravel() if n]
+  assert sorted(names) == sorted(FAKE_SPLITS["acm"]["val"])
