@@ -6,8 +6,8 @@ path and saying what kind of layer it is. Models provide their rules (`acm_unet_
 first missing, unused or mis-shaped tensor in its error.
 
 Layouts (REFERENCE.md §6): Conv2d weight (out, in, kh, kw) -> kernel (kh, kw, in, out);
-ConvTranspose2d weight (in, out, kh, kw) -> kernel of the forward conv it transposes
-(kh, kw, out, in), see `layers.ConvTranspose4x4`; BatchNorm weight/bias/running_mean/
+ConvTranspose2d weight (in, out, kh, kw) -> kernel (kh, kw, in, out), see
+`layers.ConvTranspose4x4`; BatchNorm weight/bias/running_mean/
 running_var -> params scale/bias, batch_stats mean/var.
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ def _conv(w: np.ndarray) -> np.ndarray:
 
 
 def _conv_transpose(w: np.ndarray) -> np.ndarray:
-  return np.transpose(w, (2, 3, 1, 0))
+  return np.transpose(w, (2, 3, 0, 1))
 
 
 # kind -> list of (torch suffix, collection, flax leaf name, transform, required)
@@ -188,7 +188,7 @@ def acm_unet_rules(num_blocks: int = 3, tiny: bool = False) -> list[Rule]:
     rules += _residual_stage_rules(f"layer{stage}", ("backbone", f"layer{stage}"), num_blocks,
                                    with_shortcut=stage > 1)
   for level in (2, 1):
-    rules += [Rule(f"deconv{level}", (f"deconv{level}", "deconv"), CONV_TRANSPOSE)]
+    rules += [Rule(f"deconv{level}", (f"deconv{level}",), CONV_TRANSPOSE)]
     rules += asym_bi_cha_fuse_rules(f"fuse{level}", (f"fuse{level}",))
     rules += _residual_stage_rules(f"uplayer{level}", (f"uplayer{level}",), num_blocks, False)
   rules += [Rule("head.block.0", ("head", "conv1"), CONV),

@@ -12,6 +12,7 @@ workdir (step, params, optimiser state, batch statistics, RNG, epoch).
 from __future__ import annotations
 
 import json
+import logging as std_logging
 import math
 import pathlib
 import sys
@@ -150,11 +151,21 @@ def format_metrics(values: dict[str, float]) -> str:
           f"Fa {values['Fa'] * 1e6:.2f}e-6")
 
 
+class _QuietLibraries(std_logging.Filter):
+  """Drops INFO chatter of Orbax and JAX internals (one line a file write) from the logs."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    noisy = any(part in record.pathname for part in ("orbax", "/jax/", "xla_bridge"))
+    return record.levelno >= std_logging.WARNING or not noisy
+
+
 def _add_file_logging(workdir: pathlib.Path) -> None:
-  import logging as std_logging
+  """Logs to workdir/train.log as well as the console, without library chatter."""
   handler = std_logging.FileHandler(workdir / "train.log")
   handler.setFormatter(std_logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+  handler.addFilter(_QuietLibraries())
   std_logging.getLogger("absl").addHandler(handler)
+  logging.get_absl_handler().addFilter(_QuietLibraries())
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
