@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from irst_jax.data import pipeline
+
 DATASETS = ("nuaa_sirst",)
 
 
@@ -19,20 +21,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model.name = ""
   config.model.in_channels = 1
 
-  config.dataset = ml_collections.ConfigDict()
-  config.dataset.name = "nuaa_sirst"
-  config.dataset.builder_config = "50_50"   # NUAA-SIRST: '50_50' (213/214) or 'acm' (256/85/86)
-  config.dataset.data_dir = None            # TFDS data dir (None: $TFDS_DATA_DIR or ~/tensorflow_datasets)
-  config.dataset.manual_dir = None          # source files in the official layout
-  config.dataset.train_split = "train"
-  config.dataset.eval_split = "test"
-  config.dataset.normalization = "dataset"  # 'dataset' (builder's mean/std) or 'basicirstd'
-  config.dataset.crop_size = 256
-  config.dataset.center_on_target_prob = 0.5
-  config.dataset.augment = True
-  config.dataset.pad_multiple = 32
-  config.dataset.num_workers = 0
-  config.dataset.shuffle = True
+  # name, builder_config ('50_50' or 'acm' for NUAA-SIRST), data_dir, manual_dir, splits,
+  # normalization ('dataset' or 'basicirstd'), crop_size, center_on_target_prob, augment,
+  # pad_multiple, num_workers, shuffle: see irst_jax/data/pipeline.py.
+  config.dataset = pipeline.default_dataset_config()
 
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 16              # global batch over all local devices

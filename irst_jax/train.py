@@ -11,6 +11,7 @@ workdir (step, params, optimiser state, batch statistics, RNG, epoch).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging as std_logging
 import math
@@ -159,13 +160,23 @@ class _QuietLibraries(std_logging.Filter):
     return record.levelno >= std_logging.WARNING or not noisy
 
 
-def _add_file_logging(workdir: pathlib.Path) -> None:
-  """Logs to workdir/train.log as well as the console, without library chatter."""
+@contextlib.contextmanager
+def _file_logging(workdir: pathlib.Path):
+  """Logs INFO to workdir/train.log (appending) as well as the console, without library chatter."""
   handler = std_logging.FileHandler(workdir / "train.log")
   handler.setFormatter(std_logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
   handler.addFilter(_QuietLibraries())
-  std_logging.getLogger("absl").addHandler(handler)
+  logger = std_logging.getLogger("absl")
+  previous_level = logger.level
+  logger.setLevel(min(previous_level or std_logging.INFO, std_logging.INFO))
+  logger.addHandler(handler)
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  try:
+    yield
+  finally:
+    logger.removeHandler(handler)
+    logger.setLevel(previous_level)
+    handler.close()
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -180,7 +191,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   workdir_path = pathlib.Path(workdir).absolute()
   workdir_path.mkdir(parents=True, exist_ok=True)
   checkpoints.save_config(workdir_path, config)
-  _add_file_logging(workdir_path)
+  with _file_logging(workdir_path):
+    return _train_and_evaluate(config, workdir_path)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: pathlib.Path
+                        ) -> dict[str, Any]:
 
   num_devices = jax.local_device_count()
   if config.train.batch_size % (num_devices * jax.process_count()):

@@ -54,8 +54,11 @@ def default_dataset_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       name="nuaa_sirst",
       builder_config="50_50",
-      data_dir=None,
-      manual_dir=None,
+      # TFDS data dir (unset: $TFDS_DATA_DIR or ~/tensorflow_datasets) and the folder of
+      # source files in the official layout (unset: $IRST_DATA_DIR/<name>, then
+      # ../shared/datasets/<name>); placeholders so that the command line can set them.
+      data_dir=ml_collections.config_dict.placeholder(str),
+      manual_dir=ml_collections.config_dict.placeholder(str),
       train_split="train",
       eval_split="test",
       normalization="dataset",

@@ -1,0 +1,108 @@
+"""The main job end to end on a tiny fake NUAA-SIRST: CLI, resume, divergence, workdir checks."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs import acm_fpn, acm_unet
+from irst_jax import checkpoints, losses, train
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _tiny_config(prepared, num_epochs=1, model=acm_unet):
+  raw, data_dir = prepared
+  config = model.get_config("nuaa_sirst,smoke")
+  config.model.channels = (4, 8, 8, 16)
+  config.model.num_blocks = 1
+  config.dataset.data_dir = str(data_dir)
+  config.dataset.manual_dir = str(raw)
+  config.dataset.crop_size = 32
+  config.train.num_epochs = num_epochs
+  return config
+
+
+def _records(workdir):
+  return [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def _latest_state(workdir):
+  store = checkpoints.CheckpointStore(workdir)
+  try:
+    return store.latest.restore(store.latest_step())
+  finally:
+    store.close()
+
+
+def test_resumed_run_equals_uninterrupted_run(prepared_fake_nuaa, tmp_path):
+  straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+  result = train.train_and_evaluate(_tiny_config(prepared_fake_nuaa, 2), str(straight))
+  train.train_and_evaluate(_tiny_config(prepared_fake_nuaa, 1), str(resumed))
+  first = _records(resumed)
+  assert [r["epoch"] for r in first] == [1, 1] and {r["split"] for r in first} == {"train", "test"}
+  train.train_and_evaluate(_tiny_config(prepared_fake_nuaa, 2), str(resumed))
+  records = _records(resumed)
+  assert [(r["split"], r["epoch"]) for r in records[2:]] == [("train", 2), ("test", 2)]
+  assert records[-1]["step"] == 2  # 6 training images, batch 4: one step an epoch
+  assert "resumed from" in (resumed / "train.log").read_text()
+  a, b = _latest_state(straight), _latest_state(resumed)
+  assert int(a["step"]) == int(b["step"]) == 2 and int(a["epoch"]) == 2
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+  # metrics are real numbers in range and the best checkpoint's metrics are recorded
+  assert 0.0 <= result["final"]["IoU"] <= 1.0 and result["final"]["images"] == 6
+  best = json.loads((straight / checkpoints.BEST_METRICS_FILE).read_text())
+  assert best["IoU"] == max(r["IoU"] for r in _records(straight) if r["split"] == "test")
+  assert (straight / "tensorboard").is_dir() and (straight / "config.json").exists()
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(prepared_fake_nuaa, tmp_path, monkeypatch):
+  workdir = tmp_path / "run"
+  train.train_and_evaluate(_tiny_config(prepared_fake_nuaa, 1), str(workdir))
+  monkeypatch.setitem(losses.LOSSES, "soft_iou", lambda logits, mask, axis_name=None:
+                      np.nan * losses.soft_iou_loss(logits, mask, axis_name=axis_name))
+  with pytest.raises(train.TrainingDivergedError, match=r"loss is nan at step 2.*step 1\) is kept"):
+    train.train_and_evaluate(_tiny_config(prepared_fake_nuaa, 2), str(workdir))
+  store = checkpoints.CheckpointStore(workdir)
+  assert store.latest_step() == 1
+  state = store.latest.restore(1)
+  store.close()
+  assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(state["params"]))
+
+
+def test_workdir_of_another_model_is_refused(prepared_fake_nuaa, tmp_path):
+  workdir = tmp_path / "run"
+  checkpoints.save_config(workdir, _tiny_config(prepared_fake_nuaa))
+  with pytest.raises(checkpoints.WorkdirMismatchError, match=r"'acm_unet'.*'acm_fpn'"):
+    train.train_and_evaluate(_tiny_config(prepared_fake_nuaa, model=acm_fpn), str(workdir))
+
+
+def test_bad_batch_size_is_named(prepared_fake_nuaa, tmp_path):
+  config = _tiny_config(prepared_fake_nuaa)
+  config.train.batch_size = 64
+  with pytest.raises(ValueError, match="batch_size=64"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def test_main_command_trains_and_evaluates(prepared_fake_nuaa, tmp_path):
+  raw, data_dir = prepared_fake_nuaa
+  workdir = tmp_path / "cli"
+  command = [sys.executable, "-m", "irst_jax.main", "--config=configs/acm_fpn.py:nuaa_sirst,smoke",
+             f"--workdir={workdir}", f"--config.dataset.data_dir={data_dir}",
+             f"--config.dataset.manual_dir={raw}", "--config.train.num_epochs=1",
+             "--config.model.num_blocks=1", "--config.dataset.crop_size=32"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  out = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "final: IoU" in out.stdout and "best (step 1)" in out.stdout
+  evaluated = subprocess.run([sys.executable, "-m", "irst_jax.main", "--mode=eval",
+                              f"--workdir={workdir}"], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=900)
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  best = json.loads((workdir / checkpoints.BEST_METRICS_FILE).read_text())
+  assert f"IoU {best['IoU']:.4f}" in evaluated.stdout
