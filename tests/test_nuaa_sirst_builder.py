@@ -88,6 +88,16 @@ def test_masks_with_other_values_are_binarised(tmp_path, no_download):
     assert set(np.unique(ex["mask"])) == {0, 1}
 
 
+def test_non_binary_mask_names_the_file(tmp_path, no_download):
+  raw = write_fake_nuaa_sirst(tmp_path / "raw")
+  path = raw / "masks" / "Misc_4_pixels0.png"
+  grey = np.asarray(Image.open(path)).copy()
+  grey[0, :3] = [0, 128, 255]
+  Image.fromarray(grey).save(path)
+  with pytest.raises(sources.InvalidSourceError, match=r"Misc_4_pixels0.png is not binary.*128"):
+    _prepare(raw, tmp_path / "tfds")
+
+
 @pytest.mark.parametrize(
     "kind, name, fragment",
     [

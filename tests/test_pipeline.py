@@ -79,16 +79,18 @@ def test_train_determinism(cfg):
 
 
 def test_train_normalisation_and_small_image_padding(cfg):
-  # Crop 96 > every fake image (<= 70 px): each example is its whole image, normalised,
-  # zero-padded bottom/right; no shuffle, no augmentation -> source order.
-  cfg.crop_size, cfg.augment, cfg.shuffle, cfg.center_on_target_prob = 96, False, False, 0.0
+  # Crop 64: fake images with both sides <= 64 px come out whole, normalised, zero-padded
+  # bottom/right; no shuffle, no augmentation -> source order.
+  cfg.crop_size, cfg.augment, cfg.shuffle, cfg.center_on_target_prob = 64, False, False, 0.0
   info = pipeline.dataset_info(cfg)
   batches = _train(cfg, batch_size=2, num_devices=1)
   source = _source(cfg, "train")
   images = np.concatenate([b["image"][0] for b in batches])
   masks = np.concatenate([b["mask"][0] for b in batches])
-  assert images.shape == (6, 96, 96, 1)
-  for i in range(6):
+  assert images.shape == (6, 64, 64, 1)
+  small = [i for i in range(6) if max(source[i]["image"].shape[:2]) <= 64]
+  assert len(small) >= 2
+  for i in small:
     ex = source[i]
     h, w = ex["image"].shape[:2]
     expected = (ex["image"].astype(np.float32) - np.float32(info.mean)) / np.float32(info.std)
@@ -112,6 +114,11 @@ def test_train_errors(cfg):
     cfg.crop_size = bad
     with pytest.raises(ValueError, match=f"crop_size.*{bad}"):
       _train(cfg)
+  largest = pipeline.load_builder(cfg).info.metadata["max_train_side"]
+  cfg.crop_size = (largest // 32 + 1) * 32  # fake images are 20..70 px: larger than all
+  with pytest.raises(ValueError, match=f"crop_size={cfg.crop_size} is larger than every "
+                     f"training image.*longest side {largest} px"):
+    _train(cfg)
   cfg.crop_size = 32
   cfg.name = "no_such_set"
   with pytest.raises(ValueError, match="nuaa_sirst"):

@@ -241,8 +241,9 @@ def create_train_iterator(
      'mask': float32 of the same shape, in {0, 1}}; the remainder is dropped.
 
   Raises:
-    ValueError: batch_size not a multiple of num_devices, bad crop_size, unknown dataset
-      or normalization, or a split too small for one batch.
+    ValueError: batch_size not a multiple of num_devices, bad crop_size (not a positive
+      multiple of 32, or larger than every training image), unknown dataset or
+      normalization, or a split too small for one batch.
   """
   per_device = _check_batch(batch_size, num_devices)
   crop = _check_multiple("crop_size", dataset_config.crop_size)
@@ -250,6 +251,12 @@ def create_train_iterator(
   if not 0.0 <= p <= 1.0:
     raise ValueError(f"center_on_target_prob must be in [0, 1], got {p}.")
   builder = load_builder(dataset_config)
+  largest = builder.info.metadata.get("max_train_side")
+  if largest is not None and crop > largest:
+    raise ValueError(
+        f"crop_size={crop} is larger than every training image of {dataset_config.name}/"
+        f"{dataset_config.builder_config} (longest side {largest} px); choose a crop_size "
+        f"<= {largest // 32 * 32}. Images smaller than the crop in one side are zero-padded.")
   mean, std = _mean_std(dataset_config, builder)
   source = builder.as_data_source(split=dataset_config.train_split)
 

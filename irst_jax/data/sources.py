@@ -138,12 +138,22 @@ def read_grey(path: PathLike) -> np.ndarray:
 
 
 def read_mask(path: PathLike) -> np.ndarray:
-  """Reads a mask as uint8 [H, W, 1] in {0, 1}: any pixel > 0 (after convert('L')) is 1.
+  """Reads a binary mask as uint8 [H, W, 1] in {0, 1}: pixels > 0 (after convert('L')) are 1.
 
-  Masks stored as {0, 255}, {0, 1}, mode "1", or with stray grey values are all accepted.
+  Accepted: background 0 and at most one target value ({0, 255}, {0, 1}, mode "1", ...).
+  Raises InvalidSourceError naming the file for any other mask (grey levels, e.g. a
+  soft or resampled mask), since binarising it would silently change the targets. Every mask
+  of the three published datasets passes.
   """
   img = _open_image(pathlib.Path(path), "mask")
   arr = np.asarray(img.convert("L"))
+  values = np.unique(arr)
+  if len(values) > 2 or (len(values) == 2 and values[0] != 0) or (len(values) == 1 and values[0]
+                                                                    not in (0, 255, 1)):
+    raise InvalidSourceError(
+        f"Mask {path} is not binary: it holds the values {values[:6].tolist()}"
+        f"{'...' if len(values) > 6 else ''}; expected background 0 and one target value "
+        "(e.g. {0, 255}).")
   return (arr > 0).astype(np.uint8)[..., None]
 
 

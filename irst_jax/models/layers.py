@@ -23,8 +23,90 @@ ModuleDef = Any
 he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal")
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float,
+                      axis_name: Optional[str]):
+  """Train-mode BatchNorm of NHWC `x` [N, H, W, C] with batch statistics over N, H, W.
+
+  Returns (y [N, H, W, C], mean [C], var [C]); var is the biased variance E[x^2] - E[x]^2
+  clipped at 0 (flax.linen.BatchNorm's `use_fast_variance`), both averaged over `axis_name`
+  (pmean) when given. mean and var are outputs for the running statistics only: their
+  cotangents are ignored (stop_gradient semantics), as they are never differentiated.
+  """
+  return _batch_norm_fwd(x, scale, bias, epsilon, axis_name)[0]
+
+
+def _batch_norm_fwd(x, scale, bias, epsilon, axis_name):
+  moments = jnp.stack([jnp.mean(x, (0, 1, 2)), jnp.mean(jnp.square(x), (0, 1, 2))])
+  if axis_name is not None:
+    moments = jax.lax.pmean(moments, axis_name)
+  mean, mean2 = moments[0], moments[1]
+  var = jnp.maximum(0.0, mean2 - jnp.square(mean))
+  rstd = jax.lax.rsqrt(var + epsilon)
+  y = (x - mean) * (rstd * scale) + bias
+  return (y, mean, var), (x, scale, mean, rstd, mean2 - jnp.square(mean) > 0)
+
+
+def _batch_norm_bwd(epsilon, axis_name, residuals, cotangents):
+  """One fused reduction pass (sum g, sum g (x - mean)) and one elementwise pass for dx."""
+  del epsilon
+  x, scale, mean, rstd, var_positive = residuals
+  g = cotangents[0]
+  centred_sums = jnp.stack([jnp.sum(g, (0, 1, 2)), jnp.sum(g * (x - mean), (0, 1, 2))])
+  dbias, dscale = centred_sums[0], centred_sums[1] * rstd   # this device's share, as autodiff
+  count = x.shape[0] * x.shape[1] * x.shape[2]
+  if axis_name is not None:
+    centred_sums = jax.lax.psum(centred_sums, axis_name)
+    count = count * jax.lax.psum(1, axis_name)
+  a = rstd * scale
+  # dx = a (g - sum g / M - xhat sum(g xhat) / M), xhat = (x - mean) rstd; no variance term
+  # where the clipped variance is constant (0).
+  k = jnp.where(var_positive, -a * rstd * rstd * centred_sums[1] / count, 0.0)
+  c = -a * centred_sums[0] / count
+  dx = a * g + k * (x - mean) + c
+  return dx, dscale, dbias
+
+
+_batch_norm_train.defvjp(_batch_norm_fwd, _batch_norm_bwd)
+
+
+class BatchNorm(nn.Module):
+  """Drop-in for `flax.linen.BatchNorm` on NHWC input (feature axis -1, scale and bias).
+
+  Same variables (params `scale`, `bias`; batch_stats `mean`, `var`), the same statistics
+  (biased variance E[x^2] - E[x]^2, pmean over `axis_name`), the same running-average update
+  `momentum * old + (1 - momentum) * new` (not during init) and the same output. In training
+  mode the gradient is a custom VJP: XLA's autodiff of flax's formulation materialises x - mean
+  and g * scale * rstd and reads the tensors about ten times; this one needs one
+  two-output reduction and one elementwise pass (layers benchmark in
+  experiments/results/benchmark_acm_unet.md).
+  """
+  use_running_average: Optional[bool] = None
+  momentum: float = 0.99
+  epsilon: float = 1e-5
+  axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, use_running_average: Optional[bool] = None) -> jax.Array:
+    use_running_average = nn.merge_param(
+        "use_running_average", self.use_running_average, use_running_average)
+    features = (x.shape[-1],)
+    ra_mean = self.variable("batch_stats", "mean", jnp.zeros, features, jnp.float32)
+    ra_var = self.variable("batch_stats", "var", jnp.ones, features, jnp.float32)
+    scale = self.param("scale", nn.initializers.ones, features, jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, features, jnp.float32)
+    if use_running_average:
+      return (x - ra_mean.value) * (jax.lax.rsqrt(ra_var.value + self.epsilon) * scale) + bias
+    axis_name = None if self.is_initializing() else self.axis_name
+    y, mean, var = _batch_norm_train(x, scale, bias, self.epsilon, axis_name)
+    if not self.is_initializing():
+      ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+      ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+    return y
+
+
 def batch_norm(train: bool, axis_name: Optional[str] = None) -> ModuleDef:
-  """BatchNorm with PyTorch defaults (momentum 0.1, eps 1e-5).
+  """BatchNorm with PyTorch defaults (momentum 0.1, eps 1e-5): `BatchNorm` below.
 
   Args:
     train: use batch statistics (and update the running ones) when True.
@@ -32,7 +114,7 @@ def batch_norm(train: bool, axis_name: Optional[str] = None) -> ModuleDef:
       BatchNorm), or None outside pmap.
   """
   return functools.partial(
-      nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
+      BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
       axis_name=axis_name if train else None)
 
 

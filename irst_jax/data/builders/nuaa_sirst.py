@@ -20,7 +20,8 @@ Configs and splits (the published lists, kept exactly):
 * ``acm`` (ACM paper protocol, ``idx_427/{train,val,test}.txt``):
   train 256, val 85, test 86.
 
-Dataset info metadata (``builder.info.metadata``) holds ``mean`` and ``std``: grey
+Dataset info metadata (``builder.info.metadata``) holds ``max_train_side`` (the longest
+side of any training image, pixels, for checking crop sizes) and ``mean`` and ``std``: grey
 statistics of the *train* split on the 0..255 scale, computed as BasicIRSTD does (mean of
 per-image means, mean of per-image stds, float32). On the shared copy of the data
 (``../shared/datasets/NUAA-SIRST``) the ``50_50`` train split gives mean 110.679 /
@@ -225,6 +226,7 @@ class NuaaSirst(sources.CodePathMixin, tfds.core.GeneratorBasedBuilder):
     mean, std = sources.grey_mean_std(train_images)
     self.info.metadata["mean"] = mean
     self.info.metadata["std"] = std
+    self.info.metadata["max_train_side"] = max(max(im.shape[:2]) for im in train_images)
     self.info.metadata["source"] = str(root)
 
     return {

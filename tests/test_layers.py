@@ -1,0 +1,87 @@
+"""layers.BatchNorm against flax.linen.BatchNorm: output, gradients and running statistics."""
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from irst_jax.models import layers
+
+
+def _flax_batch_norm(train: bool, axis_name=None):
+  return functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+                           epsilon=1e-5, axis_name=axis_name if train else None)
+
+
+def _inputs(shape=(4, 6, 5, 3), seed=0):
+  rng = np.random.default_rng(seed)
+  x = (rng.normal(size=shape) * 2.0 + 3.0).astype(np.float32)
+  g = rng.normal(size=shape).astype(np.float32)
+  return jnp.asarray(x), jnp.asarray(g)
+
+
+def _loss_and_grads(norm, variables, x, g, axis_name=None):
+  """Loss sum(g * BN(x)), its gradients w.r.t. params and x, and the new batch_stats."""
+  def loss(params, x):
+    y, updates = norm().apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
+                              mutable=["batch_stats"])
+    return jnp.sum(g * y), updates
+  (value, updates), grads = jax.value_and_grad(loss, (0, 1), has_aux=True)(
+      variables["params"], x)
+  return value, grads, updates["batch_stats"]
+
+
+def test_same_variables_as_flax():
+  x, _ = _inputs()
+  ours = layers.batch_norm(True)().init(jax.random.key(0), x)
+  theirs = _flax_batch_norm(True)().init(jax.random.key(0), x)
+  assert jax.tree_util.tree_structure(ours) == jax.tree_util.tree_structure(theirs)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, ours, theirs)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_forward_gradients_and_running_statistics_match_flax(train):
+  x, g = _inputs()
+  variables = _flax_batch_norm(train)().init(jax.random.key(0), x)
+  rng = np.random.default_rng(1)
+  variables = jax.tree_util.tree_map(
+      lambda v: jnp.asarray(rng.uniform(0.5, 1.5, v.shape), jnp.float32), variables)
+  ours = _loss_and_grads(layers.batch_norm(train), variables, x, g)
+  theirs = _loss_and_grads(_flax_batch_norm(train), variables, x, g)
+  for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(theirs)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  y = layers.batch_norm(train)().apply(variables, x, mutable=["batch_stats"])[0]
+  y_ref = _flax_batch_norm(train)().apply(variables, x, mutable=["batch_stats"])[0]
+  np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+
+
+def test_constant_channel_has_clipped_variance_and_finite_gradient():
+  x, g = _inputs()
+  x = x.at[..., 1].set(2.0)
+  variables = layers.batch_norm(True)().init(jax.random.key(0), x)
+  ours = _loss_and_grads(layers.batch_norm(True), variables, x, g)
+  theirs = _loss_and_grads(_flax_batch_norm(True), variables, x, g)
+  for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(theirs)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_synchronised_statistics_under_pmap_axis():
+  """Two shards on a named axis (vmap stands in for pmap): equals flax's pmean'd BatchNorm."""
+  x, g = _inputs((2, 3, 6, 5, 3))
+  variables = _flax_batch_norm(True)().init(jax.random.key(0), x[0])
+
+  def per_shard(norm, x, g):
+    return _loss_and_grads(functools.partial(norm, axis_name="batch"), variables, x, g)
+
+  ours = jax.vmap(functools.partial(per_shard, layers.batch_norm(True)), axis_name="batch")(x, g)
+  theirs = jax.vmap(functools.partial(per_shard, _flax_batch_norm(True)), axis_name="batch")(x, g)
+  for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(theirs)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  # Synchronised statistics: one shard's BN sees the mean of the whole batch.
+  whole = _loss_and_grads(layers.batch_norm(True), variables, x.reshape(6, 6, 5, 3),
+                          g.reshape(6, 6, 5, 3))
+  np.testing.assert_allclose(ours[2]["mean"][0], whole[2]["mean"], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(ours[2]["var"][0], whole[2]["var"], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(ours[1][1].reshape(6, 6, 5, 3), whole[1][1], rtol=1e-4, atol=1e-5)
