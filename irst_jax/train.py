@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
+from jax.experimental import multihost_utils
 from flax import jax_utils
 from flax.training import train_state
 from tqdm import tqdm
@@ -96,7 +97,11 @@ def make_eval_step(model, eval_config: ml_collections.ConfigDict) -> Callable:
 
 def evaluate(eval_step: Callable, state: TrainState, config: ml_collections.ConfigDict,
              split: str) -> dict[str, float]:
-  """IoU, nIoU, Pd, Fa (fraction) of a replicated `state` on a whole split, original sizes."""
+  """IoU, nIoU, Pd, Fa (fraction) of a replicated `state` on a whole split, original sizes.
+
+  Each process evaluates its share of the split; with several processes the per-image
+  statistics are all-gathered so that every process returns the metrics of the whole split.
+  """
   num_devices = jax.local_device_count()
   accumulator = metrics.MetricAccumulator()
   batches = pipeline.create_eval_iterator(
@@ -104,7 +109,10 @@ def evaluate(eval_step: Callable, state: TrainState, config: ml_collections.Conf
       num_devices=num_devices)
   for batch in batches:
     batch = {k: v for k, v in batch.items() if k != "name"}
-    accumulator.update(jax.device_get(eval_step(state, batch)))
+    stats = eval_step(state, batch)
+    if jax.process_count() > 1:
+      stats = multihost_utils.process_allgather(stats)
+    accumulator.update(jax.device_get(stats))
   return accumulator.result()
 
 

@@ -19,6 +19,10 @@ from irst_jax.models import attention, backbones, layers
 
 
 class _ACMBase(nn.Module):
+  """Input check, BatchNorm, backbone and head shared by the host networks; each subclass
+  defines `decode(c1, c2, c3, norm)`, its decoder from the stage outputs (strides s, 2s, 4s)
+  to stride-s features."""
+
   channels: Sequence[int] = (8, 16, 32, 64)
   num_blocks: int = 3
   fusion: str = "asym_bi"
@@ -26,16 +30,19 @@ class _ACMBase(nn.Module):
   head_dropout: float = 0.1
   axis_name: Optional[str] = None
 
-  def _check_input(self, x: jax.Array) -> None:
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     multiple = 4 if self.tiny else 16
     if x.ndim != 4 or x.shape[1] % multiple or x.shape[2] % multiple:
       raise ValueError(f"{type(self).__name__} expects NHWC input with H and W multiples of "
                        f"{multiple}, got shape {x.shape}")
-
-  def _head(self, x: jax.Array, size: tuple[int, int], norm, train: bool) -> jax.Array:
-    logits = layers.FCNHead(1, self.head_dropout, norm, name="head")(x, train)
+    norm = layers.batch_norm(train, self.axis_name)
+    features = backbones.CifarResNet(self.channels, self.num_blocks, self.tiny, norm,
+                                     name="backbone")(x)
+    decoded = self.decode(*features, norm=norm)
+    logits = layers.FCNHead(1, self.head_dropout, norm, name="head")(decoded, train)
     if not self.tiny:
-      logits = layers.resize_bilinear(logits, size)
+      logits = layers.resize_bilinear(logits, x.shape[1:3])
     return logits
 
 
@@ -46,35 +53,23 @@ class ACMUNet(_ACMBase):
   BasicIRSTD ACM (ASKCResUNet) model of REFERENCE.md §5.
   """
 
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    self._check_input(x)
-    norm = layers.batch_norm(train, self.axis_name)
-    c1, c2, c3 = backbones.CifarResNet(self.channels, self.num_blocks, self.tiny, norm,
-                                       name="backbone")(x)
+  def decode(self, c1, c2, c3, norm):
     up2 = layers.ConvTranspose4x4(self.channels[2], name="deconv2")(c3)
     f2 = attention.CrossLayerFusion(self.channels[2], self.fusion, norm=norm, name="fuse2")(up2, c2)
     f2 = layers.ResidualStage(self.channels[2], self.num_blocks, 1, norm, name="uplayer2")(f2)
     up1 = layers.ConvTranspose4x4(self.channels[1], name="deconv1")(f2)
     f1 = attention.CrossLayerFusion(self.channels[1], self.fusion, norm=norm, name="fuse1")(up1, c1)
-    f1 = layers.ResidualStage(self.channels[1], self.num_blocks, 1, norm, name="uplayer1")(f1)
-    return self._head(f1, x.shape[1:3], norm, train)
+    return layers.ResidualStage(self.channels[1], self.num_blocks, 1, norm, name="uplayer1")(f1)
 
 
 class ACMFPN(_ACMBase):
   """ACM-FPN: bilinear resize of the deep map to the skip's size, fusion with the 1x1
   "feature_high" reduction on xh (open-acm's AsymBiChaFuseReduce), twice; no decoder blocks."""
 
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    self._check_input(x)
-    norm = layers.batch_norm(train, self.axis_name)
-    c1, c2, c3 = backbones.CifarResNet(self.channels, self.num_blocks, self.tiny, norm,
-                                       name="backbone")(x)
+  def decode(self, c1, c2, c3, norm):
     up2 = layers.resize_bilinear(c3, c2.shape[1:3])
     f2 = attention.CrossLayerFusion(self.channels[2], self.fusion, reduce_high=True, norm=norm,
                                     name="fuse2")(up2, c2)
     up1 = layers.resize_bilinear(f2, c1.shape[1:3])
-    f1 = attention.CrossLayerFusion(self.channels[1], self.fusion, reduce_high=True, norm=norm,
-                                    name="fuse1")(up1, c1)
-    return self._head(f1, x.shape[1:3], norm, train)
+    return attention.CrossLayerFusion(self.channels[1], self.fusion, reduce_high=True, norm=norm,
+                                      name="fuse1")(up1, c1)
