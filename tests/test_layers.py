@@ -15,6 +15,11 @@ def _flax_batch_norm(train: bool, axis_name=None):
                            epsilon=1e-5, axis_name=axis_name if train else None)
 
 
+def _ours(train: bool, axis_name=None):
+  """layers.batch_norm with flax's biased running variance, for like-for-like comparisons."""
+  return functools.partial(layers.batch_norm(train, axis_name), unbiased_running_var=False)
+
+
 def _inputs(shape=(4, 6, 5, 3), seed=0):
   rng = np.random.default_rng(seed)
   x = (rng.normal(size=shape) * 2.0 + 3.0).astype(np.float32)
@@ -35,7 +40,7 @@ def _loss_and_grads(norm, variables, x, g, axis_name=None):
 
 def test_same_variables_as_flax():
   x, _ = _inputs()
-  ours = layers.batch_norm(True)().init(jax.random.key(0), x)
+  ours = _ours(True)().init(jax.random.key(0), x)
   theirs = _flax_batch_norm(True)().init(jax.random.key(0), x)
   assert jax.tree_util.tree_structure(ours) == jax.tree_util.tree_structure(theirs)
   jax.tree_util.tree_map(np.testing.assert_array_equal, ours, theirs)
@@ -48,11 +53,11 @@ def test_forward_gradients_and_running_statistics_match_flax(train):
   rng = np.random.default_rng(1)
   variables = jax.tree_util.tree_map(
       lambda v: jnp.asarray(rng.uniform(0.5, 1.5, v.shape), jnp.float32), variables)
-  ours = _loss_and_grads(layers.batch_norm(train), variables, x, g)
+  ours = _loss_and_grads(_ours(train), variables, x, g)
   theirs = _loss_and_grads(_flax_batch_norm(train), variables, x, g)
   for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(theirs)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-  y = layers.batch_norm(train)().apply(variables, x, mutable=["batch_stats"])[0]
+  y = _ours(train)().apply(variables, x, mutable=["batch_stats"])[0]
   y_ref = _flax_batch_norm(train)().apply(variables, x, mutable=["batch_stats"])[0]
   np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
 
@@ -60,8 +65,8 @@ def test_forward_gradients_and_running_statistics_match_flax(train):
 def test_constant_channel_has_clipped_variance_and_finite_gradient():
   x, g = _inputs()
   x = x.at[..., 1].set(2.0)
-  variables = layers.batch_norm(True)().init(jax.random.key(0), x)
-  ours = _loss_and_grads(layers.batch_norm(True), variables, x, g)
+  variables = _ours(True)().init(jax.random.key(0), x)
+  ours = _loss_and_grads(_ours(True), variables, x, g)
   theirs = _loss_and_grads(_flax_batch_norm(True), variables, x, g)
   for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(theirs)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
@@ -75,13 +80,26 @@ def test_synchronised_statistics_under_pmap_axis():
   def per_shard(norm, x, g):
     return _loss_and_grads(functools.partial(norm, axis_name="batch"), variables, x, g)
 
-  ours = jax.vmap(functools.partial(per_shard, layers.batch_norm(True)), axis_name="batch")(x, g)
+  ours = jax.vmap(functools.partial(per_shard, _ours(True)), axis_name="batch")(x, g)
   theirs = jax.vmap(functools.partial(per_shard, _flax_batch_norm(True)), axis_name="batch")(x, g)
   for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(theirs)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
   # Synchronised statistics: one shard's BN sees the mean of the whole batch.
-  whole = _loss_and_grads(layers.batch_norm(True), variables, x.reshape(6, 6, 5, 3),
+  whole = _loss_and_grads(_ours(True), variables, x.reshape(6, 6, 5, 3),
                           g.reshape(6, 6, 5, 3))
   np.testing.assert_allclose(ours[2]["mean"][0], whole[2]["mean"], rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(ours[2]["var"][0], whole[2]["var"], rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(ours[1][1].reshape(6, 6, 5, 3), whole[1][1], rtol=1e-4, atol=1e-5)
+
+
+def test_running_variance_is_unbiased_as_in_torch():
+  # torch.nn.BatchNorm2d: running_var = 0.9 * running_var + 0.1 * var * n / (n - 1), n = N*H*W.
+  x, g = _inputs()
+  variables = layers.batch_norm(True)().init(jax.random.key(0), x)
+  _, updates = layers.batch_norm(True)().apply(variables, x, mutable=["batch_stats"])
+  n = 4 * 6 * 5
+  biased = np.var(np.asarray(x).reshape(-1, 3), axis=0)
+  np.testing.assert_allclose(updates["batch_stats"]["var"], 0.9 + 0.1 * biased * n / (n - 1),
+                             rtol=1e-5)
+  np.testing.assert_allclose(updates["batch_stats"]["mean"],
+                             0.1 * np.asarray(x).reshape(-1, 3).mean(0), rtol=1e-5)

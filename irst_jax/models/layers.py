@@ -75,7 +75,10 @@ class BatchNorm(nn.Module):
 
   Same variables (params `scale`, `bias`; batch_stats `mean`, `var`), the same statistics
   (biased variance E[x^2] - E[x]^2, pmean over `axis_name`), the same running-average update
-  `momentum * old + (1 - momentum) * new` (not during init) and the same output. In training
+  `momentum * old + (1 - momentum) * new` (not during init) and the same output, except that
+  with `unbiased_running_var=True` the running variance is updated with the unbiased batch
+  variance n / (n - 1) * var, n = elements per channel of the global batch, as
+  `torch.nn.BatchNorm2d` does (normalisation itself always uses the biased one). In training
   mode the gradient is a custom VJP: XLA's autodiff of flax's formulation materialises x - mean
   and g * scale * rstd and reads the tensors about ten times; this one needs one
   two-output reduction and one elementwise pass (layers benchmark in
@@ -85,6 +88,7 @@ class BatchNorm(nn.Module):
   momentum: float = 0.99
   epsilon: float = 1e-5
   axis_name: Optional[str] = None
+  unbiased_running_var: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, use_running_average: Optional[bool] = None) -> jax.Array:
@@ -100,13 +104,17 @@ class BatchNorm(nn.Module):
     axis_name = None if self.is_initializing() else self.axis_name
     y, mean, var = _batch_norm_train(x, scale, bias, self.epsilon, axis_name)
     if not self.is_initializing():
+      if self.unbiased_running_var:
+        n = x.size // x.shape[-1] * (jax.lax.psum(1, axis_name) if axis_name else 1)
+        var = var * (n / max(n - 1, 1))
       ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
       ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
     return y
 
 
 def batch_norm(train: bool, axis_name: Optional[str] = None) -> ModuleDef:
-  """BatchNorm with PyTorch defaults (momentum 0.1, eps 1e-5): `BatchNorm` below.
+  """BatchNorm with PyTorch semantics (momentum 0.1, eps 1e-5, running variance updated with
+  the unbiased batch variance): `BatchNorm` above.
 
   Args:
     train: use batch statistics (and update the running ones) when True.
@@ -115,7 +123,7 @@ def batch_norm(train: bool, axis_name: Optional[str] = None) -> ModuleDef:
   """
   return functools.partial(
       BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
-      axis_name=axis_name if train else None)
+      axis_name=axis_name if train else None, unbiased_running_var=True)
 
 
 def conv(features: int, kernel: int = 3, strides: int = 1, use_bias: bool = False,
