@@ -1,8 +1,11 @@
 """Shared defaults of every config; model files override what differs.
 
 A config file's `get_config(arg)` takes a comma-separated argument: a dataset name
-(`nuaa_sirst`; the default) and optionally `smoke`, a one-minute run with tiny sizes for
-trying a config and for the tests, e.g. `--config=configs/acm_unet.py:nuaa_sirst,smoke`.
+(`nuaa_sirst`, the default; `nudt_sirst`; `mdvsfa_cgan`) and optionally `smoke`, a one-minute
+run with tiny sizes for trying a config and for the tests, e.g.
+`--config=configs/acm_unet.py:nudt_sirst` or `--config=configs/acm_unet.py:nuaa_sirst,smoke`.
+The dataset sets the per-dataset defaults of `DATASET_DEFAULTS` (builder config, splits,
+crop size, and epochs where a paper gives them for that dataset); `smoke` is applied after it.
 Any value can be overridden on the command line: `--config.train.num_epochs=5`.
 """
 from __future__ import annotations
@@ -11,7 +14,24 @@ import ml_collections
 
 from irst_jax.data import pipeline
 
-DATASETS = ("nuaa_sirst",)
+DATASETS = ("nuaa_sirst", "nudt_sirst", "mdvsfa_cgan")
+
+#: Per-dataset overrides applied by `apply_arg`, as {config section: {field: value}}.
+#: - NUAA-SIRST / NUDT-SIRST: the DNA-Net / BasicIRSTD 50_50 split, 256 x 256 crops.
+#: - MDvsFA-cGAN: builder config 'official' (train 9,978 / test 100; the DAEA halves are the
+#:   splits 'train_half' / 'val_half'), 128 x 128 crops (the training images' size), and
+#:   50 epochs (DAEA, Sci. Rep. 2023, "Training details"). Epochs / batch size otherwise stay
+#:   the model config's; note that a multistep schedule's milestones are in epochs and are not
+#:   rescaled (with 50 epochs, milestones (200, 300) never fire).
+DATASET_DEFAULTS = {
+    "nuaa_sirst": {"dataset": dict(builder_config="50_50", crop_size=256,
+                                   train_split="train", eval_split="test")},
+    "nudt_sirst": {"dataset": dict(builder_config="50_50", crop_size=256,
+                                   train_split="train", eval_split="test")},
+    "mdvsfa_cgan": {"dataset": dict(builder_config="official", crop_size=128,
+                                    train_split="train", eval_split="test"),
+                    "train": dict(num_epochs=50)},
+}
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -21,7 +41,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model.name = ""
   config.model.in_channels = 1
 
-  # name, builder_config ('50_50' or 'acm' for NUAA-SIRST), data_dir, manual_dir, splits,
+  # name, builder_config ('50_50' or 'acm' for NUAA-SIRST, '50_50' for NUDT-SIRST, 'official'
+  # for MDvsFA-cGAN), data_dir, manual_dir, splits,
   # normalization ('dataset' or 'basicirstd'), crop_size, center_on_target_prob, augment,
   # pad_multiple, num_workers, shuffle: see irst_jax/data/pipeline.py.
   config.dataset = pipeline.default_dataset_config()
@@ -60,19 +81,29 @@ def get_base_config() -> ml_collections.ConfigDict:
 
 
 def apply_arg(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
-  """Applies a config argument 'dataset[,smoke]'. Raises ValueError for unknown parts."""
+  """Applies a config argument 'dataset[,smoke]'. Raises ValueError for unknown parts.
+
+  The dataset's `DATASET_DEFAULTS` are applied first, then `smoke` (whatever the order of
+  the parts); at most one dataset may be given.
+  """
   parts = [p for p in (arg or "").split(",") if p]
-  for part in parts:
-    if part in DATASETS:
-      config.dataset.name = part
-    elif part == "smoke":
-      config.train.num_epochs = 2
-      config.train.batch_size = 4
-      config.train.eval_every_epochs = 1
-      config.train.log_every_steps = 1
-      config.dataset.crop_size = 64
-      config.optim.milestones = (1,)
-    else:
-      raise ValueError(f"unknown config argument {part!r}; expected a dataset "
-                       f"({', '.join(DATASETS)}) or 'smoke'")
+  unknown = [p for p in parts if p not in DATASETS and p != "smoke"]
+  if unknown:
+    raise ValueError(f"unknown config argument {unknown[0]!r}; expected a dataset "
+                     f"({', '.join(DATASETS)}) or 'smoke'")
+  datasets = [p for p in parts if p in DATASETS]
+  if len(datasets) > 1:
+    raise ValueError(f"config argument names several datasets: {datasets}")
+  if datasets:
+    config.dataset.name = datasets[0]
+    for section, values in DATASET_DEFAULTS[datasets[0]].items():
+      for key, value in values.items():
+        config[section][key] = value
+  if "smoke" in parts:
+    config.train.num_epochs = 2
+    config.train.batch_size = 4
+    config.train.eval_every_epochs = 1
+    config.train.log_every_steps = 1
+    config.dataset.crop_size = 64
+    config.optim.milestones = (1,)
   return config

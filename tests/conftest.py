@@ -1,4 +1,7 @@
-"""Shared fixtures: a tiny fake NUAA-SIRST in the official layout.
+"""Shared fixtures: tiny fake NUAA-SIRST, NUDT-SIRST and MDvsFA-cGAN in the official layouts.
+
+NUDT-SIRST and MDvsFA-cGAN: see :func:`write_fake_nudt_sirst` and
+:func:`write_fake_mdvsfa_cgan`.
 
 Layout written (under ``<tmp>/NUAA-SIRST``):
   images/Misc_<N>.png            grey content stored as L, RGB, RGBA or P (20..70 px)
@@ -127,3 +130,120 @@ def prepared_fake_nuaa(tmp_path_factory):
   finally:
     nuaa_sirst.NuaaSirst.ALLOW_DOWNLOAD = old
   return raw, data_dir
+
+
+# -- NUDT-SIRST ---------------------------------------------------------------------------
+
+NUDT_NAMES = [f"{i:06d}" for i in range(1, 11)]
+NUDT_SPLITS = {"50_50": {"train": NUDT_NAMES[:4], "test": NUDT_NAMES[4:]}}
+
+
+def _small_targets(rng, h, w, n, value=255):
+  mask = np.zeros((h, w), np.uint8)
+  for _ in range(n):
+    s = int(rng.integers(1, 4))
+    y, x = int(rng.integers(0, h - s)), int(rng.integers(0, w - s))
+    mask[y:y + s, x:x + s] = value
+  return mask
+
+
+def _truncate(path: pathlib.Path):
+  data = path.read_bytes()
+  path.write_bytes(data[: len(data) // 2])
+
+
+def write_fake_nudt_sirst(
+    root: pathlib.Path,
+    *,
+    size: int = 32,
+    missing_mask: str | None = None,
+    wrong_size_mask: str | None = None,
+    corrupt_image: str | None = None,
+    seed: int = 0,
+) -> pathlib.Path:
+  """Writes a fake NUDT-SIRST into ``root/NUDT-SIRST`` (official layout); returns it.
+
+  10 images ``images/000001.png``.. stored RGB (grey content), ``size`` x ``size``; masks
+  ``masks/<name>.png`` {0, 255} L with one or two targets; ``50_50/{train,test}.txt``
+  (4 / 6 names, no trailing newline). The keyword arguments break one named example as
+  in :func:`write_fake_nuaa_sirst`.
+  """
+  rng = np.random.default_rng(seed)
+  d = pathlib.Path(root) / "NUDT-SIRST"
+  (d / "images").mkdir(parents=True, exist_ok=True)
+  (d / "masks").mkdir(parents=True, exist_ok=True)
+  for k, name in enumerate(NUDT_NAMES):
+    grey = rng.integers(0, 256, size=(size, size), dtype=np.uint8)
+    Image.fromarray(np.repeat(grey[..., None], 3, axis=-1), "RGB").save(
+        d / "images" / f"{name}.png")
+    if name == corrupt_image:
+      _truncate(d / "images" / f"{name}.png")
+    mask = _small_targets(rng, size, size, 1 + k % 2)
+    if name == wrong_size_mask:
+      mask = np.pad(mask, ((0, 0), (0, 2)))
+    if name != missing_mask:
+      Image.fromarray(mask, "L").save(d / "masks" / f"{name}.png")
+  for split, names in NUDT_SPLITS["50_50"].items():
+    _write_list(d / "50_50" / f"{split}.txt", names)
+  return d
+
+
+# -- MDvsFA-cGAN --------------------------------------------------------------------------
+
+#: Fake training ids: 000000..000011 without 000003 and 000007 (absent, like the 22
+#: published gaps), and fake test names 00000..00004 with sizes of their own.
+MDVSFA_ABSENT = ("000003", "000007")
+MDVSFA_TRAIN = [f"{i:06d}" for i in range(12) if f"{i:06d}" not in MDVSFA_ABSENT]
+MDVSFA_TEST = [f"{i:05d}" for i in range(5)]
+MDVSFA_TEST_SIZES = [(20, 30), (32, 32), (41, 25), (32, 32), (17, 50)]
+
+
+def write_fake_mdvsfa_cgan(
+    root: pathlib.Path,
+    *,
+    size: int = 32,
+    drop_file: str | None = None,
+    wrong_size_mask: str | None = None,
+    corrupt_file: str | None = None,
+    seed: int = 0,
+) -> pathlib.Path:
+  """Writes a fake MDvsFA-cGAN into ``root/MDvsFA-cGAN`` (official layout); returns it.
+
+  ``training/<id>_1.png`` RGB (grey content) and ``<id>_2.png`` {0, 255} L, ``size`` x
+  ``size``, for the 10 ids of ``MDVSFA_TRAIN``; ``test_org/<n>.png`` RGB and
+  ``test_gt/<n>.png`` mode "1" for the 5 names of ``MDVSFA_TEST``; a stray ``Thumbs.db``.
+
+  Args:
+    root: parent directory.
+    drop_file: a path relative to the dataset folder not to write (e.g.
+      ``"training/000005_2.png"``).
+    wrong_size_mask: a relative mask path written 2 px wider than its image.
+    corrupt_file: a relative path written truncated.
+    seed: numpy seed.
+  """
+  rng = np.random.default_rng(seed)
+  d = pathlib.Path(root) / "MDvsFA-cGAN"
+  for sub in ("training", "test_org", "test_gt"):
+    (d / sub).mkdir(parents=True, exist_ok=True)
+  (d / "training" / "Thumbs.db").write_bytes(b"not an image")
+
+  def write(rel, img: Image.Image):
+    if rel == drop_file:
+      return
+    img.save(d / rel)
+    if rel == corrupt_file:
+      _truncate(d / rel)
+
+  def pair(img_rel, mask_rel, h, w, k, mask_mode):
+    grey = rng.integers(0, 256, size=(h, w), dtype=np.uint8)
+    write(img_rel, Image.fromarray(np.repeat(grey[..., None], 3, axis=-1), "RGB"))
+    mask = _small_targets(rng, h, w, 1 + k % 2)
+    if mask_rel == wrong_size_mask:
+      mask = np.pad(mask, ((0, 0), (0, 2)))
+    write(mask_rel, Image.fromarray(mask, "L").convert(mask_mode))
+
+  for k, i in enumerate(MDVSFA_TRAIN):
+    pair(f"training/{i}_1.png", f"training/{i}_2.png", size, size, k, "L")
+  for k, (n, (h, w)) in enumerate(zip(MDVSFA_TEST, MDVSFA_TEST_SIZES)):
+    pair(f"test_org/{n}.png", f"test_gt/{n}.png", h, w, k, "1")
+  return d

@@ -1,8 +1,8 @@
 """Shared helpers for the dataset builders: locating raw data, reading images and split lists.
 
-These helpers hold no dataset-specific knowledge; each builder (``nuaa_sirst`` now,
-``nudt_sirst`` and ``mdvsfa_cgan`` later) passes its own folder name, layout check and
-file names.
+These helpers hold no dataset-specific knowledge; each builder (``nuaa_sirst``,
+``nudt_sirst``, ``mdvsfa_cgan``, all built on :mod:`irst_jax.data.builders.base`) passes its
+own folder name, layout check and file names.
 
 Source lookup order (see :func:`find_source_dir`):
 
@@ -13,7 +13,8 @@ Source lookup order (see :func:`find_source_dir`):
    holds the ``irst_jax`` package), then the same path relative to the current working
    directory.
 
-If none matches, a builder may try to download the data; when that also fails it raises
+If none matches, a builder may try to download the data (only ``nuaa_sirst`` can); when that
+also fails it raises
 :class:`DatasetNotFoundError`, whose message lists every directory searched.
 """
 

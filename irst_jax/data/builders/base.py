@@ -26,6 +26,7 @@ dataset), computes the metadata and generates the examples.
 
 from __future__ import annotations
 
+import abc
 import collections
 import dataclasses
 import pathlib
@@ -94,7 +95,9 @@ def tensor_features() -> tfds.features.FeaturesDict:
   })
 
 
-class IrstdBuilder(sources.CodePathMixin, tfds.core.GeneratorBasedBuilder):
+class IrstdBuilder(
+    sources.CodePathMixin, tfds.core.GeneratorBasedBuilder, skip_registration=True
+):
   """Base TFDS builder of an IRSTD dataset in its official layout (see module docstring).
 
   Subclasses set ``FOLDER``, ``TITLE``, ``DESCRIPTION``, ``HOMEPAGE``, ``CITATION``,
@@ -113,10 +116,12 @@ class IrstdBuilder(sources.CodePathMixin, tfds.core.GeneratorBasedBuilder):
   # -- to implement ----------------------------------------------------------------------
 
   @classmethod
+  @abc.abstractmethod
   def _has_layout(cls, d: pathlib.Path) -> bool:
     """Whether ``d`` looks like the dataset's folder in its official layout."""
     raise NotImplementedError
 
+  @abc.abstractmethod
   def _split_examples(self, root: pathlib.Path) -> Mapping[str, Sequence[PairSpec]]:
     """Split name -> the examples of that split, for the current builder config.
 

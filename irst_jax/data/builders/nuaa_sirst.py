@@ -41,12 +41,10 @@ from __future__ import annotations
 
 import os
 import pathlib
-from typing import Iterator
 
-import numpy as np
 import tensorflow_datasets as tfds
 
-from irst_jax.data import sources
+from irst_jax.data.builders import base
 
 FOLDER = "NUAA-SIRST"
 
@@ -87,14 +85,6 @@ _SPLIT_FILES = {
 KNOWN_MASK_SIZE_MISMATCHES = frozenset({"Misc_111"})
 
 
-def _read_pair(root: pathlib.Path, name: str):
-  return sources.read_pair(
-      image_path(root, name),
-      mask_path(root, name),
-      resize_mask_to_image=name in KNOWN_MASK_SIZE_MISMATCHES,
-  )
-
-
 def image_path(root: pathlib.Path, name: str) -> pathlib.Path:
   return root / "images" / f"{name}.png"
 
@@ -103,11 +93,7 @@ def mask_path(root: pathlib.Path, name: str) -> pathlib.Path:
   return root / "masks" / f"{name}_pixels0.png"
 
 
-def _has_layout(d: pathlib.Path) -> bool:
-  return (d / "images").is_dir()
-
-
-class NuaaSirst(sources.CodePathMixin, tfds.core.GeneratorBasedBuilder):
+class NuaaSirst(base.IrstdBuilder):
   """NUAA-SIRST: 427 real infrared images with small-target masks.
 
   Features: ``image`` uint8 (H, W, 1) grey, ``mask`` uint8 (H, W, 1) in {0, 1},
@@ -129,43 +115,45 @@ class NuaaSirst(sources.CodePathMixin, tfds.core.GeneratorBasedBuilder):
   DEFAULT_CONFIG_NAME = "50_50"
   MANUAL_DOWNLOAD_INSTRUCTIONS = _LAYOUT
 
+  FOLDER = FOLDER
+  TITLE = "NUAA-SIRST"
+  LAYOUT_HINT = "images/"
+  DESCRIPTION = (
+      "NUAA-SIRST (SIRST v1) single-frame infrared small target dataset: grey images "
+      "with pixel-level target masks."
+  )
+  HOMEPAGE = "https://github.com/YimianDai/sirst"
+  CITATION = (
+      "@inproceedings{dai21acm, title={Asymmetric Contextual Modulation for Infrared "
+      "Small Target Detection}, author={Dai, Yimian and Wu, Yiquan and Zhou, Fei and "
+      "Barnard, Kobus}, booktitle={WACV}, year={2021}}"
+  )
+
   #: Whether to try downloading from GitHub when no local copy is found (tests turn it off).
   ALLOW_DOWNLOAD = True
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=(
-            "NUAA-SIRST (SIRST v1) single-frame infrared small target dataset: grey images "
-            "with pixel-level target masks."
-        ),
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Tensor(
-                shape=(None, None, 1), dtype=np.uint8, encoding="zlib"
-            ),
-            "mask": tfds.features.Tensor(
-                shape=(None, None, 1), dtype=np.uint8, encoding="zlib"
-            ),
-            "name": tfds.features.Text(),
-        }),
-        supervised_keys=("image", "mask"),
-        homepage="https://github.com/YimianDai/sirst",
-        citation=(
-            "@inproceedings{dai21acm, title={Asymmetric Contextual Modulation for Infrared "
-            "Small Target Detection}, author={Dai, Yimian and Wu, Yiquan and Zhou, Fei and "
-            "Barnard, Kobus}, booktitle={WACV}, year={2021}}"
-        ),
-        metadata=tfds.core.MetadataDict(),
-    )
+  @classmethod
+  def _has_layout(cls, d: pathlib.Path) -> bool:
+    return (d / "images").is_dir()
 
-  # -- source lookup -------------------------------------------------------------------
+  def _split_examples(self, root: pathlib.Path):
+    return {
+        split: base.specs_from_split_file(
+            root / rel,
+            lambda n: image_path(root, n),
+            lambda n: mask_path(root, n),
+            resize_mask_to_image=KNOWN_MASK_SIZE_MISMATCHES,
+        )
+        for split, rel in _SPLIT_FILES[self.builder_config.name].items()
+    }
 
-  def _local_source(self, dl_manager) -> tuple[pathlib.Path | None, list[pathlib.Path]]:
+  def _remote_source(self, dl_manager):
+    if not self.ALLOW_DOWNLOAD:
+      return None, f"and GitHub ({_GITHUB_RAW}): download disabled."
     try:
-      manual = dl_manager.manual_dir  # Raises when not set, absent or empty.
-    except (AssertionError, ValueError):
-      manual = getattr(dl_manager, "_manual_dir", None)  # Still listed as searched.
-    return sources.find_source_dir(FOLDER, _has_layout, manual_dir=manual)
+      return self._download_source(dl_manager), ""
+    except Exception as e:  # Network errors come in many types.
+      return None, f"and GitHub ({_GITHUB_RAW}): download failed: {type(e).__name__}: {e}."
 
   def _download_source(self, dl_manager) -> pathlib.Path:
     """Downloads the GitHub copy; returns a directory in the official layout."""
@@ -190,50 +178,3 @@ class NuaaSirst(sources.CodePathMixin, tfds.core.GeneratorBasedBuilder):
       src = pathlib.Path(os.fspath(paths[f"idx_427_{split}"]))
       (root / "idx_427" / f"{split}.txt").write_bytes(src.read_bytes())
     return root
-
-  def _source_dir(self, dl_manager) -> pathlib.Path:
-    root, searched = self._local_source(dl_manager)
-    if root is not None:
-      return root
-    reason = "download disabled"
-    if self.ALLOW_DOWNLOAD:
-      try:
-        return self._download_source(dl_manager)
-      except Exception as e:  # Network errors come in many types.
-        reason = f"download failed: {type(e).__name__}: {e}"
-    raise sources.DatasetNotFoundError(
-        f"NUAA-SIRST raw data not found. Searched (in order), for a folder holding images/:\n"
-        f"{sources.format_searched(searched)}\n"
-        f"and GitHub ({_GITHUB_RAW}): {reason}.\n{_LAYOUT}"
-    )
-
-  # -- generation ----------------------------------------------------------------------
-
-  def _split_generators(self, dl_manager):
-    root = self._source_dir(dl_manager)
-    split_names = {}
-    for split, rel in _SPLIT_FILES[self.builder_config.name].items():
-      split_names[split] = sources.read_split_file(root / rel)
-
-    # Check every pair up front (clear errors before any writing) and compute the
-    # train statistics at the same time.
-    train_images = []
-    for split, names in split_names.items():
-      for name in names:
-        image, _ = _read_pair(root, name)
-        if split == "train":
-          train_images.append(image)
-    mean, std = sources.grey_mean_std(train_images)
-    self.info.metadata["mean"] = mean
-    self.info.metadata["std"] = std
-    self.info.metadata["max_train_side"] = max(max(im.shape[:2]) for im in train_images)
-    self.info.metadata["source"] = str(root)
-
-    return {
-        split: self._generate_examples(root, names) for split, names in split_names.items()
-    }
-
-  def _generate_examples(self, root: pathlib.Path, names: list[str]) -> Iterator:
-    for name in names:
-      image, mask = _read_pair(root, name)
-      yield name, {"image": image, "mask": mask, "name": name}

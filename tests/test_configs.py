@@ -1,0 +1,41 @@
+"""Tests of the per-dataset config arguments (configs/default.py apply_arg)."""
+
+from __future__ import annotations
+
+import pytest
+
+from configs import acm_fpn, acm_unet, default
+from irst_jax.data import builders
+
+
+def test_datasets_have_builders():
+  assert set(default.DATASETS) == set(builders.BUILDERS) == set(default.DATASET_DEFAULTS)
+
+
+@pytest.mark.parametrize("arg, config, crop, epochs", [
+    (None, "50_50", 256, 400),
+    ("nuaa_sirst", "50_50", 256, 400),
+    ("nudt_sirst", "50_50", 256, 400),
+    ("mdvsfa_cgan", "official", 128, 50),
+])
+def test_dataset_defaults(arg, config, crop, epochs):
+  c = acm_unet.get_config(arg)
+  assert c.dataset.name == (arg or "nuaa_sirst")
+  assert c.dataset.builder_config == config and c.dataset.crop_size == crop
+  assert (c.dataset.train_split, c.dataset.eval_split) == ("train", "test")
+  assert c.dataset.pad_multiple == 32 and c.train.num_epochs == epochs
+  assert c.train.batch_size == 16
+  assert config in [bc.name for bc in builders.BUILDERS[c.dataset.name].BUILDER_CONFIGS]
+
+
+def test_smoke_wins_whatever_the_order():
+  for arg in ("mdvsfa_cgan,smoke", "smoke,mdvsfa_cgan"):
+    c = acm_fpn.get_config(arg)
+    assert c.dataset.name == "mdvsfa_cgan" and c.dataset.crop_size == 64
+    assert c.train.num_epochs == 2
+
+
+@pytest.mark.parametrize("arg", ["nudt", "nuaa_sirst,nudt_sirst"])
+def test_bad_arguments(arg):
+  with pytest.raises(ValueError):
+    acm_unet.get_config(arg)
