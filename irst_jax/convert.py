@@ -17,7 +17,8 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-CONV, CONV_TRANSPOSE, BATCH_NORM = "conv", "conv_transpose", "batch_norm"
+CONV, CONV_TRANSPOSE, BATCH_NORM, SHUFFLE_ATTENTION = (
+    "conv", "conv_transpose", "batch_norm", "shuffle_attention")
 
 
 class ConversionError(ValueError):
@@ -48,6 +49,11 @@ _LEAVES = {
     BATCH_NORM: [("weight", "params", "scale", None, True), ("bias", "params", "bias", None, True),
                  ("running_mean", "batch_stats", "mean", None, True),
                  ("running_var", "batch_stats", "var", None, True)],
+    # SA-Net sa_layer: (1, C/2G, 1, 1) gates and the GroupNorm's affine parameters
+    SHUFFLE_ATTENTION: [(name, "params", name, np.ravel, True)
+                        for name in ("cweight", "cbias", "sweight", "sbias")]
+                       + [("gn.weight", "params", "gn_scale", None, True),
+                          ("gn.bias", "params", "gn_bias", None, True)],
 }
 
 

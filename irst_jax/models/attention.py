@@ -98,3 +98,47 @@ class CrossLayerFusion(nn.Module):
     z = layers.conv(self.channels, 3, use_bias=True, name="post_conv")(z)
     return nn.relu(self.norm(name="post_bn")(z))
 
+
+
+class ShuffleAttention(nn.Module):
+  """Shuffle attention (SA-Net, Zhang & Yang, ICASSP 2021), used by EAAU-Net and DAEA.
+
+  NHWC [N, H, W, C] -> [N, H, W, C]. The channels are split into `groups` groups and each
+  group into two halves of C / (2G) channels: the channel half is gated by
+  sigmoid(cweight * GAP(x0) + cbias), the spatial half by sigmoid(sweight * GN(x1) + sbias),
+  GN being a GroupNorm with one channel a group (eps 1e-5, affine). The halves are
+  concatenated back and the channels shuffled with 2 groups (reshape (2, C/2) -> transpose
+  -> flatten), written with reshape/transpose. Parameters (each of shape (C / (2G),)):
+  cweight, cbias, sweight, sbias initialised 0, 1, 0, 1, and gn_scale, gn_bias.
+  Semantics and channel order as SA-Net's `sa_layer` (REFERENCE.md §3).
+
+  Raises ValueError when `groups` does not divide C / 2.
+  """
+  groups: int = 8
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    n, h, w, c = x.shape
+    if c % 2 or (c // 2) % self.groups:
+      raise ValueError(f"ShuffleAttention: groups={self.groups} must divide C/2 = {c / 2} "
+                       f"(input with C = {c} channels)")
+    half = c // (2 * self.groups)
+    init = lambda value: (lambda key, shape: jnp.full(shape, value, jnp.float32))
+    cweight = self.param("cweight", init(0.0), (half,))
+    cbias = self.param("cbias", init(1.0), (half,))
+    sweight = self.param("sweight", init(0.0), (half,))
+    sbias = self.param("sbias", init(1.0), (half,))
+    gn_scale = self.param("gn_scale", init(1.0), (half,))
+    gn_bias = self.param("gn_bias", init(0.0), (half,))
+    # channel index c = g * C/G + branch * C/(2G) + j
+    grouped = x.reshape(n, h, w, self.groups, 2, half)
+    x0, x1 = grouped[..., 0, :], grouped[..., 1, :]
+    channel_gate = nn.sigmoid(cweight * jnp.mean(x0, axis=(1, 2), keepdims=True) + cbias)
+    mean = jnp.mean(x1, axis=(1, 2), keepdims=True)
+    var = jnp.mean(jnp.square(x1 - mean), axis=(1, 2), keepdims=True)
+    normalised = (x1 - mean) * jax.lax.rsqrt(var + self.epsilon) * gn_scale + gn_bias
+    spatial_gate = nn.sigmoid(sweight * normalised + sbias)
+    out = jnp.stack([x0 * channel_gate, x1 * spatial_gate], axis=-2).reshape(n, h, w, c)
+    # channel shuffle, 2 groups: (2, C/2) -> (C/2, 2)
+    return out.reshape(n, h, w, 2, c // 2).swapaxes(-1, -2).reshape(n, h, w, c)
