@@ -80,11 +80,14 @@ def get_base_config() -> ml_collections.ConfigDict:
   return config
 
 
-def apply_arg(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+def apply_arg(config: ml_collections.ConfigDict, arg: str | None,
+              recipes: dict | None = None) -> ml_collections.ConfigDict:
   """Applies a config argument 'dataset[,smoke]'. Raises ValueError for unknown parts.
 
-  The dataset's `DATASET_DEFAULTS` are applied first, then `smoke` (whatever the order of
-  the parts); at most one dataset may be given.
+  The dataset (the argument's, else `config.dataset.name`) gets its `DATASET_DEFAULTS`, then
+  the model's own recipe for that dataset (`recipes`: {dataset: {section: {field: value}}},
+  e.g. a paper's split and crop size), then `smoke` (whatever the order of the parts); at
+  most one dataset may be given.
   """
   parts = [p for p in (arg or "").split(",") if p]
   unknown = [p for p in parts if p not in DATASETS and p != "smoke"]
@@ -96,7 +99,9 @@ def apply_arg(config: ml_collections.ConfigDict, arg: str | None) -> ml_collecti
     raise ValueError(f"config argument names several datasets: {datasets}")
   if datasets:
     config.dataset.name = datasets[0]
-    for section, values in DATASET_DEFAULTS[datasets[0]].items():
+  for overrides in (DATASET_DEFAULTS[config.dataset.name],
+                    (recipes or {}).get(config.dataset.name, {})):
+    for section, values in overrides.items():
       for key, value in values.items():
         config[section][key] = value
   if "smoke" in parts:

@@ -17,13 +17,16 @@ def _acm(cls) -> Callable[[ml_collections.ConfigDict, Optional[str]], nn.Module]
   def build(config, axis_name):
     return cls(channels=tuple(config.channels), num_blocks=config.num_blocks,
                fusion=config.fusion, tiny=config.tiny, head_dropout=config.head_dropout,
-               axis_name=axis_name)
+               sa_groups=config.get("sa_groups", 4), axis_name=axis_name)
   return build
 
 
 MODELS = {
     "acm_unet": _acm(acm.ACMUNet),
     "acm_fpn": _acm(acm.ACMFPN),
+    # EAAU-Net (Remote Sensing 2021): the ACM U-Net host with the paper's Table 1 layout
+    # (tiny stem: full-resolution stage 1) and EAA fusions (configs/eaau_net.py).
+    "eaau_net": _acm(acm.ACMUNet),
 }
 
 

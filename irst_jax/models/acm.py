@@ -1,7 +1,8 @@
 """ACM-U-Net and ACM-FPN (Dai et al., WACV 2021; papers/acm_wacv2021.md, Sec. 4.4, Fig. 6).
 
-Host networks whose cross-layer fusions are `attention.CrossLayerFusion` (AsymBiChaFuse by
-default, or an ablation variant). Layout follows the reference implementation (open-acm and
+Host networks whose cross-layer fusions are chosen by name (`attention.fusion_module`):
+AsymBiChaFuse by default, an ACM ablation variant, or, in the U-Net host, an EAAU-Net EAA
+variant (EAAU-Net is this U-Net with the tiny stem and EAA fusions, see models/__init__.py). Layout follows the reference implementation (open-acm and
 its PyTorch port in BasicIRSTD, REFERENCE.md §3): input BN, stem, ResNet-CIFAR stages with
 `num_blocks` blocks, decoder, FCN head, bilinear x4 back to the input size (non-tiny).
 
@@ -28,6 +29,7 @@ class _ACMBase(nn.Module):
   fusion: str = "asym_bi"
   tiny: bool = False
   head_dropout: float = 0.1
+  sa_groups: int = 4   # shuffle-attention groups of the EAA fusions (EAAU-Net)
   axis_name: Optional[str] = None
 
   @nn.compact
@@ -55,10 +57,12 @@ class ACMUNet(_ACMBase):
 
   def decode(self, c1, c2, c3, norm):
     up2 = layers.ConvTranspose4x4(self.channels[2], name="deconv2")(c3)
-    f2 = attention.CrossLayerFusion(self.channels[2], self.fusion, norm=norm, name="fuse2")(up2, c2)
+    f2 = attention.fusion_module(self.fusion, self.channels[2], norm=norm, sa_groups=self.sa_groups,
+                                 module_name="fuse2")(up2, c2)
     f2 = layers.ResidualStage(self.channels[2], self.num_blocks, 1, norm, name="uplayer2")(f2)
     up1 = layers.ConvTranspose4x4(self.channels[1], name="deconv1")(f2)
-    f1 = attention.CrossLayerFusion(self.channels[1], self.fusion, norm=norm, name="fuse1")(up1, c1)
+    f1 = attention.fusion_module(self.fusion, self.channels[1], norm=norm, sa_groups=self.sa_groups,
+                                 module_name="fuse1")(up1, c1)
     return layers.ResidualStage(self.channels[1], self.num_blocks, 1, norm, name="uplayer1")(f1)
 
 
@@ -68,8 +72,8 @@ class ACMFPN(_ACMBase):
 
   def decode(self, c1, c2, c3, norm):
     up2 = layers.resize_bilinear(c3, c2.shape[1:3])
-    f2 = attention.CrossLayerFusion(self.channels[2], self.fusion, reduce_high=True, norm=norm,
-                                    name="fuse2")(up2, c2)
+    f2 = attention.fusion_module(self.fusion, self.channels[2], norm=norm, reduce_high=True,
+                                 module_name="fuse2")(up2, c2)
     up1 = layers.resize_bilinear(f2, c1.shape[1:3])
-    return attention.CrossLayerFusion(self.channels[1], self.fusion, reduce_high=True, norm=norm,
-                                      name="fuse1")(up1, c1)
+    return attention.fusion_module(self.fusion, self.channels[1], norm=norm, reduce_high=True,
+                                   module_name="fuse1")(up1, c1)
