@@ -7,6 +7,9 @@ Detection", WACV 2021, papers/acm_wacv2021.md):
 - `CrossLayerFusion`: AsymBiChaFuse (eq. 5) and the paper's ablation variants TopDownLocal,
   BiLocal, BiGlobal (Fig. 7) plus TopDownGlobal (the GAU/SK-style top-down baseline), used by
   both host networks (U-Net and FPN).
+
+CBAM (Woo et al., ECCV 2018), DNA-Net's CSAM (papers/dnanet_tip2022.txt, eqs. 3-6):
+- `CBAMChannelAttention` and `CBAMSpatialAttention`, used by DNA-Net's Res_CBAM blocks.
 """
 from __future__ import annotations
 
@@ -142,3 +145,108 @@ class ShuffleAttention(nn.Module):
     out = jnp.stack([x0 * channel_gate, x1 * spatial_gate], axis=-2).reshape(n, h, w, c)
     # channel shuffle, 2 groups: (2, C/2) -> (C/2, 2)
     return out.reshape(n, h, w, 2, c // 2).swapaxes(-1, -2).reshape(n, h, w, c)
+
+
+# EAAU-Net (Zhang et al., Remote Sensing 2021, papers/eaau_net_rs2021.txt) fusions:
+# name -> (attention source and pooling for the modulation weights, SA on X, SA on Y), with
+# Z = [SA](X) * T + W * [SA](Y) where the weights W (or T, for the top-down TGAM) come from
+# a ChannelAttention (r = 4) on the low-level X (or on the high-level Y for TGAM).
+EAA_VARIANTS = {
+    "eaa": ("low", "global", True, True),           # eq. 9: SA(X) + G(X) * SA(Y)
+    "blam": ("low", "pointwise", True, True),       # Fig. 8a: local instead of global weights
+    "tgam": ("high", "global", True, True),         # Fig. 8b: G(Y) * SA(X) + SA(Y)
+    "single_sa": ("low", "global", False, True),    # Fig. 8c: X + G(X) * SA(Y)
+    "only_baa": ("low", "global", False, False),    # Fig. 8d: X + G(X) * Y
+    "only_sa": (None, None, True, True),            # Fig. 8e: SA(X) + SA(Y)
+}
+
+
+class EnhancedAsymmetricAttention(nn.Module):
+  """The EAA module of EAAU-Net (Sec. 3.2, eq. 9) and its Fig. 8 ablation variants.
+
+  Call with xh = Y, the upsampled deep feature, and xl = X, the skip feature, both
+  [N, H, W, C]; returns Z [N, H, W, C]. G is the bottom-up global channel attention of eqs.
+  1-2 (GAP, FC-BN-ReLU-FC-BN-sigmoid, r = 4; FCs as 1x1 convs) computed from X.
+  Choices the paper leaves open (Sec. 3.2, Fig. 3): no convolution after the sum (the
+  decoder's UpStage blocks follow), and the SA group count `sa_groups` (SA-Net's 64 does not
+  fit 16-32 channels; default 4).
+  """
+  channels: int
+  variant: str = "eaa"
+  sa_groups: int = 4
+  norm: layers.ModuleDef = nn.BatchNorm
+
+  @nn.compact
+  def __call__(self, xh: jax.Array, xl: jax.Array) -> jax.Array:
+    if self.variant not in EAA_VARIANTS:
+      raise ValueError(f"unknown EAA variant {self.variant!r}; expected one of "
+                       f"{sorted(EAA_VARIANTS)}")
+    source, pooling, sa_low, sa_high = EAA_VARIANTS[self.variant]
+    x = ShuffleAttention(self.sa_groups, name="sa_low")(xl) if sa_low else xl
+    y = ShuffleAttention(self.sa_groups, name="sa_high")(xh) if sa_high else xh
+    if source is None:
+      return x + y
+    weights = ChannelAttention(self.channels, 4, pooling, self.norm, name="modulation")(
+        xl if source == "low" else xh)
+    return x + weights * y if source == "low" else weights * x + y
+
+
+def fusion_module(name: str, channels: int, *, norm: layers.ModuleDef,
+                  reduce_high: bool = False, sa_groups: int = 4, module_name: str) -> nn.Module:
+  """The cross-layer fusion called `name`: an ACM variant (FUSION_VARIANTS) or an EAAU-Net
+  variant (EAA_VARIANTS). Raises ValueError listing both families for an unknown name."""
+  if name in FUSION_VARIANTS:
+    return CrossLayerFusion(channels, name, reduce_high, norm, name=module_name)
+  if name in EAA_VARIANTS and not reduce_high:
+    return EnhancedAsymmetricAttention(channels, name, sa_groups, norm, name=module_name)
+  raise ValueError(f"unknown fusion {name!r}; expected one of {sorted(FUSION_VARIANTS)} "
+                   f"(ACM) or, in U-Net hosts, {sorted(EAA_VARIANTS)} (EAAU-Net)")
+
+
+# CBAM (Woo et al., ECCV 2018) as used by DNA-Net's CSAM (Li et al., TIP 2022,
+# papers/dnanet_tip2022.txt, Sec. III-B3, eqs. 3-6) inside its Res_CBAM blocks; shared with the
+# models that ablate CBAM (DAEA). Both return the attention weights; the caller multiplies.
+
+
+class CBAMChannelAttention(nn.Module):
+  """CBAM channel attention M_c = sigmoid(MLP(AvgPool(x)) + MLP(MaxPool(x))), [N, 1, 1, C].
+
+  NHWC input [N, H, W, C]. The shared MLP is two bias-free 1x1 convolutions C -> C // r -> C
+  with a ReLU between them (`fc1`, `fc2`; the DNA-Net reference's `ChannelAttention`,
+  r = 16). C // r is floored and at least 1 channel is needed (raises ValueError otherwise).
+  """
+  reduction: int = 16
+  kernel_init: nn.initializers.Initializer = layers.he_normal
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    c = x.shape[-1]
+    hidden = c // self.reduction
+    if hidden < 1:
+      raise ValueError(f"CBAMChannelAttention: C // reduction = {c} // {self.reduction} is 0")
+    fc1 = nn.Conv(hidden, (1, 1), use_bias=False, kernel_init=self.kernel_init, name="fc1")
+    fc2 = nn.Conv(c, (1, 1), use_bias=False, kernel_init=self.kernel_init, name="fc2")
+    mlp = lambda v: fc2(nn.relu(fc1(v)))
+    avg = jnp.mean(x, axis=(1, 2), keepdims=True)
+    mx = jnp.max(x, axis=(1, 2), keepdims=True)
+    return nn.sigmoid(mlp(avg) + mlp(mx))
+
+
+class CBAMSpatialAttention(nn.Module):
+  """CBAM spatial attention M_s = sigmoid(conv_kxk([mean_c(x), max_c(x)])), [N, H, W, 1].
+
+  NHWC input [N, H, W, C]; the channel-mean map comes first in the 2-channel concatenation,
+  the convolution (`conv1`, k = 7, padding 3) has no bias (the DNA-Net reference's
+  `SpatialAttention`).
+  """
+  kernel_size: int = 7
+  kernel_init: nn.initializers.Initializer = layers.he_normal
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    pooled = jnp.concatenate([jnp.mean(x, axis=-1, keepdims=True),
+                              jnp.max(x, axis=-1, keepdims=True)], axis=-1)
+    pad = self.kernel_size // 2
+    y = nn.Conv(1, (self.kernel_size, self.kernel_size), padding=((pad, pad), (pad, pad)),
+                use_bias=False, kernel_init=self.kernel_init, name="conv1")(pooled)
+    return nn.sigmoid(y)
