@@ -201,3 +201,51 @@ def acm_unet_rules(num_blocks: int = 3, tiny: bool = False) -> list[Rule]:
             Rule("head.block.1", ("head", "bn1"), BATCH_NORM),
             Rule("head.block.4", ("head", "conv2"), CONV)]
   return rules
+
+
+# ------------------------------------------------------------------------------- DNA-Net
+
+def res_cbam_block_rules(torch_prefix: str, flax_path: tuple[str, ...], with_shortcut: bool
+                         ) -> list[Rule]:
+  """Rules for one DNA-Net `Res_CBAM_block` (torch conv1, bn1, conv2, bn2, [shortcut.0,
+  shortcut.1], ca.fc1, ca.fc2, sa.conv1) -> `dnanet.ResCBAMBlock`."""
+  t, f = torch_prefix, flax_path
+  rules = [Rule(f"{t}.conv1", f + ("conv1",), CONV), Rule(f"{t}.bn1", f + ("bn1",), BATCH_NORM),
+           Rule(f"{t}.conv2", f + ("conv2",), CONV), Rule(f"{t}.bn2", f + ("bn2",), BATCH_NORM)]
+  if with_shortcut:
+    rules += [Rule(f"{t}.shortcut.0", f + ("shortcut_conv",), CONV),
+              Rule(f"{t}.shortcut.1", f + ("shortcut_bn",), BATCH_NORM)]
+  return rules + [Rule(f"{t}.ca.fc1", f + ("ca", "fc1"), CONV),
+                  Rule(f"{t}.ca.fc2", f + ("ca", "fc2"), CONV),
+                  Rule(f"{t}.sa.conv1", f + ("sa", "conv1"), CONV)]
+
+
+def dnanet_rules(num_blocks=(2, 2, 2, 2), deep_supervision: bool = True,
+                 residual: bool = True, in_channels: int = 3,
+                 nb_filter=(16, 32, 64, 128, 256)) -> list[Rule]:
+  """Rules for the official PyTorch DNA-Net (`DNANet` with `Res_CBAM_block`) -> `dnanet.DNANet`.
+
+  torch `conv{i}_{j}.{k}` (block k of node X^{i,j}) -> Flax `conv{i}_{j}/block{k}` (also
+  `conv0_4_final`); ca.fc1 / ca.fc2 / sa.conv1 -> ca/fc1, ca/fc2, sa/conv1; shortcut.0 /
+  shortcut.1 -> shortcut_conv / shortcut_bn, present in a node's first block when its input
+  width differs from nb_filter[i] (always for the concatenating nodes; for conv0_0 when
+  `in_channels` != nb_filter[0]; for conv{i}_0 when nb_filter[i - 1] != nb_filter[i]).
+  `conv0_{i}_1x1` and the heads `final1`..`final4` (or `final`) keep their names.
+  `residual=False` (the vgg10 backbone) has no shortcuts.
+  """
+  blocks = lambda i: 1 if i == 0 else num_blocks[i - 1]
+
+  def changes_width(i: int, j: int) -> bool:
+    if j > 0:
+      return True
+    return (in_channels if i == 0 else nb_filter[i - 1]) != nb_filter[i]
+
+  nodes = [(f"conv{i}_{j}", i, changes_width(i, j)) for i in range(5) for j in range(5 - i)]
+  rules = []
+  for name, i, changes in nodes + [("conv0_4_final", 0, True)]:
+    for k in range(blocks(i)):
+      rules += res_cbam_block_rules(f"{name}.{k}", (name, f"block{k}"),
+                                    with_shortcut=residual and k == 0 and changes)
+  rules += [Rule(f"conv0_{i}_1x1", (f"conv0_{i}_1x1",), CONV) for i in (4, 3, 2, 1)]
+  heads = [f"final{k}" for k in (1, 2, 3, 4)] if deep_supervision else ["final"]
+  return rules + [Rule(h, (h,), CONV) for h in heads]

@@ -10,7 +10,7 @@ from typing import Callable, Optional
 import flax.linen as nn
 import ml_collections
 
-from irst_jax.models import acm
+from irst_jax.models import acm, dnanet
 
 
 def _acm(cls) -> Callable[[ml_collections.ConfigDict, Optional[str]], nn.Module]:
@@ -21,12 +21,20 @@ def _acm(cls) -> Callable[[ml_collections.ConfigDict, Optional[str]], nn.Module]
   return build
 
 
+def _dnanet(config, axis_name):
+  # empty nb_filter / num_blocks: the backbone's (dnanet.BACKBONES)
+  return dnanet.DNANet(backbone=config.backbone, nb_filter=tuple(config.nb_filter) or None,
+                       num_blocks=tuple(config.num_blocks) or None,
+                       deep_supervision=config.deep_supervision, axis_name=axis_name)
+
+
 MODELS = {
     "acm_unet": _acm(acm.ACMUNet),
     "acm_fpn": _acm(acm.ACMFPN),
     # EAAU-Net (Remote Sensing 2021): the ACM U-Net host with the paper's Table 1 layout
     # (tiny stem: full-resolution stage 1) and EAA fusions (configs/eaau_net.py).
     "eaau_net": _acm(acm.ACMUNet),
+    "dnanet": _dnanet,   # DNA-Net (TIP 2022), configs/dnanet.py
 }
 
 

@@ -213,7 +213,9 @@ class CBAMChannelAttention(nn.Module):
 
   NHWC input [N, H, W, C]. The shared MLP is two bias-free 1x1 convolutions C -> C // r -> C
   with a ReLU between them (`fc1`, `fc2`; the DNA-Net reference's `ChannelAttention`,
-  r = 16). C // r is floored and at least 1 channel is needed (raises ValueError otherwise).
+  r = 16). C // r is floored; when it is 0 (C < r, e.g. the 8-channel level of DNA-Net's
+  ResNet10-Light) the MLP has zero-size weights and outputs 0, so M_c = sigmoid(0) = 0.5,
+  as PyTorch computes with its 0-channel convolutions.
   """
   reduction: int = 16
   kernel_init: nn.initializers.Initializer = layers.he_normal
@@ -222,10 +224,9 @@ class CBAMChannelAttention(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     c = x.shape[-1]
     hidden = c // self.reduction
-    if hidden < 1:
-      raise ValueError(f"CBAMChannelAttention: C // reduction = {c} // {self.reduction} is 0")
-    fc1 = nn.Conv(hidden, (1, 1), use_bias=False, kernel_init=self.kernel_init, name="fc1")
-    fc2 = nn.Conv(c, (1, 1), use_bias=False, kernel_init=self.kernel_init, name="fc2")
+    init = self.kernel_init if hidden else nn.initializers.zeros   # fans of 0 would divide by 0
+    fc1 = nn.Conv(hidden, (1, 1), use_bias=False, kernel_init=init, name="fc1")
+    fc2 = nn.Conv(c, (1, 1), use_bias=False, kernel_init=init, name="fc2")
     mlp = lambda v: fc2(nn.relu(fc1(v)))
     avg = jnp.mean(x, axis=(1, 2), keepdims=True)
     mx = jnp.max(x, axis=(1, 2), keepdims=True)

@@ -173,6 +173,19 @@ def _max_pool_bwd(residuals, g):
 max_pool_3x3_s2.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """PyTorch `MaxPool2d(2, 2)` on NHWC input [N, H, W, C] -> [N, H // 2, W // 2, C].
+
+  Written as a reshape and a max over the 2 x 2 windows (odd trailing rows/columns dropped, as
+  PyTorch's floor mode): the same forward values, and a gradient that avoids XLA's slow
+  select-and-scatter on CPU. Ties within a window share the gradient (PyTorch: the first
+  wins); ties are in practice the zeros after a ReLU, whose gradient the ReLU stops anyway.
+  """
+  n, h, w, c = x.shape
+  x = x[:, :h // 2 * 2, :w // 2 * 2, :]
+  return jnp.max(x.reshape(n, h // 2, 2, w // 2, 2, c), axis=(2, 4))
+
+
 class BasicBlock(nn.Module):
   """CIFAR/torchvision BasicBlock: 3x3 conv-BN-ReLU, 3x3 conv-BN, shortcut, ReLU after add.
 
