@@ -26,9 +26,9 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from jax.experimental import multihost_utils
 from flax import jax_utils
 from flax.training import train_state
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from irst_jax import checkpoints, losses, metrics, models, optim
@@ -266,7 +266,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: pathlib
           value = float(loss[0])
           _check_finite(value, global_step, epoch, store)
           progress.set_postfix(loss=f"{value:.4f}", lr=f"{float(step_metrics['learning_rate'][0]):.2e}")
-      mean_loss = float(np.mean([float(l[0]) for l in epoch_losses]))
+      mean_loss = float(np.mean([float(loss[0]) for loss in epoch_losses]))
       _check_finite(mean_loss, (epoch + 1) * steps_per_epoch, epoch, store)
       elapsed = time.perf_counter() - start if start is not None else float("nan")
       images_per_sec = (len(epoch_losses) - 1) * config.train.batch_size / elapsed if elapsed > 0 else float("nan")

@@ -16,8 +16,8 @@ from __future__ import annotations
 import pathlib
 
 import numpy as np
-from PIL import Image
 import pytest
+from PIL import Image
 
 FAKE_NAMES = [f"Misc_{i}" for i in range(1, 13)]
 FAKE_SPLITS = {
@@ -113,8 +113,9 @@ def no_download(monkeypatch):
 @pytest.fixture(scope="session")
 def prepared_fake_nuaa(tmp_path_factory):
   """(raw folder, tfds data_dir) of a fake NUAA-SIRST prepared once for the session."""
-  from irst_jax.data.builders import nuaa_sirst
   import tensorflow_datasets as tfds
+
+  from irst_jax.data.builders import nuaa_sirst
 
   base = tmp_path_factory.mktemp("fake_nuaa")
   raw = write_fake_nuaa_sirst(base / "raw")

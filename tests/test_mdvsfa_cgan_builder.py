@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
+from PIL import Image
 
 from irst_jax.data import sources
 from irst_jax.data.builders import BUILDERS, mdvsfa_cgan
-from tests.conftest import (MDVSFA_ABSENT, MDVSFA_TEST, MDVSFA_TEST_SIZES, MDVSFA_TRAIN,
-                            write_fake_mdvsfa_cgan)
+from tests.conftest import (
+  MDVSFA_ABSENT,
+  MDVSFA_TEST,
+  MDVSFA_TEST_SIZES,
+  MDVSFA_TRAIN,
+  write_fake_mdvsfa_cgan,
+)
 
 
 def _prepare(raw, data_dir):

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
+from PIL import Image
 
 from irst_jax.data import sources
 from irst_jax.data.builders import BUILDERS, nudt_sirst

@@ -4,9 +4,7 @@ import subprocess
 import sys
 import textwrap
 
-import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest

@@ -30,12 +30,12 @@ import dataclasses
 import math
 from typing import Any, Iterator
 
-from absl import flags
 import grain.python as grain
 import jax
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import flags
 
 from irst_jax.data import builders
 

@@ -20,16 +20,15 @@ also fails it raises
 
 from __future__ import annotations
 
+import inspect
 import os
 import pathlib
 from typing import Callable, Iterable, Sequence
 
-import inspect
-
-from etils import epath
 import numpy as np
-from PIL import Image
 import tensorflow_datasets as tfds
+from etils import epath
+from PIL import Image
 
 PathLike = str | os.PathLike
 

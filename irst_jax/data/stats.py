@@ -39,9 +39,8 @@ import dataclasses
 import pathlib
 from typing import Iterable, Mapping, Sequence
 
-from absl import app
-from absl import flags
 import numpy as np
+from absl import app, flags
 from skimage import measure
 
 #: Target area, as % of the image, at or below which ACM counts a target as tiny.

@@ -187,7 +187,7 @@ class IrstdBuilder(
         yield image
 
     mean, std = sources.grey_mean_std(train_images())
-    for split, specs in splits.items():
+    for specs in splits.values():
       for spec in specs:
         if (spec.image_path, spec.mask_path) not in checked:
           spec.read()
