@@ -119,7 +119,6 @@ class IrstdBuilder(
   @abc.abstractmethod
   def _has_layout(cls, d: pathlib.Path) -> bool:
     """Whether ``d`` looks like the dataset's folder in its official layout."""
-    raise NotImplementedError
 
   @abc.abstractmethod
   def _split_examples(self, root: pathlib.Path) -> Mapping[str, Sequence[PairSpec]]:
@@ -128,7 +127,6 @@ class IrstdBuilder(
     Raises InvalidSourceError naming the file for a missing/inconsistent source file that
     can be detected from the listing alone.
     """
-    raise NotImplementedError
 
   def _remote_source(self, dl_manager) -> tuple[pathlib.Path | None, str]:
     """Fallback when no local copy exists: (folder or None, note for the error message)."""
