@@ -248,3 +248,21 @@ def write_fake_mdvsfa_cgan(
   for k, (n, (h, w)) in enumerate(zip(MDVSFA_TEST, MDVSFA_TEST_SIZES)):
     pair(f"test_org/{n}.png", f"test_gt/{n}.png", h, w, k, "1")
   return d
+
+
+def prepare_builder(builder_cls, raw, data_dir, config):
+  """Builds `builder_cls(config)` into `data_dir` from the raw folder `raw` (or the usual
+  source lookup when `raw` is None) and returns the builder."""
+  import tensorflow_datasets as tfds
+
+  builder = builder_cls(config=config, data_dir=str(data_dir))
+  builder.download_and_prepare(
+      file_format="array_record",
+      download_config=tfds.download.DownloadConfig(manual_dir=str(raw) if raw else None),
+  )
+  return builder
+
+
+def all_examples(source):
+  """Every example of a TFDS data source, in order."""
+  return [source[i] for i in range(len(source))]

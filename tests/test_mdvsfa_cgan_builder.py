@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 from PIL import Image
 
 from irst_jax.data import sources
@@ -14,21 +13,17 @@ from tests.conftest import (
   MDVSFA_TEST,
   MDVSFA_TEST_SIZES,
   MDVSFA_TRAIN,
+  all_examples,
+  prepare_builder,
   write_fake_mdvsfa_cgan,
 )
 
 
 def _prepare(raw, data_dir):
-  builder = mdvsfa_cgan.MdvsfaCgan(config="official", data_dir=str(data_dir))
-  builder.download_and_prepare(
-      file_format="array_record",
-      download_config=tfds.download.DownloadConfig(manual_dir=str(raw) if raw else None),
-  )
-  return builder
+  return prepare_builder(mdvsfa_cgan.MdvsfaCgan, raw, data_dir, "official")
 
 
-def _all(source):
-  return [source[i] for i in range(len(source))]
+_all = all_examples
 
 
 @pytest.fixture(scope="module")

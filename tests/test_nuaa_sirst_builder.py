@@ -6,25 +6,18 @@ import sys
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 from PIL import Image
 
 from irst_jax.data import sources
 from irst_jax.data.builders import nuaa_sirst
-from tests.conftest import FAKE_SPLITS, write_fake_nuaa_sirst
+from tests.conftest import FAKE_SPLITS, all_examples, prepare_builder, write_fake_nuaa_sirst
 
 
 def _prepare(raw, data_dir, config="50_50"):
-  builder = nuaa_sirst.NuaaSirst(config=config, data_dir=str(data_dir))
-  builder.download_and_prepare(
-      file_format="array_record",
-      download_config=tfds.download.DownloadConfig(manual_dir=str(raw) if raw else None),
-  )
-  return builder
+  return prepare_builder(nuaa_sirst.NuaaSirst, raw, data_dir, config)
 
 
-def _all(source):
-  return [source[i] for i in range(len(source))]
+_all = all_examples
 
 
 @pytest.mark.parametrize("config", ["50_50", "acm"])

@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 from PIL import Image
 
 from irst_jax.data import sources
 from irst_jax.data.builders import BUILDERS, nudt_sirst
-from tests.conftest import NUDT_SPLITS, write_fake_nudt_sirst
+from tests.conftest import NUDT_SPLITS, prepare_builder, write_fake_nudt_sirst
 
 
 def _prepare(raw, data_dir):
-  builder = nudt_sirst.NudtSirst(config="50_50", data_dir=str(data_dir))
-  builder.download_and_prepare(
-      file_format="array_record",
-      download_config=tfds.download.DownloadConfig(manual_dir=str(raw) if raw else None),
-  )
-  return builder
-
+  return prepare_builder(nudt_sirst.NudtSirst, raw, data_dir, "50_50")
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
