@@ -9,8 +9,17 @@ split (the DNA-Net split). Other backbones of the paper: `--config.model.backbon
 (resnet34, resnet10_light, vgg10; see irst_jax/models/dnanet.py for what each one is);
 `nb_filter` / `num_blocks` non-empty override the backbone's widths / blocks per level.
 
+Argument part `pretrained_rgb` (e.g. `configs/dnanet.py:nudt_sirst,pretrained_rgb`): the input
+of the official PyTorch code, for its .pth.tar weights: 3 input channels and the
+`imagenet_rgb` normalisation (grey replicated to RGB, /255, ImageNet mean/std; see
+irst_jax/data/pipeline.py), i.e. `--config.model.in_channels=3
+--config.dataset.normalization=imagenet_rgb`.
+
 Run:   python -m irst_jax.main --config=configs/dnanet.py --workdir=runs/dnanet
 Smoke: python -m irst_jax.main --config=configs/dnanet.py:nuaa_sirst,smoke --workdir=/tmp/smoke
+Official weights: python -m irst_jax.import_weights --config=configs/dnanet.py:nudt_sirst,pretrained_rgb \
+         --weights=FILE.pth.tar --workdir=runs/dnanet_official
+       python -m irst_jax.main --mode=eval --workdir=runs/dnanet_official
 """
 from configs import default
 
@@ -30,6 +39,10 @@ def get_config(arg: str | None = None):
   config.optim.schedule = "cosine"
   config.optim.min_lr = 1e-5
   config.dataset.crop_size = 256
+  parts = [p for p in (arg or "").split(",") if p]
+  if "pretrained_rgb" in parts:   # the official code's input (REFERENCE.md §1)
+    config.model.in_channels = 3
+    config.dataset.normalization = "imagenet_rgb"
   # NUAA-SIRST / NUDT-SIRST keep these (50_50 split, 256 crops); MDvsFA-cGAN gets its dataset
   # defaults (128 crops, 50 epochs).
-  return default.apply_arg(config, arg)
+  return default.apply_arg(config, ",".join(p for p in parts if p != "pretrained_rgb"))

@@ -13,6 +13,8 @@ running_var -> params scale/bias, batch_stats mean/var.
 from __future__ import annotations
 
 import dataclasses
+import os
+import pathlib
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -83,6 +85,40 @@ def strip_prefixes(state_dict: Mapping[str, Any], prefixes: Iterable[str] = ("mo
   return out
 
 
+def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """Reads a PyTorch state_dict (torch name -> numpy array) from a weight file.
+
+  `.pth` / `.pt`: `torch.load` on the CPU with `weights_only=True` (needs torch); a checkpoint
+  dict holding the weights under 'state_dict' or 'model' is unwrapped. `.npz`: numpy arrays
+  keyed by the torch names.
+
+  Raises:
+    FileNotFoundError: no file at `path`.
+    ValueError: another suffix, or a `.pth` that holds no name -> tensor mapping.
+    ImportError: a `.pth` / `.pt` file without torch installed.
+  """
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"weight file {str(path)!r} does not exist")
+  if path.suffix == ".npz":
+    with np.load(path) as data:
+      return {name: data[name] for name in data.files}
+  if path.suffix not in (".pth", ".pt"):
+    raise ValueError(f"weight file {str(path)!r}: expected a .pth, .pt or .npz file")
+  try:
+    import torch
+  except ImportError as e:
+    raise ImportError(f"reading {str(path)!r} needs PyTorch (pip install torch), or save the "
+                      "state_dict as .npz") from e
+  state = torch.load(path, map_location="cpu", weights_only=True)
+  for key in ("state_dict", "model"):
+    if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
+      state = state[key]
+  if not isinstance(state, Mapping) or not all(hasattr(v, "shape") for v in state.values()):
+    raise ValueError(f"weight file {str(path)!r} holds no state_dict (name -> tensor)")
+  return {name: value.detach().cpu().numpy() for name, value in state.items()}
+
+
 def convert_state_dict(state_dict: Mapping[str, Any], rules: Iterable[Rule],
                        reference_variables: Mapping | None = None,
                        ignore: Iterable[str] = ("num_batches_tracked",)) -> dict[str, dict]:
@@ -142,6 +178,39 @@ def _check_covered(reference: Mapping, converted: Mapping, prefix: tuple[str, ..
       _check_covered(value, converted, path)
     elif _get(converted, path) is None:
       raise ConversionError(f"no state_dict tensor provides the Flax leaf {'/'.join(path)}")
+
+
+# transform -> its inverse (Flax layout -> PyTorch layout)
+_INVERSES = {_conv: lambda k: np.transpose(k, (3, 2, 0, 1)),
+             _conv_transpose: lambda k: np.transpose(k, (2, 3, 0, 1)),
+             np.ravel: lambda v: np.reshape(v, (1, -1, 1, 1))}
+
+
+def to_state_dict(variables: Mapping, rules: Iterable[Rule]) -> dict[str, np.ndarray]:
+  """The inverse of `convert_state_dict`: Flax variables -> a PyTorch-layout state_dict.
+
+  Returns torch name -> numpy array (conv weights (out, in, kh, kw), transposed-conv weights
+  (in, out, kh, kw), shuffle-attention gates (1, C, 1, 1)); optional leaves the model lacks
+  (conv biases) are left out, `num_batches_tracked` is not written. Used to write weight
+  files from Flax models (tests of the importer) and to check rules against a model.
+
+  Raises:
+    ConversionError: a required leaf is missing from `variables` (named).
+  """
+  state = {}
+  for rule in rules:
+    for suffix, collection, leaf, transform, required in _LEAVES[rule.kind]:
+      path = (collection,) + rule.flax_path + (leaf,)
+      value = _get(variables, path)
+      if value is None:
+        if required:
+          raise ConversionError(f"Flax variables have no leaf {'/'.join(path)} (needed for "
+                                f"{rule.torch_prefix}.{suffix})")
+        continue
+      value = np.asarray(value)
+      name = f"{rule.torch_prefix}.{suffix}" if rule.torch_prefix else suffix
+      state[name] = _INVERSES[transform](value) if transform is not None else value
+  return state
 
 
 # ----------------------------------------------------------------------------------- ACM
@@ -249,3 +318,35 @@ def dnanet_rules(num_blocks=(2, 2, 2, 2), deep_supervision: bool = True,
   rules += [Rule(f"conv0_{i}_1x1", (f"conv0_{i}_1x1",), CONV) for i in (4, 3, 2, 1)]
   heads = [f"final{k}" for k in (1, 2, 3, 4)] if deep_supervision else ["final"]
   return rules + [Rule(h, (h,), CONV) for h in heads]
+
+
+# ------------------------------------------------------------------------------ Res2Net
+
+def res2net_v1b_rules(num_blocks=(3, 4, 6, 3), scale: int = 4,
+                      flax_prefix: tuple[str, ...] = ("backbone",)) -> list[Rule]:
+  """Rules for the widely used PyTorch `Res2Net_v1b` (res2net50_v1b_26w_4s, ...) without its
+  classifier `fc` -> `res2net.Res2NetV1b` at `flax_prefix`.
+
+  torch `conv1.{0,3,6}` / `conv1.{1,4}` (deep stem) -> stem_conv{1,2,3} / stem_bn{1,2};
+  `bn1` -> bn1; `layer{l}.{b}.conv1|bn1|conv3|bn3` -> layer{l}_{b}/same; `.convs.{i}` /
+  `.bns.{i}` (i < scale - 1) -> convs_{i} / bns_{i}; the first block's `downsample.1` (conv;
+  downsample.0 is the weightless AvgPool) / `downsample.2` -> downsample_conv / downsample_bn.
+  """
+  p = tuple(flax_prefix)
+  rules = [Rule(f"conv1.{t}", p + (f"stem_{kind}{i}",), CONV if kind == "conv" else BATCH_NORM)
+           for t, kind, i in ((0, "conv", 1), (1, "bn", 1), (3, "conv", 2), (4, "bn", 2),
+                              (6, "conv", 3))]
+  rules.append(Rule("bn1", p + ("bn1",), BATCH_NORM))
+  for stage, blocks in enumerate(num_blocks, start=1):
+    for b in range(blocks):
+      t, f = f"layer{stage}.{b}", p + (f"layer{stage}_{b}",)
+      names = [("conv1", "conv1", CONV), ("bn1", "bn1", BATCH_NORM)]
+      names += [(f"{m}.{i}", f"{m}_{i}", kind) for i in range(scale - 1)
+                for m, kind in (("convs", CONV), ("bns", BATCH_NORM))]
+      names += [("conv3", "conv3", CONV), ("bn3", "bn3", BATCH_NORM)]
+      if b == 0:
+        names += [("downsample.1", "downsample_conv", CONV),
+                  ("downsample.2", "downsample_bn", BATCH_NORM)]
+      rules += [Rule(f"{t}.{torch_name}", f + (flax_name,), kind)
+                for torch_name, flax_name, kind in names]
+  return rules

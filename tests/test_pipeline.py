@@ -180,3 +180,44 @@ def test_eval_deterministic_and_other_splits(cfg):
   cfg.builder_config = "acm"
   names = [str(n) for batch in _eval(cfg, split="val") for n in batch["name"].ravel() if n]
   assert sorted(names) == sorted(FAKE_SPLITS["acm"]["val"])
+
+
+def test_imagenet_rgb_normalisation(cfg):
+  # The official DNA-Net input (REFERENCE.md §1): RGB, ToTensor (x / 255), ImageNet mean/std.
+  # By hand: grey 0 -> -m / s = (-2.117904, -2.035714, -1.804444) and
+  # grey 255 -> (1 - m) / s = (2.248908, 2.428571, 2.640000).
+  hand = {0: [-2.117904, -2.035714, -1.804444], 255: [2.248908, 2.428571, 2.640000]}
+  cfg.normalization = "imagenet_rgb"
+  cfg.crop_size, cfg.augment, cfg.shuffle, cfg.center_on_target_prob = 64, False, False, 0.0
+  info = pipeline.dataset_info(cfg)
+  assert info.channels == pipeline.image_channels(cfg) == 3
+  assert info.mean == pytest.approx((123.675, 116.28, 103.53))
+  assert info.std == pytest.approx((58.395, 57.12, 57.375))
+  pipeline.check_channels(cfg, 3)
+  with pytest.raises(ValueError, match=r"in_channels=1 .*'imagenet_rgb' yields 3-channel.*"
+                     r"in_channels=3"):
+    pipeline.check_channels(cfg, 1)
+
+  source = _source(cfg, "train")
+  train_images = np.concatenate([b["image"][0] for b in _train(cfg, batch_size=2, num_devices=1)])
+  assert train_images.shape == (6, 64, 64, 3)
+  eval_images = {str(n): image for b in _eval(cfg, split="train", batch_size=1, num_devices=1)
+                 for n, image in zip(b["name"][0], b["image"][0])}
+  mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+  seen = set()
+  for i in range(len(source)):
+    ex = source[i]
+    grey = ex["image"][..., 0]
+    h, w = grey.shape
+    want = (grey[..., None] / 255.0 - mean) / std   # float64, channels broadcast
+    got = eval_images[ex["name"].decode()]
+    assert got.shape[-1] == 3 and not got[h:].any() and not got[:, w:].any()
+    np.testing.assert_allclose(got[:h, :w], want, atol=2e-6)
+    if max(h, w) <= 64:   # whole in the 64 crop
+      np.testing.assert_allclose(train_images[i, :h, :w], want, atol=2e-6)
+    for value, expected in hand.items():
+      if (grey == value).any():
+        seen.add(value)
+        np.testing.assert_allclose(got[:h, :w][grey == value], np.tile(expected, (
+            int((grey == value).sum()), 1)), atol=1e-6)
+  assert seen == {0, 255}

@@ -1,8 +1,9 @@
 """Input pipeline: Grain loaders over the TFDS (ArrayRecord) data sources of the IRSTD datasets.
 
 Train (:func:`create_train_iterator`): one epoch of ``{'image', 'mask'}`` float32 batches
-``[num_devices, batch_size // num_devices, crop, crop, 1]``. Each example is normalised
-(``(x - mean) / std``), zero-padded bottom/right up to the crop size when smaller, cropped
+``[num_devices, batch_size // num_devices, crop, crop, C]`` (C = 1, or 3 for
+``normalization='imagenet_rgb'``; masks always 1). Each example is normalised
+(``(x - mean) / std``, see *Normalisation* below), zero-padded bottom/right up to the crop size when smaller, cropped
 (with probability ``center_on_target_prob`` around a random target pixel, otherwise
 uniformly) and, when ``augment``, flipped horizontally, vertically and transposed (each with
 probability 0.5). Shuffling and augmentation are seeded by ``seed + epoch``; the records
@@ -20,6 +21,24 @@ examples (all-zero ``valid``, name ``''``). Deterministic order: buckets by (Hp,
 images by name within a bucket. Each bucket is a distinct input shape for a jitted step
 (NUAA-SIRST 50_50 test: 214 images in 34 shapes). The bucket layout of a split is computed
 once per process (one pass over the split) and cached.
+
+Normalisation (``dataset_config.normalization``; zero padding is applied after it, so it
+pads with the mean):
+
+- ``'dataset'``: grey ``(x - mean) / std`` with the builder's training-split statistics
+  (0..255 scale), one channel.
+- ``'basicirstd'``: the same with BasicIRSTD's published constants (``BASICIRSTD_MEAN_STD``).
+- ``'imagenet_rgb'``: what the official DNA-Net (and ACM) PyTorch code feeds its networks
+  (REFERENCE.md §1): ``Image.open(...).convert('RGB')``, torchvision ``ToTensor`` (x / 255)
+  and ``Normalize(IMAGENET_MEAN, IMAGENET_STD)``. The builders store grey images, so the grey
+  image is replicated to 3 channels and channel c becomes ``(x / 255 - IMAGENET_MEAN[c]) /
+  IMAGENET_STD[c]`` (computed as ``(x - 255 m_c) / (255 s_c)``, equal up to float32
+  rounding). Use it with ``model.in_channels=3`` for weights imported from the official code
+  (``irst_jax.import_weights``). Consequence of storing grey: the official input equals this
+  one exactly where the source image's three channels are equal (every NUDT-SIRST image but
+  7 of 1,327, ``001109``..``001119``, whose channels differ by up to 7 grey levels; 159 of
+  NUAA-SIRST's 427 images, by up to 47 levels in Misc_68 / Misc_72); elsewhere the network
+  sees PIL's luma ``convert('L')`` in all three channels instead of the colour channels.
 
 ``dataset_config`` is an ``ml_collections.ConfigDict``; see :func:`default_dataset_config`.
 """
@@ -46,7 +65,12 @@ BASICIRSTD_MEAN_STD = {
     "irstd_1k": (87.46619, 39.71953),
 }
 
-_NORMALIZATIONS = ("dataset", "basicirstd")
+#: ImageNet RGB mean / std on the 0..1 scale (torchvision ``Normalize`` of the official DNA-Net
+#: and ACM code), used by ``normalization='imagenet_rgb'``.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_NORMALIZATIONS = ("dataset", "basicirstd", "imagenet_rgb")
 
 
 def default_dataset_config() -> ml_collections.ConfigDict:
@@ -76,15 +100,19 @@ class DatasetInfo:
   """What the training code needs to know about a prepared dataset.
 
   ``mean``/``std`` are the normalisation actually used (0..255 scale), i.e. the builder's
-  train statistics for ``normalization='dataset'`` or BasicIRSTD's constants for
-  ``normalization='basicirstd'``.
+  train statistics for ``normalization='dataset'``, BasicIRSTD's constants for
+  ``normalization='basicirstd'`` (floats), or 255 x ImageNet's per-channel RGB values for
+  ``normalization='imagenet_rgb'`` (3-tuples); ``channels`` is the channel count of the
+  images the iterators yield (1, or 3 for ``imagenet_rgb``), which must equal the model's
+  ``in_channels`` (:func:`check_channels`).
   """
 
   name: str
   builder_config: str
   num_examples: dict[str, int]
-  mean: float
-  std: float
+  mean: float | tuple[float, ...]
+  std: float | tuple[float, ...]
+  channels: int = 1
 
 
 # -- builder -----------------------------------------------------------------------------
@@ -123,8 +151,11 @@ def _is_prepared(builder) -> bool:
     return builder.data_path.exists()
 
 
-def _mean_std(dataset_config, builder) -> tuple[float, float]:
+def _mean_std(dataset_config, builder) -> tuple[Any, Any]:
+  """(mean, std) on the 0..255 scale: floats (grey) or 3-tuples (``imagenet_rgb``)."""
   norm = dataset_config.normalization
+  if norm == "imagenet_rgb":
+    return (tuple(255.0 * m for m in IMAGENET_MEAN), tuple(255.0 * s for s in IMAGENET_STD))
   if norm == "dataset":
     meta = builder.info.metadata or {}
     if "mean" not in meta or "std" not in meta:
@@ -156,7 +187,37 @@ def dataset_info(dataset_config) -> DatasetInfo:
       num_examples={k: int(v.num_examples) for k, v in builder.info.splits.items()},
       mean=mean,
       std=std,
+      channels=int(np.size(mean)),
   )
+
+
+def image_channels(dataset_config) -> int:
+  """Channels of the images the iterators yield: 3 for ``normalization='imagenet_rgb'``,
+  else 1 (unknown normalisations are reported by the iterators)."""
+  return 3 if dataset_config.normalization == "imagenet_rgb" else 1
+
+
+def check_channels(dataset_config, in_channels: int) -> None:
+  """Raises ValueError when a model of ``in_channels`` inputs cannot take this pipeline's
+  images, naming both values and the override that fixes it."""
+  channels = image_channels(dataset_config)
+  if int(in_channels) != channels:
+    raise ValueError(
+        f"model.in_channels={in_channels} but dataset.normalization="
+        f"{dataset_config.normalization!r} yields {channels}-channel images; set "
+        f"--config.model.in_channels={channels} or choose a normalization with "
+        f"{in_channels} channel(s) ('imagenet_rgb': 3, 'dataset' / 'basicirstd': 1).")
+
+
+def _normalize(image: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+  """uint8 grey [H, W, 1] -> float32 [H, W, C] = (x - mean[c]) / std[c], C = mean.size (the
+  grey image replicated to every channel)."""
+  return (image.astype(np.float32) - mean) / std
+
+
+def _normalization_arrays(dataset_config, builder) -> tuple[np.ndarray, np.ndarray]:
+  mean, std = _mean_std(dataset_config, builder)
+  return np.asarray(mean, np.float32).reshape(-1), np.asarray(std, np.float32).reshape(-1)
 
 
 # -- checks ------------------------------------------------------------------------------
@@ -187,15 +248,16 @@ def _check_multiple(name: str, value: Any, multiple: int = 32) -> int:
 class _TrainTransform(grain.RandomMapTransform):
   """Normalise, pad to the crop size, crop (optionally on a target), flip/transpose."""
 
-  def __init__(self, mean: float, std: float, crop: int, center_prob: float, augment: bool):
-    self.mean = np.float32(mean)
-    self.std = np.float32(std)
+  def __init__(self, mean: np.ndarray, std: np.ndarray, crop: int, center_prob: float,
+               augment: bool):
+    self.mean = mean
+    self.std = std
     self.crop = crop
     self.center_prob = float(center_prob)
     self.augment = augment
 
   def random_map(self, element, rng: np.random.Generator):
-    image = (element["image"].astype(np.float32) - self.mean) / self.std
+    image = _normalize(element["image"], self.mean, self.std)
     mask = (element["mask"] > 0).astype(np.float32)
     c = self.crop
     h, w = image.shape[:2]
@@ -237,8 +299,10 @@ def create_train_iterator(
   """One epoch of training batches.
 
   Yields:
-    {'image': float32 [num_devices, batch_size // num_devices, crop, crop, 1] normalised,
-     'mask': float32 of the same shape, in {0, 1}}; the remainder is dropped.
+    {'image': float32 [num_devices, batch_size // num_devices, crop, crop, C] normalised
+     (C = :func:`image_channels`),
+     'mask': float32 [num_devices, batch_size // num_devices, crop, crop, 1] in {0, 1}};
+    the remainder is dropped.
 
   Raises:
     ValueError: batch_size not a multiple of num_devices, bad crop_size (not a positive
@@ -257,7 +321,7 @@ def create_train_iterator(
         f"crop_size={crop} is larger than every training image of {dataset_config.name}/"
         f"{dataset_config.builder_config} (longest side {largest} px); choose a crop_size "
         f"<= {largest // 32 * 32}. Images smaller than the crop in one side are zero-padded.")
-  mean, std = _mean_std(dataset_config, builder)
+  mean, std = _normalization_arrays(dataset_config, builder)
   source = builder.as_data_source(split=dataset_config.train_split)
 
   shard = grain.ShardOptions(
@@ -332,7 +396,7 @@ def create_eval_iterator(
   """Whole images, padded to a multiple of ``pad_multiple`` and bucketed by padded shape.
 
   Yields:
-    {'image': f32 [D, b, Hp, Wp, 1] normalised (0 on padding),
+    {'image': f32 [D, b, Hp, Wp, C] normalised (0 on padding; C = :func:`image_channels`),
      'mask': f32 [D, b, Hp, Wp, 1] in {0, 1},
      'valid': f32 [D, b, Hp, Wp, 1], 1 on the original pixels, 0 on padding/dummies,
      'name': str array [D, b], '' for dummy examples},
@@ -343,8 +407,7 @@ def create_eval_iterator(
   per_device = _check_batch(batch_size, num_devices)
   multiple = _check_multiple("pad_multiple", dataset_config.pad_multiple, multiple=1)
   builder = load_builder(dataset_config)
-  mean, std = _mean_std(dataset_config, builder)
-  mean, std = np.float32(mean), np.float32(std)
+  mean, std = _normalization_arrays(dataset_config, builder)
   source = builder.as_data_source(split=split)
 
   key = (str(builder.data_path), split, multiple)
@@ -359,14 +422,14 @@ def create_eval_iterator(
     for (hp, wp), indices in buckets:
       for start in range(0, len(indices), global_batch):
         mine = indices[start + proc * batch_size: start + (proc + 1) * batch_size]
-        image = np.zeros((batch_size, hp, wp, 1), np.float32)
+        image = np.zeros((batch_size, hp, wp, mean.size), np.float32)
         mask = np.zeros((batch_size, hp, wp, 1), np.float32)
         valid = np.zeros((batch_size, hp, wp, 1), np.float32)
         names = [""] * batch_size
         for j, idx in enumerate(mine):
           ex = source[idx]
           h, w = ex["image"].shape[:2]
-          image[j, :h, :w] = (ex["image"].astype(np.float32) - mean) / std
+          image[j, :h, :w] = _normalize(ex["image"], mean, std)
           mask[j, :h, :w] = ex["mask"] > 0
           valid[j, :h, :w] = 1.0
           name = ex["name"]
