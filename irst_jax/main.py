@@ -4,6 +4,7 @@
   python -m irst_jax.main --config=configs/acm_unet.py --workdir=runs/acm_unet \
       --config.train.num_epochs=5                          # override any config value
   python -m irst_jax.main --mode=eval --workdir=runs/acm_unet [--checkpoint=latest]
+  python -m irst_jax.main --mode=export --workdir=runs/acm_unet [--export_dir=DIR]
 
 `train` resumes from the workdir's latest checkpoint when there is one. `eval` uses the
 config saved in the workdir unless --config is given.
@@ -21,9 +22,13 @@ from irst_jax import train
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, metrics).")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "What to do.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "export"], "What to do.")
 _CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", ["best", "latest"],
-                                "Checkpoint evaluated by --mode=eval.")
+                                "Checkpoint evaluated or exported by --mode=eval|export.")
+_EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Artifact directory written by "
+                                  "--mode=export (default: WORKDIR/export).")
+_EVAL_DIR = flags.DEFINE_string("eval_dir", None, "Report folder of --mode=eval (metrics.json, "
+                                "roc.png, pr.png, grid.png; default WORKDIR/eval/CHECKPOINT_SPLIT).")
 _SPLIT = flags.DEFINE_string("split", None, "Split evaluated by --mode=eval (default: the "
                              "config's dataset.eval_split).")
 
@@ -41,9 +46,16 @@ def main(argv):
     if best:
       print(f"best (step {int(best['step'])}): {train.format_metrics(best)}")
     print(f"train throughput: {result['images_per_sec']:.1f} images/s")
+  elif _MODE.value == "export":
+    from irst_jax import export
+    path = export.export_workdir(_WORKDIR.value, _EXPORT_DIR.value, _CHECKPOINT.value)
+    print(f"exported the {_CHECKPOINT.value} checkpoint of {_WORKDIR.value} to {path}")
   else:
-    values = train.evaluate_workdir(_WORKDIR.value, _CHECKPOINT.value, _CONFIG.value, _SPLIT.value)
+    from irst_jax import report
+    values = train.evaluate_workdir(_WORKDIR.value, _CHECKPOINT.value, _CONFIG.value, _SPLIT.value,
+                                    _EVAL_DIR.value)
     print(train.format_metrics(values))
+    print(report.table(values, _CHECKPOINT.value))
     print(json.dumps(values, indent=2))
 
 

@@ -1,0 +1,200 @@
+"""Export a workdir's checkpoint as a self-contained artifact: jax.export module + weights.
+
+    python -m irst_jax.main --mode=export --workdir=runs/acm_unet [--checkpoint=best|latest]
+        [--export_dir=runs/acm_unet/export]
+
+Artifact (a directory; read by :func:`irst_jax.detector.load_export`, which needs only jax
+and numpy):
+
+  model.jaxexport   serialized ``jax.export`` module (StableHLO, lowered for cpu and cuda)
+                    of ``forward(weights, images, logit_threshold) -> (logits, labels)``:
+                    weights {'params/...', 'batch_stats/...': array}; images float32
+                    [b, h, w, 1] grey on the 0..255 scale with symbolic b, h, w (1 <= h, w
+                    <= 16384); logits float32 [b, h, w, 1]; labels int32 [b, h, w], the
+                    8-connected components of ``logits > logit_threshold``
+                    (metrics.connected_components), 0 = background.
+  weights.npz       the variables, flattened with '/'-joined keys.
+  manifest.json     format and version, model and full training config, checkpoint (step,
+                    metrics), normalisation, threshold, input layout and the divisibility
+                    constraint, platforms, library versions, sha256 of both files.
+  irst_detector.py  a copy of irst_jax/detector.py: ``from irst_detector import Detector;
+                    Detector.from_export(dir)`` without irst_jax installed.
+
+Divisibility: every irst_jax model needs H and W divisible by 32 (five stride-2 stages in
+DNA-Net; ACM-U-Net / FPN need 16). The module takes any h, w and pads inside, with symbolic
+arithmetic, exactly as the evaluation pipeline does (``data/pipeline.py``: normalise, zero-pad
+bottom/right to ``dataset.pad_multiple`` = 32, crop the output back), so an exported model
+reproduces the evaluated numbers.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import platform
+import shutil
+from typing import Any, Callable, Optional, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import jaxlib
+import ml_collections
+import numpy as np
+from flax import traverse_util
+
+import irst_jax
+from irst_jax import checkpoints, detector, metrics, models
+from irst_jax.data import pipeline
+
+DEFAULT_PLATFORMS = ("cpu", "cuda")
+
+
+def load_workdir(workdir: str | pathlib.Path, checkpoint: str = "best", step: Optional[int] = None
+                 ) -> tuple[ml_collections.ConfigDict, dict[str, Any], int]:
+  """(config, {'params', 'batch_stats'} as numpy, step) of a workdir's checkpoint.
+
+  Args:
+    checkpoint: 'best' (best test IoU) or 'latest'.
+    step: a step of that kind to restore instead of the newest.
+
+  Raises:
+    FileNotFoundError: not a workdir (no config.json), or no such checkpoint (naming the
+      directory).
+    ValueError: unknown `checkpoint`.
+  """
+  if checkpoint not in ("best", "latest"):
+    raise ValueError(f"checkpoint must be 'best' or 'latest', got {checkpoint!r}")
+  config = checkpoints.load_config(workdir)
+  store = checkpoints.CheckpointStore(workdir, keep=config.train.keep_checkpoints)
+  try:
+    manager = store.best if checkpoint == "best" else store.latest
+    step = manager.latest_step() if step is None else step
+    if step is None or step not in manager.all_steps():
+      raise FileNotFoundError(f"no {checkpoint} checkpoint{'' if step is None else f' {step}'} "
+                              f"in {manager.directory}")
+    restored = manager.restore(step)
+  finally:
+    store.close()
+  variables = {k: jax.tree_util.tree_map(np.asarray, restored[k])
+               for k in ("params", "batch_stats") if restored.get(k)}
+  return config, variables, int(step)
+
+
+def flatten(variables: dict[str, Any]) -> dict[str, np.ndarray]:
+  """{'params': {'a': {'kernel': x}}} -> {'params/a/kernel': x} (numpy)."""
+  return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(variables, sep="/").items()}
+
+
+def make_forward(config: ml_collections.ConfigDict, mean: float, std: float
+                 ) -> Callable[[dict, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
+  """The inference function of `config`'s model (traceable with symbolic shapes).
+
+  forward(weights, images, logit_threshold) -> (logits, labels), see the module docstring:
+  images float32 [B, H, W, 1] on the 0..255 scale are normalised ``(x - mean) / std``,
+  repeated to ``model.in_channels``, zero-padded bottom/right to a multiple of
+  ``dataset.pad_multiple`` (32), run through the network in inference mode (BatchNorm
+  running statistics, no dropout), cropped back to H x W (``models.final_logits`` under deep
+  supervision); labels are ``metrics.connected_components`` of ``logits > logit_threshold``.
+  """
+  model = models.create_model(config.model)
+  multiple = int(config.dataset.pad_multiple)
+  mean, std = np.float32(mean), np.float32(std)
+  in_channels = int(config.model.in_channels)
+
+  def forward(weights, images, logit_threshold):
+    variables = traverse_util.unflatten_dict(weights, sep="/")
+    _, h, w, _ = images.shape
+    x = jnp.repeat((images - mean) / std, in_channels, axis=-1)
+    pad_h = multiple * ((h + multiple - 1) // multiple) - h
+    pad_w = multiple * ((w + multiple - 1) // multiple) - w
+    x = jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
+    logits = models.final_logits(model.apply(variables, x, train=False))[:, :h, :w]
+    labels = jax.vmap(metrics.connected_components)(logits[..., 0] > logit_threshold)
+    return logits, labels
+
+  return forward
+
+
+def _manifest(config: ml_collections.ConfigDict, workdir: pathlib.Path, checkpoint: str,
+              step: int, info: pipeline.DatasetInfo) -> dict[str, Any]:
+  metrics_path = workdir / checkpoints.BEST_METRICS_FILE
+  best_metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else None
+  return {
+      "format": detector.FORMAT_NAME,
+      "format_version": detector.FORMAT_VERSION,
+      "model": json.loads(config.model.to_json_best_effort()),
+      "config": json.loads(config.to_json_best_effort()),
+      "checkpoint": {"workdir": str(workdir), "kind": checkpoint, "step": step,
+                     "best_metrics": best_metrics if checkpoint == "best" else None},
+      "normalization": {"kind": config.dataset.normalization, "mean": info.mean, "std": info.std,
+                        "dataset": f"{info.name}/{info.builder_config}",
+                        "formula": "(x - mean) / std on the 0..255 grey scale"},
+      "threshold": float(config.eval.threshold),
+      "input": {
+          "layout": "NHWC", "shape": ["b", "h", "w", 1], "dtype": "float32",
+          "values": "grey, 0..255 scale, not normalised",
+          "max_side": detector.MAX_SIDE,
+          "divisibility": (f"the network needs H and W divisible by "
+                           f"{int(config.dataset.pad_multiple)}; the module zero-pads "
+                           "bottom/right after normalisation and crops the output back"),
+      },
+      "outputs": {"logits": "float32 [b, h, w, 1], pre-sigmoid",
+                  "labels": "int32 [b, h, w], 8-connected components of logits > "
+                            "logit_threshold (second argument), 0 = background"},
+  }
+
+
+def workdir_forward(workdir: str | pathlib.Path, checkpoint: str = "best",
+                    step: Optional[int] = None):
+  """(jit-compiled in-framework forward(images, logit_threshold), manifest) of a workdir."""
+  workdir = pathlib.Path(workdir).absolute()
+  config, variables, step = load_workdir(workdir, checkpoint, step)
+  info = pipeline.dataset_info(config.dataset)
+  weights = jax.device_put(flatten(variables))
+  forward = jax.jit(make_forward(config, info.mean, info.std))
+  manifest = _manifest(config, workdir, checkpoint, step, info)
+  return (lambda images, threshold: forward(weights, images, threshold)), manifest
+
+
+def export_forward(forward: Callable, weights: dict[str, np.ndarray],
+                   platforms: Sequence[str] = DEFAULT_PLATFORMS) -> jax.export.Exported:
+  """jax.export of `forward` with symbolic batch, height and width (1 <= h, w <= MAX_SIDE)."""
+  scope = jax.export.SymbolicScope([f"h <= {detector.MAX_SIDE}", f"w <= {detector.MAX_SIDE}"])
+  b, h, w = jax.export.symbolic_shape("b, h, w", scope=scope)
+  specs = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in weights.items()}
+  return jax.export.export(jax.jit(forward), platforms=tuple(platforms))(
+      specs, jax.ShapeDtypeStruct((b, h, w, 1), jnp.float32),
+      jax.ShapeDtypeStruct((), jnp.float32))
+
+
+def export_workdir(workdir: str | pathlib.Path, output: Optional[str | pathlib.Path] = None,
+                   checkpoint: str = "best", step: Optional[int] = None,
+                   platforms: Sequence[str] = DEFAULT_PLATFORMS) -> pathlib.Path:
+  """Writes the artifact of a workdir's checkpoint into `output` (default workdir/export).
+
+  Returns the artifact directory. Raises what :func:`load_workdir` and
+  ``pipeline.dataset_info`` raise (no checkpoint, dataset not prepared/found).
+  """
+  workdir = pathlib.Path(workdir).absolute()
+  output = pathlib.Path(output) if output is not None else workdir / "export"
+  config, variables, step = load_workdir(workdir, checkpoint, step)
+  info = pipeline.dataset_info(config.dataset)
+  weights = flatten(variables)
+  exported = export_forward(make_forward(config, info.mean, info.std), weights, platforms)
+  output.mkdir(parents=True, exist_ok=True)
+  (output / detector.MODULE_FILE).write_bytes(exported.serialize())
+  np.savez(output / detector.WEIGHTS_FILE, **weights)
+  shutil.copyfile(detector.__file__, output / "irst_detector.py")
+  manifest = _manifest(config, workdir, checkpoint, step, info)
+  manifest.update(
+      platforms=list(exported.platforms),
+      calling_convention_version=exported.calling_convention_version,
+      versions={"irst_jax": irst_jax.__version__, "jax": jax.__version__,
+                "jaxlib": jaxlib.__version__,
+                "flax": flax.__version__, "numpy": np.__version__,
+                "python": platform.python_version()},
+      files={name: {"sha256": detector.sha256(output / name),
+                    "bytes": (output / name).stat().st_size}
+             for name in (detector.MODULE_FILE, detector.WEIGHTS_FILE)})
+  (output / detector.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+  return output

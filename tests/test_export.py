@@ -1,0 +1,274 @@
+"""Exported artifact: equal to in-framework inference, self-contained, checked on load."""
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import measure
+
+from irst_jax import checkpoints, export, metrics, models
+from irst_jax.data import pipeline
+from irst_jax.detector import (
+  ArtifactError,
+  Detector,
+  IncompatibleArtifactError,
+  find_detections,
+  to_grey,
+)
+from tests.test_main import _tiny_config  # the tiny ACM-U-Net of the main-job tests
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+#: Image sizes shared by the export and predict tests (each size / batch compiles once).
+SIZES = [(2, 20, 45), (1, 33, 64)]
+_CACHE: dict = {}
+
+
+def _variables(config, seed):
+  """Random variables of the model's shapes (jax.eval_shape: no slow init run): He-normal
+  kernels, small biases, BatchNorm scales and running statistics away from 0 / 1."""
+  model = models.create_model(config.model)
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 1)))
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    name = str(path[-1].key)
+    if name == "kernel":
+      return rng.normal(0.0, np.sqrt(2.0 / np.prod(leaf.shape[:-1])), leaf.shape)
+    if name in ("scale", "var"):
+      return rng.uniform(0.5, 1.5, leaf.shape)
+    return rng.normal(0.0, 0.1, leaf.shape)
+
+  return jax.tree_util.tree_map_with_path(lambda p, x: draw(p, x).astype(np.float32), shapes)
+
+
+def shared(tmp_path_factory, prepared):
+  """(workdir, artifact dir, config, best variables) built once for the export/predict tests:
+  a workdir with a best (step 3) and a latest (step 5) checkpoint of a tiny ACM-U-Net,
+  exported by the command `python -m irst_jax.main --mode=export`."""
+  if "workdir" not in _CACHE:
+    workdir = tmp_path_factory.mktemp("export") / "run"
+    config = _tiny_config(prepared)
+    checkpoints.save_config(workdir, config)
+    best, latest = _variables(config, 0), _variables(config, 1)
+    store = checkpoints.CheckpointStore(workdir)
+    store.save_best(3, dict(best, step=np.int32(3)), {"IoU": 0.5})
+    store.save_latest(5, dict(latest, step=np.int32(5)))
+    store.close()
+    artifact = workdir.parent / "artifact"
+    command = [sys.executable, "-m", "irst_jax.main", "--mode=export", f"--workdir={workdir}",
+               f"--export_dir={artifact}"]
+    out = subprocess.run(command, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"exported the best checkpoint of {workdir} to {artifact}" in out.stdout
+    _CACHE.update(workdir=workdir, artifact=artifact, config=config, best=best, latest=latest)
+  return _CACHE["workdir"], _CACHE["artifact"], _CACHE["config"], _CACHE["best"]
+
+
+def exported_detector(tmp_path_factory, prepared) -> Detector:
+  """One Detector.from_export shared by the tests (its jit cache too)."""
+  if "detector" not in _CACHE:
+    _CACHE["detector"] = Detector.from_export(shared(tmp_path_factory, prepared)[1])
+  return _CACHE["detector"]
+
+
+@pytest.fixture
+def setup(tmp_path_factory, prepared_fake_nuaa):
+  return shared(tmp_path_factory, prepared_fake_nuaa)
+
+
+@pytest.fixture
+def exported(tmp_path_factory, prepared_fake_nuaa):
+  return exported_detector(tmp_path_factory, prepared_fake_nuaa)
+
+
+def _images(b, h, w, seed=0):
+  return np.random.default_rng(seed).integers(0, 256, (b, h, w), dtype=np.uint8)
+
+
+def _eval_logits(config, variables, images):
+  """Logits as the evaluation computes them: pipeline normalisation, zero padding to a
+  multiple of 32, model.apply, crop (written independently of export.make_forward)."""
+  info = pipeline.dataset_info(config.dataset)
+  b, h, w = images.shape
+  hp, wp = -(-h // 32) * 32, -(-w // 32) * 32
+  x = np.zeros((b, hp, wp, 1), np.float32)
+  x[:, :h, :w, 0] = (images.astype(np.float32) - np.float32(info.mean)) / np.float32(info.std)
+  model = models.create_model(config.model)
+  return np.asarray(model.apply(variables, x, train=False))[:, :h, :w, 0]
+
+
+def test_exported_equals_in_framework_on_several_sizes(setup, exported):
+  workdir, _, config, best = setup
+  in_framework = Detector.from_workdir(workdir)
+  for b, h, w in SIZES:
+    images = _images(b, h, w)
+    ours, theirs = exported.predict_batch(list(images)), in_framework.predict_batch(list(images))
+    for p, q in zip(ours, theirs):
+      assert p.score.shape == (h, w)
+      np.testing.assert_allclose(p.score, q.score, atol=1e-5)
+      np.testing.assert_array_equal(p.mask, q.mask)
+  # ... and both equal the evaluation's own computation (first size)
+  images = _images(*SIZES[0])
+  logits = _eval_logits(config, best, images)
+  for p, lg in zip(exported.predict_batch(list(images)), logits):
+    np.testing.assert_allclose(p.score, 1 / (1 + np.exp(-lg.astype(np.float64))), atol=1e-5)
+    np.testing.assert_array_equal(p.mask, lg > 0)
+
+
+def test_detections_are_the_components_the_evaluation_counts(exported):
+  b, h, w = SIZES[0]
+  images = _images(b, h, w, seed=1)
+  first = exported.predict_batch(list(images))
+  # a threshold giving several components on the untrained network
+  detector = Detector(exported.forward, exported.manifest,
+                      threshold=float(np.quantile(first[0].score, 0.9)))
+  for p in detector.predict_batch(list(images)):
+    np.testing.assert_array_equal(p.mask, p.score > detector.threshold)
+    labels = measure.label(p.mask, connectivity=2)
+    regions = measure.regionprops(labels, intensity_image=p.score)
+    assert len(regions) >= 2 and len(p.detections) == len(regions)
+    # same components as metrics.connected_components (the evaluation's Pd/Fa)
+    ours = np.asarray(metrics.connected_components(jnp.asarray(p.mask)))
+    assert len(np.unique(ours[ours > 0])) == len(regions)
+    for d, r in zip(p.detections, regions):  # both in raster order of the first pixel
+      assert d.area == r.area
+      np.testing.assert_allclose([d.y, d.x], r.centroid, atol=1e-9)
+      assert (d.y_min, d.x_min, d.y_max + 1, d.x_max + 1) == tuple(r.bbox)
+      np.testing.assert_allclose([d.peak_score, d.mean_score],
+                                 [r.intensity_max, r.intensity_mean], rtol=1e-6)
+
+
+def test_find_detections_by_hand():
+  labels = np.zeros((5, 6), np.int32)
+  labels[0, 4:6] = 5          # a 2-pixel component whose first pixel is (0, 4)
+  labels[2:4, 1] = 13         # a vertical pair, first pixel (2, 1)
+  labels[3, 2] = 13
+  score = np.linspace(0.0, 1.0, 30).reshape(5, 6)
+  a, b = find_detections(labels, score)
+  assert (a.target_id, a.area, a.x, a.y, a.x_min, a.y_min, a.x_max, a.y_max) == (
+      1, 2, 4.5, 0.0, 4, 0, 5, 0)
+  assert (b.target_id, b.area, b.x_min, b.y_min, b.x_max, b.y_max) == (2, 3, 1, 2, 2, 3)
+  np.testing.assert_allclose([b.x, b.y], [4 / 3, 8 / 3])
+  np.testing.assert_allclose([b.peak_score, b.mean_score],
+                             [score[3, 2], (score[2, 1] + score[3, 1] + score[3, 2]) / 3])
+  assert find_detections(np.zeros((3, 3), np.int32), np.zeros((3, 3))) == []
+
+
+def test_to_grey_matches_pil_and_scales_16_bit():
+  rgb = np.random.default_rng(0).integers(0, 256, (7, 9, 3), dtype=np.uint8)
+  expected = np.asarray(Image.fromarray(rgb).convert("L"), np.float32)
+  np.testing.assert_array_equal(to_grey(rgb), expected)
+  rgba = np.concatenate([rgb, np.zeros((7, 9, 1), np.uint8)], axis=-1)
+  np.testing.assert_array_equal(to_grey(rgba), expected)
+  x16 = np.array([[0, 257, 65535]], np.uint16)
+  np.testing.assert_allclose(to_grey(x16), [[0.0, 1.0, 255.0]], atol=1e-5)
+  np.testing.assert_allclose(to_grey(np.array([[1000, 1100, 1200]], np.uint16), "min_max"),
+                             [[0.0, 127.5, 255.0]], atol=1e-5)
+  np.testing.assert_array_equal(to_grey(np.array([[True, False]])), [[255.0, 0.0]])
+  for bad, match in [(np.zeros((4, 4, 5)), "shape"), (np.zeros((0, 3)), "empty"),
+                     (np.array([[np.nan]]), "NaN"), (np.zeros((2, 2), complex), "dtype")]:
+    with pytest.raises(ValueError, match=match):
+      to_grey(bad)
+
+
+def test_manifest_and_checkpoint_choice(setup):
+  workdir, artifact, config, best = setup
+  assert sorted(p.name for p in pathlib.Path(artifact).iterdir()) == [
+      "irst_detector.py", "manifest.json", "model.jaxexport", "weights.npz"]
+  manifest = json.loads((artifact / "manifest.json").read_text())
+  info = pipeline.dataset_info(config.dataset)
+  assert manifest["format_version"] == 1 and manifest["model"]["name"] == "acm_unet"
+  assert manifest["checkpoint"]["step"] == 3 and manifest["checkpoint"]["kind"] == "best"
+  assert manifest["normalization"]["mean"] == info.mean and manifest["threshold"] == 0.5
+  assert manifest["input"]["shape"] == ["b", "h", "w", 1] and "32" in manifest["input"]["divisibility"]
+  assert set(manifest["platforms"]) == {"cpu", "cuda"} and manifest["versions"]["jax"] == jax.__version__
+  expected = export.flatten(best)
+  with np.load(artifact / "weights.npz") as weights:
+    assert sorted(weights.files) == sorted(expected)
+    for key in weights.files:
+      np.testing.assert_array_equal(weights[key], expected[key])
+  _, variables, step = export.load_workdir(workdir, "latest")
+  assert step == 5
+  latest, expected = export.flatten(variables), export.flatten(_CACHE["latest"])
+  for key in expected:
+    np.testing.assert_array_equal(latest[key], expected[key])
+  with pytest.raises(FileNotFoundError, match="no best checkpoint 7"):
+    export.load_workdir(workdir, "best", step=7)
+
+
+def test_bad_artifacts_are_named(setup, tmp_path):
+  _, artifact, _, _ = setup
+
+  def copy(name):
+    target = tmp_path / name
+    shutil.copytree(artifact, target)
+    return target
+
+  damaged = copy("damaged")
+  data = bytearray((damaged / "weights.npz").read_bytes())
+  data[-10] ^= 0xFF
+  (damaged / "weights.npz").write_bytes(bytes(data))
+  with pytest.raises(ArtifactError, match=r"damaged/weights\.npz does not match the sha256"):
+    Detector.from_export(damaged)
+
+  newer = copy("newer")
+  manifest = json.loads((newer / "manifest.json").read_text())
+  manifest["format_version"] = 2
+  (newer / "manifest.json").write_text(json.dumps(manifest))
+  with pytest.raises(IncompatibleArtifactError, match=r"newer/manifest\.json: artifact format "
+                     r"version 2 .* reads version 1"):
+    Detector.from_export(newer)
+
+  garbage = copy("garbage")
+  (garbage / "model.jaxexport").write_bytes(b"not a module")
+  manifest = json.loads((garbage / "manifest.json").read_text())
+  manifest["files"]["model.jaxexport"]["sha256"] = export.detector.sha256(
+      garbage / "model.jaxexport")
+  (garbage / "manifest.json").write_text(json.dumps(manifest))
+  with pytest.raises(IncompatibleArtifactError, match=r"cannot deserialize .*garbage/model\.jaxexport"):
+    Detector.from_export(garbage)
+
+  with pytest.raises(ArtifactError, match="is not an exported irst_jax detector"):
+    Detector.from_export(tmp_path)
+
+
+_BLOCKER = """
+import sys
+class Blocker:
+  def find_spec(self, name, path=None, target=None):
+    if name.split('.')[0] in {'irst_jax', 'flax', 'optax', 'orbax', 'ml_collections',
+                              'tensorflow', 'tensorflow_datasets', 'grain'}:
+      raise ImportError(f'blocked: {name}')
+sys.meta_path.insert(0, Blocker())
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+from irst_detector import Detector
+detector = Detector.from_export(sys.argv[1])
+result = detector(np.load(sys.argv[2]))
+np.save(sys.argv[3], result.score)
+print(len(result.detections), sorted(m for m in sys.modules if m.split('.')[0] == 'flax'))
+"""
+
+
+def test_loader_needs_only_jax_and_numpy(setup, exported, tmp_path):
+  _, artifact, _, _ = setup
+  image = _images(1, 33, 64, seed=3)[0]
+  np.save(tmp_path / "image.npy", image)
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-c", _BLOCKER, str(artifact), str(tmp_path / "image.npy"),
+                        str(tmp_path / "score.npy")], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  expected = exported(image)
+  assert out.stdout.split()[0] == str(len(expected.detections)) and out.stdout.strip().endswith("[]")
+  np.testing.assert_allclose(np.load(tmp_path / "score.npy"), expected.score, atol=1e-6)
+
+
