@@ -19,7 +19,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
-from flax import jax_utils
 from ml_collections import config_flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -64,7 +63,7 @@ def main(argv):
             "devices": devices, "backend": jax.default_backend(), "jax": jax.__version__}
   if _MODE.value in ("train", "both"):
     step = train.make_train_step(model, config.train.loss, schedule)
-    replicated = [jax_utils.replicate(state)]
+    replicated = [train.replicate(state)]
     batch = {"image": image.reshape(devices, n // devices, size, size, -1),
              "mask": mask.reshape(devices, n // devices, size, size, 1)}
 

@@ -31,7 +31,8 @@ from flax.training import train_state
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from irst_jax import checkpoints, losses, metrics, models, optim
+from irst_jax import checkpoints, losses, models, optim, report
+from irst_jax import curves as curves_lib
 from irst_jax.data import pipeline
 
 AXIS = "batch"
@@ -80,40 +81,91 @@ def make_train_step(model, loss_name: str, schedule: optax.Schedule,
   return jax.pmap(train_step, axis_name=AXIS, donate_argnums=(0,), devices=devices)
 
 
-def make_eval_step(model, eval_config: ml_collections.ConfigDict) -> Callable:
-  """pmapped step: (replicated state, sharded eval batch) -> per-image metric statistics."""
+def make_eval_step(model, eval_config: ml_collections.ConfigDict, curves: bool = False
+                   ) -> Callable:
+  """pmapped step: (replicated state, sharded eval batch) -> `curves.evaluation_outputs`.
+
+  With `curves`, also the score histograms, the target-level sweep and the sigmoid
+  `scores` [D, b, H, W, 1] (for the qualitative grid).
+  """
   p = eval_config.threshold
   logit_threshold = float(math.log(p / (1.0 - p)))
 
   def eval_step(state: TrainState, batch: dict) -> dict:
     outputs = model.apply({"params": state.params, "batch_stats": state.batch_stats},
                           batch["image"], train=False)
-    return metrics.batch_statistics(
-        models.final_logits(outputs), batch["mask"], batch["valid"], threshold=logit_threshold,
-        distance_threshold=eval_config.distance_threshold, max_targets=eval_config.max_targets)
+    logits = models.final_logits(outputs)
+    scores = jax.nn.sigmoid(logits)
+    out = curves_lib.evaluation_outputs(logits, logit_threshold, scores, batch["mask"],
+                                        batch["valid"], eval_config, curves=curves)
+    if curves:
+      out["scores"] = scores
+    return out
 
   return jax.pmap(eval_step, axis_name=AXIS)
 
 
 def evaluate(eval_step: Callable, state: TrainState, config: ml_collections.ConfigDict,
-             split: str) -> dict[str, float]:
-  """IoU, nIoU, Pd, Fa (fraction) of a replicated `state` on a whole split, original sizes.
+             split: str, keep_images: int = 0):
+  """IoU, nIoU, Pd, Fa (fraction), F-measure of a replicated `state` on a whole split.
 
-  Each process evaluates its share of the split; with several processes the per-image
-  statistics are all-gathered so that every process returns the metrics of the whole split.
+  Original image sizes. Each process evaluates its share of the split; with several
+  processes the per-image statistics are all-gathered so that every process returns the
+  metrics of the whole split. With an `eval_step` made with `curves=True`, returns
+  (table numbers incl. AUC, AP, F-area; curves; the first `keep_images` examples as dicts
+  of name, image, mask, score cropped to the original size) instead of the numbers alone.
   """
   num_devices = jax.local_device_count()
-  accumulator = metrics.MetricAccumulator()
+  evaluation = curves_lib.Evaluation(config.eval)
+  kept: list[dict] = []
   batches = pipeline.create_eval_iterator(
       config.dataset, split=split, batch_size=config.eval.batch_size * num_devices,
       num_devices=num_devices)
+  with_curves = False
   for batch in batches:
-    batch = {k: v for k, v in batch.items() if k != "name"}
-    stats = eval_step(state, batch)
+    names = batch.pop("name")
+    out = eval_step(state, batch)
+    scores = out.pop("scores", None)
+    with_curves = scores is not None
     if jax.process_count() > 1:
-      stats = multihost_utils.process_allgather(stats)
-    accumulator.update(jax.device_get(stats))
-  return accumulator.result()
+      out = multihost_utils.process_allgather(out)
+    evaluation.update(jax.device_get(out))
+    if with_curves and len(kept) < keep_images:
+      kept.extend(_examples(batch, names, np.asarray(scores), keep_images - len(kept)))
+  if not with_curves:
+    return evaluation.metrics.result()
+  values, curves = evaluation.result()
+  return values, curves, kept
+
+
+def _examples(batch: dict, names: np.ndarray, scores: np.ndarray, limit: int) -> list[dict]:
+  """Up to `limit` real examples of a sharded eval batch, cropped to their valid area."""
+  out = []
+  flat = {k: np.asarray(v).reshape((-1,) + np.shape(v)[2:]) for k, v in batch.items()}
+  scores = scores.reshape((-1,) + scores.shape[2:])
+  for i, name in enumerate(np.asarray(names).reshape(-1)):
+    if not name or len(out) == limit:
+      continue
+    valid = flat["valid"][i, ..., 0] > 0
+    h, w = int(valid.any(axis=1).sum()), int(valid.any(axis=0).sum())
+    out.append({"name": str(name), "image": flat["image"][i, :h, :w, 0],
+                "mask": flat["mask"][i, :h, :w, 0] > 0, "score": scores[i, :h, :w, 0]})
+  return out
+
+
+def replicate(tree: Any, devices: Optional[list] = None) -> Any:
+  """Copies every leaf of `tree` to each device, as a [devices, ...] array for the pmapped steps.
+
+  The copies carry the sharding that `jax.pmap(..., axis_name='batch')` gives its outputs, so the
+  state a step returns matches the state it was given and the step is compiled once (with
+  `flax.jax_utils.replicate` the mesh axis names differ and the second step recompiles).
+  """
+  devices = list(devices or jax.local_devices())
+  sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices), (AXIS,)),
+                                        jax.sharding.PartitionSpec(AXIS))
+  return jax.tree_util.tree_map(
+      lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (len(devices),) + np.shape(x)),
+                               sharding), tree)
 
 
 def _checkpoint_state(state: TrainState, epoch: int) -> dict:
@@ -237,7 +289,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: pathlib
 
   train_step = make_train_step(model, config.train.loss, schedule)
   eval_step = make_eval_step(model, config.eval)
-  state = jax_utils.replicate(state)
+  state = replicate(state)
   logger = RunLogger(workdir_path)
   final: dict[str, float] = {}
   throughput: list[float] = []
@@ -310,9 +362,17 @@ def _check_finite(loss: float, step: int, epoch: int, store: checkpoints.Checkpo
 
 def evaluate_workdir(workdir: str, which: str = "best",
                      config: Optional[ml_collections.ConfigDict] = None,
-                     split: Optional[str] = None) -> dict[str, float]:
-  """Evaluates the `which` ('best' or 'latest') checkpoint of a workdir on `split`."""
-  config = config or checkpoints.load_config(workdir)
+                     split: Optional[str] = None,
+                     out_dir: Optional[str] = None) -> dict[str, float]:
+  """Evaluates the `which` ('best' or 'latest') checkpoint of a workdir on `split`.
+
+  Returns the table numbers (IoU, nIoU, Pd, Fa, F-measure, AUC, AP, F-area, images) and
+  writes the report (`report.write_report`: metrics.json, roc.png, pr.png, grid.png of the
+  first `eval.grid_images` images) into `out_dir` (default `<workdir>/eval/<which>_<split>`).
+  Eval options missing from an older workdir's saved config take the current defaults.
+  """
+  config = _with_eval_defaults(config or checkpoints.load_config(workdir))
+  split = split or config.dataset.eval_split
   model = models.create_model(config.model, axis_name=AXIS)
   tx, _ = optim.create_optimizer(config.optim, 1, config.train.num_epochs)
   crop = config.dataset.crop_size
@@ -322,6 +382,23 @@ def evaluate_workdir(workdir: str, which: str = "best",
     state, _ = _restore_into(state, store.restore(_checkpoint_state(state, 0), which=which))
   finally:
     store.close()
-  return evaluate(make_eval_step(model, config.eval), jax_utils.replicate(state), config,
-                  split or config.dataset.eval_split)
+  values, curves, examples = evaluate(
+      make_eval_step(model, config.eval, curves=True), replicate(state), config, split,
+      keep_images=int(config.eval.grid_images))
+  if jax.process_index() == 0:
+    report.write_report(out_dir or pathlib.Path(workdir) / "eval" / f"{which}_{split}", values,
+                        curves, examples, config.eval,
+                        title=f"{config.model.name} {which} on {config.dataset.name} {split}")
+  return values
+
+
+def _with_eval_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` with the eval options it lacks (older saved configs) set to the defaults."""
+  from configs import default  # the repository's configs package (run from its root)
+
+  config = ml_collections.ConfigDict(config.to_dict())
+  for key, value in default.get_base_config().eval.items():
+    if key not in config.eval:
+      config.eval[key] = value
+  return config
 

@@ -90,8 +90,8 @@ def test_soft_iou_and_bce_hand_values():
 
 
 _EQUIVALENCE_SCRIPT = textwrap.dedent("""
+    import logging
     import jax, jax.numpy as jnp, numpy as np
-    from flax import jax_utils
     from configs import acm_unet
     from irst_jax import models, optim, train
     assert jax.local_device_count() == 2, jax.local_devices()
@@ -112,9 +112,18 @@ _EQUIVALENCE_SCRIPT = textwrap.dedent("""
       state = train.create_train_state(model, config, tx, (1, 32, 32, 1))
       step = train.make_train_step(model, config.train.loss, schedule, devices=devices)
       batch = {"image": image.reshape(d, 4 // d, 32, 32, 1), "mask": mask.reshape(d, 4 // d, 32, 32, 1)}
-      state = jax_utils.replicate(state, devices=devices)
+      state = train.replicate(state, devices=devices)
       state, metrics = step(state, batch)
       first_replica = jax.tree_util.tree_map(lambda x: np.asarray(x)[0], state)
+      # The returned state is a valid input as it is: a second step must not recompile.
+      compiles = []
+      handler = logging.Handler()
+      handler.emit = lambda record: compiles.append(record.getMessage())
+      logging.getLogger("jax").addHandler(handler)
+      with jax.log_compiles():
+        step(state, batch)
+      logging.getLogger("jax").removeHandler(handler)
+      assert not [m for m in compiles if m.startswith("Compiling")], compiles
       results.append((first_replica, float(metrics["loss"][0])))
     (one, loss1), (two, loss2) = results
     assert abs(loss1 - loss2) < 1e-6, (loss1, loss2)
