@@ -4,7 +4,10 @@ conv of stages 2 and 3), EAA module (eq. 9) at each skip fusion, FCN head.
 
 Recipe (paper Sec. 4.1): soft-IoU, AdaGrad lr 0.05, weight decay 1e-4, batch 8, random
 480x480 crops, 300 epochs, NUAA-SIRST 5:2:3 split (builder config 'acm'). The paper names no
-schedule (constant here). Choices the paper leaves open, all config fields: b = 3
+schedule (constant here). Crops are 448 here, not 480: the paper's crops come from the
+open-acm loader, which first rescales each image at random (base size 512, x0.5-2.0); our
+pipeline does not rescale, and the longest NUAA-SIRST training image has 456 px, so 448 (the
+largest multiple of 32 that fits) is the closest crop (`--config.dataset.crop_size`). Choices the paper leaves open, all config fields: b = 3
 (`model.num_blocks`, the standard ResNet-20), SA groups 4 (`model.sa_groups`), no conv after
 the EAA sum. Ablations of Fig. 8: `--config.model.fusion=blam|tgam|single_sa|only_baa|only_sa`.
 
@@ -30,5 +33,5 @@ def get_config(arg: str | None = None):
   config.optim.eps = 1e-10
   config.optim.weight_decay = 1e-4
   config.optim.schedule = "constant"
-  recipe = {"nuaa_sirst": {"dataset": {"builder_config": "acm", "crop_size": 480}}}
+  recipe = {"nuaa_sirst": {"dataset": {"builder_config": "acm", "crop_size": 448}}}
   return default.apply_arg(config, arg, recipe)

@@ -4,6 +4,7 @@
   "Soft-IoU" of ACM Sec. 5 ([26] Rahman & Wang), smooth = 1, over the whole batch as in the
   reference code (BasicIRSTD SoftIoULoss / open-acm).
 - `bce_loss`: mean binary cross-entropy with logits.
+- `unite_loss`: 2 x soft-IoU + 7 x BCE, CGRANet's unite loss (its L2 term is weight decay).
 - `deep_supervision`: mean of a loss over several output maps (DNA-Net eq. 11, CGRANet).
 
 Every loss takes `axis_name`: inside `jax.pmap` the sums run over the whole global batch
@@ -58,9 +59,24 @@ def bce_loss(logits: jax.Array, mask: jax.Array, axis_name: Optional[str] = None
   return total / global_sum(jnp.asarray(mask.size, jnp.float32), axis_name)
 
 
+def unite_loss(logits: jax.Array, mask: jax.Array, iou_weight: float = 2.0,
+               bce_weight: float = 7.0, axis_name: Optional[str] = None) -> jax.Array:
+  """CGRANet's unite loss (papers/cgranet_jstars2023.md Sec. III-E, eqs. 2-4) without its L2
+  term: iou_weight * soft-IoU + bce_weight * BCE (lambda_1 = 2, lambda_2 = 7), both over the
+  (global) batch as `soft_iou_loss` (smooth 1) and `bce_loss`; shapes as `soft_iou_loss`.
+
+  The L2 term (lambda_3 = 1) is the optimiser's coupled weight decay ("Adam with L2
+  regularisation", Sec. IV-A): adding wd * w to the gradient is exactly the gradient of
+  lambda_3 * (wd / 2) * ||w||^2, and needs no parameters in the loss (configs/cgranet.py).
+  """
+  return (iou_weight * soft_iou_loss(logits, mask, axis_name=axis_name)
+          + bce_weight * bce_loss(logits, mask, axis_name=axis_name))
+
+
 LOSSES: dict[str, Callable[..., jax.Array]] = {
     "soft_iou": soft_iou_loss,
     "bce": bce_loss,
+    "unite": unite_loss,
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from configs import acm_fpn, acm_unet, default
+from configs import acm_fpn, acm_unet, cgranet, default
 from irst_jax.data import builders
 
 
@@ -39,3 +39,17 @@ def test_smoke_wins_whatever_the_order():
 def test_bad_arguments(arg):
   with pytest.raises(ValueError):
     acm_unet.get_config(arg)
+
+
+@pytest.mark.parametrize("arg, dataset, builder_config, epochs", [
+    (None, "mdvsfa_cgan", "official", 50),
+    ("nudt_sirst", "nudt_sirst", "50_50", 400),
+])
+def test_cgranet_recipe(arg, dataset, builder_config, epochs):
+  c = cgranet.get_config(arg)
+  assert (c.dataset.name, c.dataset.builder_config) == (dataset, builder_config)
+  assert c.dataset.crop_size == 128 and c.train.batch_size == 12
+  assert c.train.num_epochs == epochs and c.train.loss == "unite"
+  assert (c.optim.optimizer, c.optim.learning_rate, c.optim.schedule, c.optim.power) == (
+      "adam", 1e-4, "poly", 0.9)
+  assert cgranet.get_config(f"{dataset},smoke").dataset.crop_size == 64

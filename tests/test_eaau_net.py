@@ -47,7 +47,7 @@ def test_every_variant_builds_and_takes_a_training_step(variant):
 
 def test_recipe_and_parameter_count():
   config = eaau_net.get_config("nuaa_sirst")
-  assert (config.dataset.builder_config, config.dataset.crop_size) == ("acm", 480)
+  assert (config.dataset.builder_config, config.dataset.crop_size) == ("acm", 448)
   assert (config.optim.optimizer, config.optim.learning_rate, config.optim.weight_decay,
           config.train.batch_size, config.train.num_epochs) == ("adagrad", 0.05, 1e-4, 8, 300)
   model = models.create_model(config.model)
