@@ -10,7 +10,7 @@ from typing import Callable, Optional
 import flax.linen as nn
 import ml_collections
 
-from irst_jax.models import acm, dnanet
+from irst_jax.models import acm, cgranet, daea, dnanet
 
 
 def _acm(cls) -> Callable[[ml_collections.ConfigDict, Optional[str]], nn.Module]:
@@ -28,6 +28,21 @@ def _dnanet(config, axis_name):
                        deep_supervision=config.deep_supervision, axis_name=axis_name)
 
 
+def _cgranet(config, axis_name):
+  # every config.model field but name / in_channels is a CGRANet field of the same name
+  fields = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in config.items()
+            if k not in ("name", "in_channels")}
+  return cgranet.CGRANet(**fields, axis_name=axis_name)
+
+
+def _daea(config, axis_name):
+  return daea.DAEA(channels=tuple(config.channels), num_blocks=config.num_blocks,
+                   extraction=config.extraction, fusion=config.fusion,
+                   aggregation=config.aggregation, sa_groups=config.sa_groups,
+                   head_dropout=config.head_dropout, align_corners=config.align_corners,
+                   axis_name=axis_name)
+
+
 MODELS = {
     "acm_unet": _acm(acm.ACMUNet),
     "acm_fpn": _acm(acm.ACMFPN),
@@ -35,6 +50,8 @@ MODELS = {
     # (tiny stem: full-resolution stage 1) and EAA fusions (configs/eaau_net.py).
     "eaau_net": _acm(acm.ACMUNet),
     "dnanet": _dnanet,   # DNA-Net (TIP 2022), configs/dnanet.py
+    "cgranet": _cgranet,   # CGRANet (JSTARS 2023), configs/cgranet.py
+    "daea": _daea,       # DAEA (Sci. Rep. 2023), configs/daea.py
 }
 
 

@@ -10,6 +10,8 @@ Detection", WACV 2021, papers/acm_wacv2021.md):
 
 CBAM (Woo et al., ECCV 2018), DNA-Net's CSAM (papers/dnanet_tip2022.txt, eqs. 3-6):
 - `CBAMChannelAttention` and `CBAMSpatialAttention`, used by DNA-Net's Res_CBAM blocks.
+
+Squeeze-and-excitation (Hu et al., CVPR 2018): `SqueezeExcitation`, a DAEA ablation.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ FUSION_VARIANTS = {
     "bi_global": ("global", "global", 4),          # Fig. 7(c)
     "top_down_local": ("pointwise", None, 2),      # Fig. 7(a)
     "top_down_global": ("global", None, 2),        # top-down only, global (GAU-like)
+    "direct_add": (None, None, None),              # no attention: xl + xh (DAEA w/o ACM)
 }
 
 
@@ -69,6 +72,8 @@ class CrossLayerFusion(nn.Module):
   - `bi_local` / `bi_global`: both paths point-wise / both global (Fig. 7(b), 7(c)).
   - `top_down_local` / `top_down_global`: Z = 2 * xl * A(xh) + xh with A point-wise / global
     and r = 2, the same C^2 attention budget (Fig. 7(a)).
+  - `direct_add`: Z = xl + xh, no attention (open-acm's DirectAddFuse; DAEA's "without ACM"
+    ablation, Sci. Rep. 2023 Table 4), the post-fusion conv kept.
   - `reduce_high=True` (the FPN host, open-acm's "...Reduce" fuses): xh first passes through a
     1x1 conv-BN-ReLU ("feature_high") mapping C_h to C channels.
 
@@ -90,17 +95,28 @@ class CrossLayerFusion(nn.Module):
       xh = nn.relu(self.norm(name="feature_high_bn")(xh))
     if xh.shape != xl.shape:
       raise ValueError(f"fusion inputs differ in shape: xh {xh.shape} vs xl {xl.shape}")
-    top_down_weights = ChannelAttention(self.channels, r, top_down, self.norm,
-                                        name="topdown")(xh)
-    if bottom_up is None:
-      z = 2.0 * xl * top_down_weights + xh
+    if top_down is None:
+      z = xl + xh
+    elif bottom_up is None:
+      z = 2.0 * xl * ChannelAttention(self.channels, r, top_down, self.norm, name="topdown")(xh) + xh
     else:
+      top_down_weights = ChannelAttention(self.channels, r, top_down, self.norm,
+                                          name="topdown")(xh)
       bottom_up_weights = ChannelAttention(self.channels, r, bottom_up, self.norm,
                                            name="bottomup")(xl)
       z = 2.0 * xl * top_down_weights + 2.0 * xh * bottom_up_weights
     z = layers.conv(self.channels, 3, use_bias=True, name="post_conv")(z)
     return nn.relu(self.norm(name="post_bn")(z))
 
+
+
+# ShuffleAttention `branches`: name -> (gate of the first half, gate of the second half);
+# 'global' = sigmoid(w * GAP(x) + b), 'local' = sigmoid(w * GN(x) + b).
+SA_BRANCHES = {
+    "asym": ("global", "local"),          # SA-Net
+    "both_global": ("global", "global"),  # DAEA Table 5, symmetric extraction
+    "both_local": ("local", "local"),     # DAEA Table 5, symmetric extraction
+}
 
 
 class ShuffleAttention(nn.Module):
@@ -115,10 +131,16 @@ class ShuffleAttention(nn.Module):
   cweight, cbias, sweight, sbias initialised 0, 1, 0, 1, and gn_scale, gn_bias.
   Semantics and channel order as SA-Net's `sa_layer` (REFERENCE.md §3).
 
-  Raises ValueError when `groups` does not divide C / 2.
+  `branches` (an `SA_BRANCHES` name) makes the two halves symmetric for DAEA's ablation
+  (Sci. Rep. 2023, Table 5): 'both_global' gates the second half by GAP as well (sweight,
+  sbias; no GroupNorm), 'both_local' gates the first half by its own GroupNorm as well
+  (cweight, cbias, c_gn_scale, c_gn_bias). The default 'asym' is SA-Net's.
+
+  Raises ValueError when `groups` does not divide C / 2, or for an unknown `branches`.
   """
   groups: int = 8
   epsilon: float = 1e-5
+  branches: str = "asym"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -126,23 +148,29 @@ class ShuffleAttention(nn.Module):
     if c % 2 or (c // 2) % self.groups:
       raise ValueError(f"ShuffleAttention: groups={self.groups} must divide C/2 = {c / 2} "
                        f"(input with C = {c} channels)")
+    if self.branches not in SA_BRANCHES:
+      raise ValueError(f"unknown ShuffleAttention branches {self.branches!r}; expected one of "
+                       f"{sorted(SA_BRANCHES)}")
     half = c // (2 * self.groups)
     init = lambda value: (lambda key, shape: jnp.full(shape, value, jnp.float32))
-    cweight = self.param("cweight", init(0.0), (half,))
-    cbias = self.param("cbias", init(1.0), (half,))
-    sweight = self.param("sweight", init(0.0), (half,))
-    sbias = self.param("sbias", init(1.0), (half,))
-    gn_scale = self.param("gn_scale", init(1.0), (half,))
-    gn_bias = self.param("gn_bias", init(0.0), (half,))
+
+    def gated(part: jax.Array, kind: str, prefix: str, gn_prefix: str) -> jax.Array:
+      weight = self.param(f"{prefix}weight", init(0.0), (half,))
+      bias = self.param(f"{prefix}bias", init(1.0), (half,))
+      mean = jnp.mean(part, axis=(1, 2), keepdims=True)
+      if kind == "global":
+        return part * nn.sigmoid(weight * mean + bias)
+      gn_scale = self.param(f"{gn_prefix}gn_scale", init(1.0), (half,))
+      gn_bias = self.param(f"{gn_prefix}gn_bias", init(0.0), (half,))
+      var = jnp.mean(jnp.square(part - mean), axis=(1, 2), keepdims=True)
+      normalised = (part - mean) * jax.lax.rsqrt(var + self.epsilon) * gn_scale + gn_bias
+      return part * nn.sigmoid(weight * normalised + bias)
+
     # channel index c = g * C/G + branch * C/(2G) + j
     grouped = x.reshape(n, h, w, self.groups, 2, half)
-    x0, x1 = grouped[..., 0, :], grouped[..., 1, :]
-    channel_gate = nn.sigmoid(cweight * jnp.mean(x0, axis=(1, 2), keepdims=True) + cbias)
-    mean = jnp.mean(x1, axis=(1, 2), keepdims=True)
-    var = jnp.mean(jnp.square(x1 - mean), axis=(1, 2), keepdims=True)
-    normalised = (x1 - mean) * jax.lax.rsqrt(var + self.epsilon) * gn_scale + gn_bias
-    spatial_gate = nn.sigmoid(sweight * normalised + sbias)
-    out = jnp.stack([x0 * channel_gate, x1 * spatial_gate], axis=-2).reshape(n, h, w, c)
+    first, second = SA_BRANCHES[self.branches]
+    out = jnp.stack([gated(grouped[..., 0, :], first, "c", "c_"),
+                     gated(grouped[..., 1, :], second, "s", "")], axis=-2).reshape(n, h, w, c)
     # channel shuffle, 2 groups: (2, C/2) -> (C/2, 2)
     return out.reshape(n, h, w, 2, c // 2).swapaxes(-1, -2).reshape(n, h, w, c)
 
@@ -251,3 +279,22 @@ class CBAMSpatialAttention(nn.Module):
     y = nn.Conv(1, (self.kernel_size, self.kernel_size), padding=((pad, pad), (pad, pad)),
                 use_bias=False, kernel_init=self.kernel_init, name="conv1")(pooled)
     return nn.sigmoid(y)
+
+
+class SqueezeExcitation(nn.Module):
+  """Squeeze-and-excitation weights sigmoid(fc2(ReLU(fc1(GAP(x))))), [N, 1, 1, C].
+
+  NHWC input [N, H, W, C]. Source: Hu et al., "Squeeze-and-Excitation Networks", CVPR 2018
+  (Sec. 3, eqs. 2-3); the two fully connected layers (`fc1` C -> max(1, C // r), `fc2` back
+  to C, with biases) are 1x1 convolutions, r = 16 as in the paper. The caller multiplies.
+  Used by DAEA's "SA replaced by SE" ablation (Sci. Rep. 2023, Table 4).
+  """
+  reduction: int = 16
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    c = x.shape[-1]
+    y = jnp.mean(x, axis=(1, 2), keepdims=True)
+    y = nn.relu(nn.Conv(max(1, c // self.reduction), (1, 1), kernel_init=layers.he_normal,
+                        name="fc1")(y))
+    return nn.sigmoid(nn.Conv(c, (1, 1), kernel_init=layers.he_normal, name="fc2")(y))
