@@ -56,6 +56,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.train.checkpoint_every_epochs = 1
   config.train.log_every_steps = 50
   config.train.keep_checkpoints = 2
+  config.train.time_limit_minutes = 0.0     # > 0: stop (checkpoint + eval) after the epoch
+                                            # that ends past this wall time; rerun resumes
 
   config.optim = ml_collections.ConfigDict()
   config.optim.optimizer = "adam"           # adagrad | sgd | adam | adamw (PyTorch semantics)
@@ -77,6 +79,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.eval.threshold = 0.5               # on sigmoid probabilities
   config.eval.distance_threshold = 3.0      # Pd centroid distance, pixels
   config.eval.max_targets = 32              # true targets per image handled by Pd matching
+  config.eval.max_pixels = 1024             # fast compacted labelling capacity (dense beyond)
+  config.eval.num_bins = 256                # score histogram bins of the pixel ROC / PR curves
+  config.eval.roc_thresholds = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+  config.eval.grid_images = 8               # --mode=eval qualitative grid: first N test images
   return config
 
 

@@ -263,6 +263,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: pathlib
     raise ValueError(f"train.batch_size={config.train.batch_size} is not divisible by the "
                      f"{num_devices * jax.process_count()} devices")
   process_batch = config.train.batch_size // jax.process_count()
+  pipeline.check_channels(config.dataset, config.model.in_channels)
   info = pipeline.dataset_info(config.dataset)
   steps_per_epoch = info.num_examples[config.dataset.train_split] // config.train.batch_size
   if steps_per_epoch == 0:
@@ -293,6 +294,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: pathlib
   logger = RunLogger(workdir_path)
   final: dict[str, float] = {}
   throughput: list[float] = []
+  deadline = (time.monotonic() + 60.0 * config.train.time_limit_minutes
+              if config.train.get("time_limit_minutes") else math.inf)
   progress = tqdm(total=num_epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
                   desc=config.model.name, unit="step", dynamic_ncols=True, file=sys.stderr,
                   mininterval=1.0 if sys.stderr.isatty() else 30.0,
@@ -330,7 +333,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: pathlib
                                                 "images_per_sec": images_per_sec})
       logging.info("epoch %d/%d step %d loss %.4f lr %.2e %.1f img/s", epoch + 1, num_epochs,
                    step, mean_loss, lr, images_per_sec)
-      last = epoch + 1 == num_epochs
+      out_of_time = time.monotonic() >= deadline
+      if out_of_time and epoch + 1 < num_epochs:
+        logging.info("train.time_limit_minutes=%s reached after epoch %d: final checkpoint and "
+                     "evaluation; rerun the command to continue", config.train.time_limit_minutes,
+                     epoch + 1)
+      last = epoch + 1 == num_epochs or out_of_time
       host_state = None
       if (epoch + 1) % config.train.checkpoint_every_epochs == 0 or last:
         host_state = _checkpoint_state(jax_utils.unreplicate(state), epoch + 1)
@@ -342,6 +350,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: pathlib
             jax_utils.unreplicate(state), epoch + 1), final)
         logging.info("eval %s epoch %d: %s%s", config.dataset.eval_split, epoch + 1,
                      format_metrics(final), " (best)" if is_best else "")
+      if last:
+        break
   finally:
     progress.close()
     logger.close()
@@ -373,6 +383,7 @@ def evaluate_workdir(workdir: str, which: str = "best",
   """
   config = _with_eval_defaults(config or checkpoints.load_config(workdir))
   split = split or config.dataset.eval_split
+  pipeline.check_channels(config.dataset, config.model.in_channels)
   model = models.create_model(config.model, axis_name=AXIS)
   tx, _ = optim.create_optimizer(config.optim, 1, config.train.num_epochs)
   crop = config.dataset.crop_size

@@ -42,7 +42,10 @@ def _latest_state(workdir):
 def test_resumed_run_equals_uninterrupted_run(prepared_fake_nuaa, tmp_path):
   straight, resumed = tmp_path / "straight", tmp_path / "resumed"
   result = train.train_and_evaluate(_tiny_config(prepared_fake_nuaa, 2), str(straight))
-  train.train_and_evaluate(_tiny_config(prepared_fake_nuaa, 1), str(resumed))
+  interrupted = _tiny_config(prepared_fake_nuaa, 2)
+  interrupted.train.time_limit_minutes = 1e-9   # stops after epoch 1: checkpoint + evaluation
+  train.train_and_evaluate(interrupted, str(resumed))
+  assert "time_limit_minutes=1e-09 reached after epoch 1" in (resumed / "train.log").read_text()
   first = _records(resumed)
   assert [r["epoch"] for r in first] == [1, 1] and {r["split"] for r in first} == {"train", "test"}
   train.train_and_evaluate(_tiny_config(prepared_fake_nuaa, 2), str(resumed))
