@@ -48,7 +48,11 @@ import numpy as np
 
 __all__ = [
     "connected_components",
+    "compact_components",
     "batch_statistics",
+    "sweep_statistics",
+    "detection_maps",
+    "f_measure",
     "MetricAccumulator",
     "STAT_KEYS",
 ]
@@ -57,6 +61,7 @@ STAT_KEYS = (
     "intersection",
     "union",
     "pixels",
+    "predicted",
     "targets",
     "matched",
     "false_alarm_pixels",
@@ -156,149 +161,412 @@ def connected_components(mask: jax.Array) -> jax.Array:
 
 
 # --------------------------------------------------------------------------- #
+# Sparse (compacted) connected components
+# --------------------------------------------------------------------------- #
+_OFFSETS = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx)
+
+
+_TILE = 8
+
+
+def _foreground_indices(mask: jax.Array, max_pixels: int):
+  """Raster indices of the first foreground pixels, sorted, and the foreground count.
+
+  Returns ``(idx [max_pixels] int32, count)``; unused slots hold ``H*W``.  Two levels, to
+  avoid a prefix sum over the whole image: occupied 8x8 tiles are found with a dense
+  ``any`` and compacted (at most ``max_pixels // 8`` tiles), then only their pixels are
+  compacted and sorted.  If more tiles are occupied, ``count`` is raised above
+  ``max_pixels`` so that the caller sees an overflow.
+  """
+  h, w = mask.shape
+  n = h * w
+  t = _TILE
+  hp, wp = -(-h // t) * t, -(-w // t) * t
+  # float32 throughout: XLA:CPU reduces float32 an order of magnitude faster than bool.
+  tiles = jnp.pad(mask.astype(jnp.float32), ((0, hp - h), (0, wp - w)))
+  tiles = tiles.reshape(hp // t, t, wp // t, t).transpose(0, 2, 1, 3).reshape(-1, t * t)
+  occupied = jnp.max(tiles, axis=1)
+  max_tiles = max(max_pixels // t, 1)
+  n_tiles = jnp.sum(occupied).astype(jnp.int32)
+  (tile_ids,) = jnp.nonzero(occupied, size=max_tiles, fill_value=0)
+  fg = (tiles[tile_ids] > 0) & (jnp.arange(max_tiles) < n_tiles)[:, None]  # [max_tiles, 64]
+  ty, tx = tile_ids // (wp // t), tile_ids % (wp // t)
+  local = jnp.arange(t * t)
+  raster = (ty[:, None] * t + local // t) * w + tx[:, None] * t + local % t
+  fg_flat = fg.reshape(-1)
+  count = jnp.sum(fg_flat.astype(jnp.int32))
+  (sel,) = jnp.nonzero(fg_flat, size=max_pixels, fill_value=0)
+  idx = jnp.where(jnp.arange(max_pixels) < count, raster.reshape(-1)[sel], n)
+  count = jnp.where(n_tiles > max_tiles, max_pixels + 1, count)
+  return jnp.sort(idx).astype(jnp.int32), count
+
+
+def compact_components(mask: jax.Array, max_pixels: int):
+  """8-connected components of the first ``max_pixels`` foreground pixels (jit-compatible).
+
+  The fast path of :func:`batch_statistics` for sparse masks (targets are a few pixels).
+  Foreground pixels are compacted in raster order (``jnp.nonzero`` with a static size), so
+  the work is ``O(H*W)`` for the compaction and ``O(max_pixels)`` per propagation
+  iteration instead of ``O(H*W)``.  Each pixel starts with its compact index; labels are
+  lowered to the minimum over the 8-neighbourhood (looked up through an ``[H*W]`` index
+  image), with hooking and pointer jumping as in :func:`connected_components`.  At the
+  fixed point every pixel carries the compact index of its component's first pixel in
+  raster order, so increasing labels are skimage's label order.
+
+  Args:
+    mask: ``[H, W]`` bool.
+    max_pixels: static capacity (number of compacted foreground pixels).
+
+  Returns:
+    ``(labels, rows, cols, present, count)``: ``labels`` int32 ``[max_pixels]`` (compact
+    index of the component root; slots beyond ``count`` are their own singletons),
+    ``rows``/``cols`` int32 ``[max_pixels]`` pixel coordinates, ``present`` bool
+    ``[max_pixels]`` (slot holds a real pixel), ``count`` int32 foreground pixels (the
+    result is exact only if ``count <= max_pixels``).
+
+  Raises:
+    ValueError: if ``mask`` is not 2-D.
+  """
+  if mask.ndim != 2:
+    raise ValueError(f"mask must be 2-D [H, W], got shape {mask.shape}")
+  idx, rows, cols, present, neighbours, count = _slots(mask.astype(bool), max_pixels)
+  return _slot_labels(present, neighbours), rows, cols, present, count
+
+
+def _slots(support: jax.Array, max_pixels: int):
+  """Compacted support pixels and their 8-neighbours (slot indices, -1 where absent)."""
+  h, w = support.shape
+  n = h * w
+  idx, count = _foreground_indices(support, max_pixels)
+  slots = jnp.arange(max_pixels, dtype=jnp.int32)
+  present = slots < count
+  rows, cols = idx // w, idx % w
+  index_image = jnp.full((n + 1,), -1, jnp.int32).at[idx].set(slots)
+  neighbours = []
+  for dy, dx in _OFFSETS:
+    r, c = rows + dy, cols + dx
+    inside = present & (r >= 0) & (r < h) & (c >= 0) & (c < w)
+    neighbours.append(jnp.where(inside, index_image[jnp.where(inside, r * w + c, n)], -1))
+  return idx, rows, cols, present, jnp.stack(neighbours), count  # neighbours [8, P]
+
+
+def _slot_labels(fg: jax.Array, neighbours: jax.Array) -> jax.Array:
+  """Component labels (root slot) of the slots with ``fg``, linked through ``neighbours``."""
+  safe_nb = jnp.maximum(neighbours, 0)
+  has_nb = (neighbours >= 0) & fg[None, :] & fg[safe_nb]
+  slots = jnp.arange(fg.shape[0], dtype=jnp.int32)
+
+  def body(state):
+    lab, _ = state
+    m = jnp.minimum(lab, jnp.min(jnp.where(has_nb, lab[safe_nb], _BIG), axis=0))
+    new = jnp.minimum(lab.at[lab].min(m), m)  # hooking, then pointer jumping twice
+    new = new[new]
+    new = new[new]
+    return new, jnp.any(new != lab)
+
+  labels, _ = jax.lax.while_loop(lambda s: s[1], body, (slots, jnp.array(True)))
+  return labels
+
+
+# --------------------------------------------------------------------------- #
 # Per-image statistics
 # --------------------------------------------------------------------------- #
-def _component_stats(labels: jax.Array, num_segments: int):
-    """Area, row sum and column sum per label (segment 0 = background)."""
-    h, w = labels.shape
-    seg = labels.reshape(-1)
-    rows = jnp.broadcast_to(jnp.arange(h, dtype=jnp.int32)[:, None], (h, w)).reshape(-1)
-    cols = jnp.broadcast_to(jnp.arange(w, dtype=jnp.int32)[None, :], (h, w)).reshape(-1)
-    ones = jnp.ones_like(seg)
-    area = jax.ops.segment_sum(ones, seg, num_segments=num_segments)
-    # Integer sums are exact while H*W*max(H, W) < 2**31 (images up to ~1290^2).
-    rsum = jax.ops.segment_sum(rows, seg, num_segments=num_segments)
-    csum = jax.ops.segment_sum(cols, seg, num_segments=num_segments)
-    safe = jnp.maximum(area, 1)
-    fsafe = safe.astype(jnp.float32)
+def _table(area, rsum, csum):
+  """(area, mean row, mean col) per segment from exact integer sums."""
+  safe = jnp.maximum(area, 1)
+  fsafe = safe.astype(jnp.float32)
 
-    def mean(total):  # integer part exact, only the fraction is rounded
-        return (total // safe).astype(jnp.float32) + (total % safe).astype(jnp.float32) / fsafe
+  def mean(total):  # integer part exact, only the fraction is rounded
+    return (total // safe).astype(jnp.float32) + (total % safe).astype(jnp.float32) / fsafe
 
-    return area, mean(rsum), mean(csum)
+  return area, mean(rsum), mean(csum)
+
+
+def _dense_table(mask: jax.Array):
+  """Component table over the label space (segment l <-> label l; segment 0 emptied).
+
+  Also returns the per-pixel labels.  Integer coordinate sums are exact while
+  ``H*W*max(H, W) < 2**31`` (images up to ~1290^2).
+  """
+  labels = connected_components(mask)
+  h, w = labels.shape
+  seg = labels.reshape(-1)
+  rows = jnp.broadcast_to(jnp.arange(h, dtype=jnp.int32)[:, None], (h, w)).reshape(-1)
+  cols = jnp.broadcast_to(jnp.arange(w, dtype=jnp.int32)[None, :], (h, w)).reshape(-1)
+  sums = [jax.ops.segment_sum(x, seg, num_segments=h * w + 1)
+          for x in (jnp.ones_like(seg), rows, cols)]
+  area, r, c = _table(*sums)
+  return (area.at[0].set(0), r, c), labels
+
+
+def _slot_table(labels, fg, rows, cols):
+  """Component table indexed by root slot of the slots with ``fg``."""
+  size = labels.shape[0]
+  seg = jnp.where(fg, labels, size)  # other slots -> dropped segment
+  return _table(*[jax.ops.segment_sum(x, seg, num_segments=size)
+                  for x in (fg.astype(jnp.int32), rows, cols)])
+
+
+def _compact_table(mask: jax.Array, max_pixels: int):
+  """Component table of a mask on the compacted path, and its overflow flag."""
+  labels, rows, cols, present, count = compact_components(mask, max_pixels)
+  return _slot_table(labels, present, rows, cols), count > max_pixels
+
+
+def _greedy_match(table_t, table_p, distance_threshold: float, max_targets: int):
+  """Greedy centroid matching of DNA-Net eqs. 12-13 / BasicIRSTD ``PD_FA``.
+
+  Tables are (area, mean row, mean col) over segments; a segment with area > 0 is a
+  component and increasing segment index is label order.  Returns (matched flag per true
+  segment, taken flag per predicted segment, number of true components).
+  """
+  area_t, r_t, c_t = table_t
+  area_p, r_p, c_p = table_p
+  is_t = area_t > 0
+  is_p = area_p > 0
+  targets = jnp.sum(is_t, dtype=jnp.int32)
+  seg_t = jnp.arange(area_t.shape[0], dtype=jnp.int32)
+  seg_p = jnp.arange(area_p.shape[0], dtype=jnp.int32)
+  thr2 = jnp.float32(distance_threshold) ** 2
+
+  # Sequential over the true targets exactly like the reference loops; the loop stops
+  # after the image's last true target (under vmap: the batch's largest count).
+  def match_one(carry):
+    k, prev, taken, matched = carry
+    t = jnp.argmax(is_t & (seg_t > prev)).astype(jnp.int32)  # next true component
+    dr = r_p - r_t[t]
+    dc = c_p - c_t[t]
+    ok = is_p & ~taken & (dr * dr + dc * dc < thr2)
+    hit = jnp.any(ok)
+    first = jnp.argmax(ok)  # smallest label satisfying the condition
+    taken = taken | ((seg_p == first) & hit)
+    matched = matched | ((seg_t == t) & hit)
+    return k + 1, t, taken, matched
+
+  n_loop = jnp.minimum(targets, max_targets)
+  init = (jnp.array(0, jnp.int32), jnp.array(-1, jnp.int32), jnp.zeros(area_p.shape, bool),
+          jnp.zeros(area_t.shape, bool))
+  _, _, taken, matched = jax.lax.while_loop(lambda c: c[0] < n_loop, match_one, init)
+  return matched, taken, targets
+
+
+def _counts(pred_pixels, intersection, union, pixels, table_p, matched, taken, targets,
+            max_targets):
+  matched_pixels = jnp.sum(jnp.where(taken, table_p[0], 0)).astype(jnp.float32)
+  out = {
+      "intersection": intersection,
+      "union": union,
+      "pixels": pixels,
+      "predicted": pred_pixels,
+      "targets": targets,
+      "matched": jnp.sum(matched, dtype=jnp.int32),
+      "false_alarm_pixels": pred_pixels - matched_pixels,
+      "target_overflow": targets > max_targets,
+  }
+  return {k: v.astype(jnp.float32) for k, v in out.items()}
 
 
 def _image_statistics(pred: jax.Array, gt: jax.Array, valid: jax.Array, *,
                       distance_threshold: float, max_targets: int) -> dict[str, jax.Array]:
-    h, w = pred.shape
-    n = h * w
-    num_segments = n + 1
+  """Statistics of one image on the dense path (labels over the whole image)."""
+  (table_t, _), (table_p, _) = _dense_table(gt), _dense_table(pred)
+  matched, taken, targets = _greedy_match(table_t, table_p, distance_threshold, max_targets)
+  # Pixel counts as float32 sums (exact below 2**24 pixels an image; XLA:CPU sums float32
+  # an order of magnitude faster than bool).
+  p, g = pred.astype(jnp.float32), gt.astype(jnp.float32)
+  return _counts(jnp.sum(p), jnp.sum(p * g), jnp.sum(jnp.maximum(p, g)),
+                 jnp.sum(valid.astype(jnp.float32)), table_p, matched, taken, targets,
+                 max_targets)
 
-    inter = jnp.sum(pred & gt, dtype=jnp.int32)
-    union = jnp.sum(pred | gt, dtype=jnp.int32)
-    pixels = jnp.sum(valid, dtype=jnp.int32)
 
-    lab_t = connected_components(gt)
-    lab_p = connected_components(pred)
-    _, r_t, c_t = _component_stats(lab_t, num_segments)
-    area_p, r_p, c_p = _component_stats(lab_p, num_segments)
+def _image_sweep(score, gt, valid, thresholds, *, distance_threshold, max_targets, max_pixels):
+  """Statistics of one image at every threshold (``score > t``) on the compacted path.
 
-    # True components in label order: a pixel is a component's root iff its label
-    # is its own index + 1; roots in raster order == labels in increasing order.
-    idx1 = jnp.arange(1, n + 1, dtype=jnp.int32)
-    is_root_t = lab_t.reshape(-1) == idx1
-    targets = jnp.sum(is_root_t, dtype=jnp.int32)
+  The image is read once: the support ``score > min(thresholds)`` (a superset of every
+  threshold's prediction) is compacted, and each threshold labels and counts only the
+  compacted pixels.  Returns (dict of ``[T]``, overflow flag).
+  """
+  idx, rows, cols, present, neighbours, count = _slots(
+      valid & (score > jnp.min(thresholds)), max_pixels)
+  n = score.size
+  at = jnp.minimum(idx, n - 1)
+  s_slot = score.reshape(-1)[at]
+  g_slot = gt.reshape(-1)[at] & present
+  table_t, over_t = _compact_table(gt, max_pixels)
+  pixels = jnp.sum(valid.astype(jnp.float32))
+  gt_pixels = jnp.sum(gt.astype(jnp.float32))
 
-    # Predicted components over the full label space (label l <-> segment l).
-    is_comp_p = area_p > 0
-    is_comp_p = is_comp_p.at[0].set(False)
-    thr2 = jnp.float32(distance_threshold) ** 2
-    seg_ids = jnp.arange(num_segments, dtype=jnp.int32)
+  def one(t):
+    fg = present & (s_slot > t)
+    table_p = _slot_table(_slot_labels(fg, neighbours), fg, rows, cols)
+    matched, taken, targets = _greedy_match(table_t, table_p, distance_threshold, max_targets)
+    predicted = jnp.sum(fg.astype(jnp.float32))
+    inter = jnp.sum((fg & g_slot).astype(jnp.float32))
+    return _counts(predicted, inter, predicted + gt_pixels - inter, pixels, table_p, matched,
+                   taken, targets, max_targets)
 
-    # Greedy matching, sequential over the true targets exactly like the
-    # reference loops.  The loop stops after the image's last true target (under
-    # vmap: after the batch's largest target count), not after max_targets.
-    # The k-th true target is the next root after the previous one (raster order).
-    def match_one(carry):
-        k, prev, taken, matched = carry
-        lt = jnp.argmax(is_root_t & (idx1 > prev)).astype(jnp.int32) + 1  # label
-        dr = r_p - r_t[lt]
-        dc = c_p - c_t[lt]
-        ok = is_comp_p & ~taken & (dr * dr + dc * dc < thr2)
-        hit = jnp.any(ok)
-        first = jnp.argmax(ok)  # smallest label satisfying the condition
-        taken = taken | ((seg_ids == first) & hit)
-        return k + 1, lt, taken, matched + hit.astype(jnp.int32)
+  return jax.vmap(one)(thresholds), over_t | (count > max_pixels)
 
-    n_loop = jnp.minimum(targets, max_targets)
-    taken0 = jnp.zeros((num_segments,), bool)
-    zero = jnp.array(0, jnp.int32)
-    _, _, taken, matched = jax.lax.while_loop(
-        lambda c: c[0] < n_loop, match_one, (zero, zero, taken0, zero))
 
-    pred_pixels = jnp.sum(pred, dtype=jnp.int32)
-    matched_pixels = jnp.sum(jnp.where(taken, area_p, 0), dtype=jnp.int32)
-    false_alarm = pred_pixels - matched_pixels
+def _sweep_batch(score, gt, valid, thresholds, *, distance_threshold, max_targets, max_pixels):
+  """Statistics ``[T, B]`` of ``score > t`` for boolean ``gt``/``valid`` ``[B, H, W]``.
 
-    out = {
-        "intersection": inter,
-        "union": union,
-        "pixels": pixels,
-        "targets": targets,
-        "matched": matched,
-        "false_alarm_pixels": false_alarm,
-        "target_overflow": targets > max_targets,
-    }
-    return {k: v.astype(jnp.float32) for k, v in out.items()}
+  Compacted path first; if any image overflows ``max_pixels`` the whole call is redone on
+  the dense path (a real ``lax.cond``, outside the vmap), so results are always exact.
+  """
+  kw = dict(distance_threshold=distance_threshold, max_targets=max_targets)
+
+  def dense():
+    per_image = lambda s, g, v: jax.vmap(
+        lambda t: _image_statistics((s > t) & v, g, v, **kw))(thresholds)
+    return jax.vmap(per_image)(score, gt, valid)
+
+  if max_pixels is None:
+    stats = dense()
+  else:
+    stats, overflow = jax.vmap(lambda s, g, v: _image_sweep(
+        s, g, v, thresholds, max_pixels=max_pixels, **kw))(score, gt, valid)
+    stats = jax.lax.cond(jnp.any(overflow), dense, lambda: stats)
+  return {k: v.T for k, v in stats.items()}  # [B, T] -> [T, B]
+
+
+def _check_nhwc(*arrays) -> None:
+  shapes = {jnp.shape(a) for a in arrays}
+  if len(shapes) != 1:
+    raise ValueError(f"inputs must have the same shape, got {shapes}")
+  shape = jnp.shape(arrays[0])
+  if len(shape) != 4 or shape[-1] != 1:
+    raise ValueError(f"expected [B, H, W, 1] (NHWC, one channel), got {shape}")
 
 
 def batch_statistics(logits: jax.Array, mask: jax.Array, valid: jax.Array, *,
                      threshold: float = 0.0, distance_threshold: float = 3.0,
-                     max_targets: int = 32) -> dict[str, jax.Array]:
-    """Per-image sufficient statistics for IoU, nIoU, Pd and Fa (jit-compatible).
+                     max_targets: int = 32, max_pixels: int | None = 1024
+                     ) -> dict[str, jax.Array]:
+  """Per-image sufficient statistics for IoU, nIoU, Pd, Fa and F-measure (jit-compatible).
 
-    Layout NHWC.  Prediction is ``logits > threshold`` (``threshold = 0`` is
-    sigmoid 0.5), ground truth is ``mask > 0``; both are multiplied by ``valid``
-    first, so zero padding never counts.  Components use 8-connectivity; a true
-    target is matched to the first not-yet-matched predicted component (label
-    order) whose centroid is closer than ``distance_threshold`` pixels (strict
-    ``<``), true targets processed in label order (DNA-Net eqs. 12-13, BasicIRSTD
-    ``PD_FA``).  Only the first ``max_targets`` true components of an image are
-    matched; ``target_overflow`` flags images with more (the accumulator then
-    raises).  Predicted components are not capped.
+  Layout NHWC.  Prediction is ``logits > threshold`` (``threshold = 0`` is
+  sigmoid 0.5; any score map works with a threshold in its own units), ground truth is
+  ``mask > 0``; both are multiplied by ``valid`` first, so zero padding never counts.
+  Components use 8-connectivity; a true target is matched to the first not-yet-matched
+  predicted component (label order) whose centroid is closer than ``distance_threshold``
+  pixels (strict ``<``), true targets processed in label order (DNA-Net eqs. 12-13,
+  BasicIRSTD ``PD_FA``).  Only the first ``max_targets`` true components of an image are
+  matched; ``target_overflow`` flags images with more (the accumulator then raises).
+  Predicted components are not capped.
 
-    Centroid distances are computed in float32 from exact int32 coordinate sums
-    (valid while ``H * W * max(H, W) < 2**31``, i.e. images up to ~1290x1290);
-    they can only disagree with the float64 reference for distances within
-    ~1e-5 px of the threshold, where the reference's own rounding decides.
+  Labelling runs on the compacted foreground (:func:`compact_components`, capacity
+  ``max_pixels`` foreground pixels per mask); if any mask of the call has more, the call
+  falls back to dense labelling (:func:`connected_components`), so the result never
+  depends on ``max_pixels`` (``None`` forces the dense path), only the speed does.
 
-    Args:
-      logits: ``[B, H, W, 1]`` raw network outputs (pre-sigmoid).
-      mask: ``[B, H, W, 1]`` ground truth, values in {0, 1}.
-      valid: ``[B, H, W, 1]`` 1 on original image pixels, 0 on padding.
-      threshold: logit threshold.
-      distance_threshold: centroid distance in pixels.
-      max_targets: static cap on true components matched per image.
+  Centroid distances are computed in float32 from exact int32 coordinate sums
+  (valid while ``H * W * max(H, W) < 2**31``, i.e. images up to ~1290x1290);
+  they can only disagree with the float64 reference for distances within
+  ~1e-5 px of the threshold, where the reference's own rounding decides.
 
-    Returns:
-      dict of float32 arrays of shape ``[B]`` (all counts in pixels or
-      components): ``intersection``, ``union``, ``pixels`` (valid pixels),
-      ``targets`` (true components), ``matched`` (matched true components),
-      ``false_alarm_pixels`` (predicted pixels outside matched predicted
-      components), ``target_overflow`` (1.0 if ``targets > max_targets``).
+  Args:
+    logits: ``[B, H, W, 1]`` raw network outputs (pre-sigmoid) or scores.
+    mask: ``[B, H, W, 1]`` ground truth, values in {0, 1}.
+    valid: ``[B, H, W, 1]`` 1 on original image pixels, 0 on padding.
+    threshold: threshold in the units of ``logits``.
+    distance_threshold: centroid distance in pixels.
+    max_targets: static cap on true components matched per image.
+    max_pixels: static capacity of the compacted labelling, or ``None``.
 
-    Raises:
-      ValueError: if the inputs are not ``[B, H, W, 1]`` of the same shape.
-    """
-    shapes = {jnp.shape(logits), jnp.shape(mask), jnp.shape(valid)}
-    if len(shapes) != 1:
-        raise ValueError(f"logits, mask, valid must have the same shape, got {shapes}")
-    shape = jnp.shape(logits)
-    if len(shape) != 4 or shape[-1] != 1:
-        raise ValueError(f"expected [B, H, W, 1] (NHWC, one channel), got {shape}")
-    return _batch_statistics(logits, mask, valid, threshold=float(threshold),
-                             distance_threshold=float(distance_threshold),
-                             max_targets=int(max_targets))
+  Returns:
+    dict of float32 arrays of shape ``[B]`` (all counts in pixels or
+    components): ``intersection``, ``union``, ``pixels`` (valid pixels),
+    ``predicted`` (predicted pixels), ``targets`` (true components), ``matched``
+    (matched true components), ``false_alarm_pixels`` (predicted pixels outside matched
+    predicted components), ``target_overflow`` (1.0 if ``targets > max_targets``).
+
+  Raises:
+    ValueError: if the inputs are not ``[B, H, W, 1]`` of the same shape.
+  """
+  _check_nhwc(logits, mask, valid)
+  return _batch_statistics(logits, mask, valid, threshold=float(threshold),
+                           distance_threshold=float(distance_threshold),
+                           max_targets=int(max_targets), max_pixels=max_pixels)
 
 
-@functools.partial(jax.jit, static_argnames=("threshold", "distance_threshold", "max_targets"))
-def _batch_statistics(logits, mask, valid, *, threshold, distance_threshold, max_targets):
-    v = valid[..., 0] > 0
-    pred = (logits[..., 0] > threshold) & v
-    gt = (mask[..., 0] > 0) & v
-    fn = lambda p, g, vv: _image_statistics(
-        p, g, vv, distance_threshold=distance_threshold, max_targets=max_targets)
-    return jax.vmap(fn)(pred, gt, v)
+@functools.partial(jax.jit, static_argnames=("threshold", "distance_threshold", "max_targets",
+                                             "max_pixels"))
+def _batch_statistics(logits, mask, valid, *, threshold, distance_threshold, max_targets,
+                      max_pixels):
+  stats = _sweep_statistics(logits, mask, valid, jnp.array([threshold], jnp.float32),
+                            distance_threshold=distance_threshold, max_targets=max_targets,
+                            max_pixels=max_pixels)
+  return {k: v[0] for k, v in stats.items()}
+
+
+def sweep_statistics(scores: jax.Array, mask: jax.Array, valid: jax.Array,
+                     thresholds: jax.Array, *, distance_threshold: float = 3.0,
+                     max_targets: int = 32, max_pixels: int | None = 1024
+                     ) -> dict[str, jax.Array]:
+  """:func:`batch_statistics` at several thresholds at once (target-level ROC).
+
+  Prediction at threshold ``t`` is ``scores > t``; everything else is as in
+  :func:`batch_statistics` (the same code, vmapped over the thresholds).
+
+  Args:
+    scores: ``[B, H, W, 1]`` scores (e.g. sigmoid probabilities).
+    mask, valid: ``[B, H, W, 1]`` as in :func:`batch_statistics`.
+    thresholds: ``[T]`` thresholds in the units of ``scores``.
+
+  Returns:
+    dict of float32 arrays of shape ``[T, B]`` with the keys of :func:`batch_statistics`.
+
+  Raises:
+    ValueError: bad shapes (inputs not ``[B, H, W, 1]`` alike, thresholds not 1-D).
+  """
+  _check_nhwc(scores, mask, valid)
+  if jnp.ndim(thresholds) != 1:
+    raise ValueError(f"thresholds must be 1-D [T], got shape {jnp.shape(thresholds)}")
+  return _sweep_statistics(scores, mask, valid, jnp.asarray(thresholds, jnp.float32),
+                           distance_threshold=float(distance_threshold),
+                           max_targets=int(max_targets), max_pixels=max_pixels)
+
+
+@functools.partial(jax.jit, static_argnames=("distance_threshold", "max_targets", "max_pixels"))
+def _sweep_statistics(scores, mask, valid, thresholds, *, distance_threshold, max_targets,
+                      max_pixels):
+  v = valid[..., 0] > 0
+  return _sweep_batch(scores[..., 0].astype(jnp.float32), (mask[..., 0] > 0) & v, v, thresholds,
+                      distance_threshold=distance_threshold, max_targets=max_targets,
+                      max_pixels=max_pixels)
+
+
+def detection_maps(pred: jax.Array, gt: jax.Array, *, distance_threshold: float = 3.0,
+                   max_targets: int = 32) -> dict[str, jax.Array]:
+  """Per-pixel outcome of the Pd/Fa matching of one image (for qualitative figures).
+
+  Args:
+    pred: ``[H, W]`` bool prediction (already restricted to valid pixels).
+    gt: ``[H, W]`` bool ground truth.
+
+  Returns:
+    dict of ``[H, W]`` bool maps: ``detected`` (pixels of matched predicted components),
+    ``false_alarm`` (other predicted pixels), ``missed`` (pixels of unmatched true targets).
+  """
+  table_t, lab_t = _dense_table(gt)
+  table_p, lab_p = _dense_table(pred)
+  matched, taken, _ = _greedy_match(table_t, table_p, float(distance_threshold),
+                                    int(max_targets))
+  detected = taken[lab_p] & pred
+  return {"detected": detected, "false_alarm": pred & ~detected,
+          "missed": gt & ~matched[lab_t]}
+
+
+def f_measure(tp, fp, fn, beta2: float = 0.3):
+  """F-measure of EAAU-Net eq. 15, ``(1 + b2) P R / (b2 P + R)`` with ``b2 = beta^2 = 0.3``.
+
+  Written as ``(1 + b2) TP / ((1 + b2) TP + b2 FN + FP + eps)`` (the same value, defined
+  when P or R is 0/0), ``eps = np.spacing(1)``; works on numbers and numpy arrays of pixel
+  counts.
+  """
+  tp, fp, fn = (np.asarray(x, np.float64) for x in (tp, fp, fn))
+  return (1 + beta2) * tp / ((1 + beta2) * tp + beta2 * fn + fp + np.spacing(1))
 
 
 # --------------------------------------------------------------------------- #
@@ -316,6 +584,9 @@ class MetricAccumulator:
     * ``Pd``   = sum matched / sum targets              (DNA-Net eq. 12)
     * ``Fa``   = sum false_alarm_pixels / sum pixels    (DNA-Net eq. 13), a plain
       fraction; multiply by 1e6 to print the usual "x1e-6" figure
+    * ``F-measure`` = dataset-level pixel F-measure at the operating threshold,
+      :func:`f_measure` of the summed TP = intersection, FP = predicted - intersection,
+      FN = union - predicted (EAAU-Net eq. 15, beta^2 = 0.3)
     * ``images`` = number of real images seen
 
     with ``eps = np.spacing(1)`` as in the reference code.  Ratios with a zero
@@ -366,5 +637,7 @@ class MetricAccumulator:
             "nIoU": self._niou_sum / self._images if self._images else nan,
             "Pd": s["matched"] / s["targets"] if s["targets"] > 0 else nan,
             "Fa": s["false_alarm_pixels"] / s["pixels"] if s["pixels"] > 0 else nan,
+            "F-measure": float(f_measure(s["intersection"], s["predicted"] - s["intersection"],
+                                         s["union"] - s["predicted"])) if self._images else nan,
             "images": float(self._images),
         }

@@ -21,7 +21,9 @@ from irst_jax.metrics import (
 
 EPS = np.spacing(1)
 _cc = jax.jit(_connected_components_with_iterations)
-_stats = jax.jit(batch_statistics, static_argnames=("threshold", "distance_threshold", "max_targets"))
+# Hand-built cases run on the dense labelling path (one compilation each, cheaper); the
+# compacted default path is compared with it and with the reference implementation below.
+_stats = functools.partial(batch_statistics, max_pixels=None)
 
 
 # --------------------------------------------------------------------------- #
@@ -397,7 +399,7 @@ def test_matches_reference_implementation():
     images.append((crowded_pred, crowded_gt, np.ones((32, 48), bool)))
 
     preds, gts, valids = zip(*images)
-    stats = _stats(*_batch(preds, gts, valids), max_targets=256)
+    stats = batch_statistics(*_batch(preds, gts, valids), max_targets=256)  # compacted path
     stats = {k: np.asarray(v) for k, v in stats.items()}
     for i, im in enumerate(images):
         ref = _reference_image(*im)
@@ -432,7 +434,7 @@ def test_accumulation_and_leading_shapes():
     assert split.result() == whole.result()
 
     # [devices, B] leading shape, as produced by pmap / vmap over a device axis.
-    fn = jax.jit(jax.vmap(functools.partial(batch_statistics, max_targets=32)))
+    fn = jax.jit(jax.vmap(functools.partial(batch_statistics, max_targets=32, max_pixels=None)))
     dev_stats = fn(p.reshape(2, 4, 16, 16, 1), g.reshape(2, 4, 16, 16, 1), v.reshape(2, 4, 16, 16, 1))
     assert all(dev_stats[k].shape == (2, 4) for k in STAT_KEYS)
     dev = MetricAccumulator()
@@ -443,7 +445,7 @@ def test_accumulation_and_leading_shapes():
     assert whole.result()["images"] == 0.0
 
 
-def test_eager_equals_jit():
+def test_compacted_path_equals_dense_path():
     images = _random_images(3, (16, 16), seed=4)
     preds, gts, valids = zip(*images)
     args = _batch(preds, gts, valids)
@@ -460,3 +462,44 @@ def test_bad_shapes_raise():
         batch_statistics(x, x, jnp.zeros((2, 8, 8, 2)))
     with pytest.raises(ValueError):
         batch_statistics(x[..., 0], x[..., 0], x[..., 0])
+
+
+# --------------------------------------------------------------------------- #
+# compacted (fast) labelling path
+# --------------------------------------------------------------------------- #
+def test_compact_components_batched_match_skimage():
+  from irst_jax.metrics import compact_components
+
+  shape = (24, 40)
+  rng = np.random.default_rng(11)
+  masks = [rng.random(shape) < d for d in (0.02, 0.1, 0.3, 0.5, 0.7)]
+  masks.append(np.zeros(shape, bool))
+  masks.append(np.ones(shape, bool))  # 960 pixels, within the capacity of 1024
+  masks.append((np.add.outer(np.arange(24), np.arange(40)) % 2) == 0)  # diagonal touches
+  grid = np.zeros(shape, bool)
+  grid[::2, ::3] = True  # many single-pixel components
+  grid[0, :] = grid[:, -1] = True  # border targets
+  masks.append(grid)
+  fn = jax.jit(jax.vmap(lambda m: compact_components(m, 1024)))
+  labels, rows, cols, present, count = (np.asarray(x) for x in fn(jnp.asarray(np.stack(masks))))
+  for i, m in enumerate(masks):
+    assert count[i] == m.sum()
+    img = np.zeros(shape, np.int64)
+    p = present[i]
+    img[rows[i][p], cols[i][p]] = labels[i][p] + 1
+    np.testing.assert_array_equal(_raster_relabel(img), sk_label(m, connectivity=2))
+
+
+def test_overflow_falls_back_to_dense_path():
+  # Capacity 16 pixels (2 tiles): most images overflow; results must equal the dense path
+  # and the skimage reference exactly.
+  images = _random_images(6, (32, 32), seed=12)
+  preds, gts, valids = zip(*images)
+  args = _batch(preds, gts, valids)
+  small = {k: np.asarray(v) for k, v in batch_statistics(*args, max_pixels=16).items()}
+  dense = {k: np.asarray(v) for k, v in batch_statistics(*args, max_pixels=None).items()}
+  for k in STAT_KEYS:
+    np.testing.assert_array_equal(small[k], dense[k])
+  for i, im in enumerate(images):
+    ref = _reference_image(*im)
+    assert {k: float(small[k][i]) for k in ref} == ref

@@ -1,0 +1,165 @@
+"""Scores another method's predictions (a folder of PNGs) with the project's metrics.
+
+  python -m irst_jax.score --predictions=DIR --dataset=nuaa_sirst [--builder_config=50_50] \
+      --split=test [--threshold=0.5] [--out_dir=DIR]
+
+``DIR`` holds one PNG per image of the split, named as the dataset names it
+(``Misc_1.png`` for NUAA-SIRST, ``000001.png`` for NUDT-SIRST, ``00000.png`` for the
+MDvsFA-cGAN test set), at the image's original size: binary masks (0/255, or 0/1 for the
+whole folder, or mode "1") or 8-bit score maps 0..255 (read as score = value / 255; a
+folder whose largest value is 1 is read as 0/1 masks). Grey PNGs are read as they are;
+RGB/RGBA/palette PNGs are converted to grey (Pillow "L"). Prediction at the operating
+point: ``score > threshold`` (default 0.5, i.e. value >= 128).
+
+Prints the table of IoU, nIoU, Pd, Fa (x1e-6), AUC, AP, F-measure, F-area (same code as
+``--mode=eval``: :mod:`irst_jax.curves`, :mod:`irst_jax.metrics`) and, with ``--out_dir``,
+writes metrics.json, roc.png and pr.png there. A missing file, a file that is not in the
+split, or a size that differs from the image's raises a ValueError naming the files.
+"""
+from __future__ import annotations
+
+import pathlib
+
+import jax
+import ml_collections
+import numpy as np
+from absl import app, flags
+from PIL import Image
+
+from irst_jax import curves as curves_lib
+from irst_jax import report
+from irst_jax.data import pipeline
+
+__all__ = ["score_folder", "read_predictions", "dataset_config"]
+
+
+def dataset_config(name: str, builder_config: str | None = None, data_dir: str | None = None,
+                   manual_dir: str | None = None, pad_multiple: int = 64
+                   ) -> ml_collections.ConfigDict:
+  """The dataset section for scoring (builder config default: the dataset's protocol)."""
+  from configs import default
+
+  cfg = pipeline.default_dataset_config()
+  cfg.name = name
+  if name in default.DATASET_DEFAULTS:
+    cfg.builder_config = default.DATASET_DEFAULTS[name]["dataset"]["builder_config"]
+  if builder_config:
+    cfg.builder_config = builder_config
+  cfg.data_dir = data_dir
+  cfg.manual_dir = manual_dir
+  cfg.pad_multiple = pad_multiple
+  return cfg
+
+
+def _names_and_sizes(source) -> dict[str, tuple[int, int]]:
+  out = {}
+  for i in range(len(source)):
+    ex = source[i]
+    name = ex["name"]
+    out[name.decode("utf-8") if isinstance(name, bytes) else str(name)] = ex["mask"].shape[:2]
+  return out
+
+
+def read_predictions(folder, sizes: dict[str, tuple[int, int]]) -> dict[str, np.ndarray]:
+  """Reads ``<folder>/<name>.png`` for every name of `sizes` as float32 scores in [0, 1].
+
+  Raises:
+    FileNotFoundError: the folder does not exist.
+    ValueError: missing files, PNGs not in the split, unreadable files, or sizes that
+      differ from the images' (all named).
+  """
+  folder = pathlib.Path(folder)
+  if not folder.is_dir():
+    raise FileNotFoundError(f"predictions folder {folder} does not exist")
+  present = {p.stem: p for p in folder.iterdir() if p.suffix.lower() == ".png"}
+  missing = sorted(set(sizes) - set(present))
+  extra = sorted(set(present) - set(sizes))
+  problems = []
+  if missing:
+    problems.append(f"{len(missing)} prediction(s) missing, e.g. "
+                    + ", ".join(f"{n}.png" for n in missing[:10]))
+  if extra:
+    problems.append(f"{len(extra)} PNG(s) not in the split, e.g. "
+                    + ", ".join(present[n].name for n in extra[:10]))
+  if problems:
+    raise ValueError(f"{folder}: " + "; ".join(problems)
+                     + f" (expected one <name>.png for each of the {len(sizes)} images)")
+  raw, wrong = {}, []
+  for name, (h, w) in sizes.items():
+    try:
+      with Image.open(present[name]) as img:
+        img = img if img.mode in ("1", "L") else img.convert("L")
+        arr = np.asarray(img, dtype=np.float32)
+    except OSError as e:
+      raise ValueError(f"cannot read {present[name]}: {e}") from None
+    if arr.shape != (h, w):
+      wrong.append(f"{present[name].name} is {arr.shape[1]}x{arr.shape[0]}, image is {w}x{h}")
+    raw[name] = arr
+  if wrong:
+    raise ValueError(f"{folder}: {len(wrong)} prediction(s) of the wrong size (width x "
+                     "height): " + "; ".join(wrong[:10]))
+  scale = 1.0 if max(float(a.max()) for a in raw.values()) <= 1.0 else 255.0
+  return {name: a / scale for name, a in raw.items()}
+
+
+def score_folder(predictions, data_config: ml_collections.ConfigDict, split: str,
+                 eval_config: ml_collections.ConfigDict, batch_size: int = 8
+                 ) -> tuple[dict[str, float], dict]:
+  """(table numbers, curves) of the PNG predictions in `predictions` on a dataset split."""
+  source = pipeline.load_builder(data_config).as_data_source(split=split)
+  scores = read_predictions(predictions, _names_and_sizes(source))
+  step = jax.jit(lambda s, m, v: curves_lib.evaluation_outputs(
+      s, float(eval_config.threshold), s, m, v, eval_config))
+  evaluation = curves_lib.Evaluation(eval_config)
+  for batch in pipeline.create_eval_iterator(data_config, split=split, batch_size=batch_size,
+                                             num_devices=1):
+    mask, valid = batch["mask"][0], batch["valid"][0]
+    score = np.zeros_like(mask)
+    for j, name in enumerate(batch["name"][0]):
+      if name:
+        h, w = scores[name].shape
+        score[j, :h, :w, 0] = scores[name]
+    evaluation.update(jax.device_get(step(score, mask, valid)))
+  return evaluation.result()
+
+
+def _define_flags() -> None:
+  """Command-line flags (defined only when run as a command, so that importing is free)."""
+  global _PREDICTIONS, _DATASET, _BUILDER_CONFIG, _SPLIT, _THRESHOLD, _DATA_DIR, _MANUAL_DIR, _OUT_DIR
+  _PREDICTIONS = flags.DEFINE_string("predictions", None, "Folder of <name>.png predictions.")
+  _DATASET = flags.DEFINE_string("dataset", "nuaa_sirst", "Dataset name (nuaa_sirst, nudt_sirst, "
+                                 "mdvsfa_cgan).")
+  _BUILDER_CONFIG = flags.DEFINE_string("builder_config", None, "Builder config (default: the "
+                                        "dataset's protocol, e.g. 50_50).")
+  _SPLIT = flags.DEFINE_string("split", "test", "Split scored.")
+  _THRESHOLD = flags.DEFINE_float("threshold", 0.5, "Operating threshold on scores in [0, 1].")
+  _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir (default $TFDS_DATA_DIR).")
+  _MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Raw dataset folder (official layout).")
+  _OUT_DIR = flags.DEFINE_string("out_dir", None, "Writes metrics.json, roc.png, pr.png there.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from configs import default
+
+  eval_config = default.get_base_config().eval
+  eval_config.threshold = _THRESHOLD.value
+  data = dataset_config(_DATASET.value, _BUILDER_CONFIG.value, _DATA_DIR.value, _MANUAL_DIR.value)
+  try:
+    values, curves = score_folder(_PREDICTIONS.value, data, _SPLIT.value, eval_config)
+  except (ValueError, FileNotFoundError) as e:
+    raise app.UsageError(str(e)) from None
+  name = pathlib.Path(_PREDICTIONS.value).name
+  print(f"{data.name}/{data.builder_config} {_SPLIT.value}: {int(values['images'])} images")
+  print(report.table(values, name))
+  if _OUT_DIR.value:
+    report.write_report(_OUT_DIR.value, values, curves, (), eval_config,
+                        title=f"{name} on {data.name} {_SPLIT.value}")
+    print(f"wrote {_OUT_DIR.value}/metrics.json, roc.png, pr.png")
+
+
+if __name__ == "__main__":
+  _define_flags()
+  flags.mark_flag_as_required("predictions")
+  app.run(main)
