@@ -169,12 +169,13 @@ def test_direct_add_fusion_is_the_conv_of_the_sum():
 
 # One training step (the real pmapped step, soft-IoU, Adagrad 0.05) for each ablation family;
 # together the models cover every extraction, fusion and aggregation option.
-# (The symmetric shuffle attentions are checked against numpy above.)
 @pytest.mark.parametrize("extraction, fusion, aggregation", [
     ("sa", "asym_bi", "iterative"),
     ("none", "direct_add", "unet"),
     ("cbam", "bi_local", "iterative"),
     ("se", "bi_global", "unet"),
+    ("sa_both_global", "asym_bi", "iterative"),
+    ("sa_both_local", "asym_bi", "iterative"),
 ])
 def test_every_variant_takes_a_training_step(extraction, fusion, aggregation):
   config = daea_config.get_config("nuaa_sirst")
@@ -187,7 +188,7 @@ def test_every_variant_takes_a_training_step(extraction, fusion, aggregation):
   initial = train.TrainState.create(apply_fn=model.apply, params=variables["params"],
                                     batch_stats=variables["batch_stats"], tx=tx,
                                     rng=jax.random.PRNGKey(0))
-  state = jax_utils.replicate(initial, devices=devices)
+  state = train.replicate(initial, devices=devices)
   rng = np.random.default_rng(4)
   batch = {"image": rng.normal(size=(1, 2, 16, 16, 1)).astype(np.float32),
            "mask": (rng.random((1, 2, 16, 16, 1)) > 0.9).astype(np.float32)}
