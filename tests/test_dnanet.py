@@ -76,15 +76,10 @@ def test_train_mode_tiny_input_gives_four_maps_and_updates_statistics():
   # conv3_0 keeps 16 channels (nb_filter[2] == nb_filter[3]): identity shortcut there.
   assert "shortcut_conv" not in variables["params"]["conv3_0"]["block0"]
   rules = convert.dnanet_rules((1, 2, 1, 1), in_channels=1, nb_filter=(4, 8, 16, 16, 32))
-  torch_like = {}
-  for rule in rules:   # a fake state_dict from the Flax variables, to check the rules cover all
-    for suffix, collection, leaf, _, _ in convert._LEAVES[rule.kind]:
-      value = convert._get(variables, (collection,) + rule.flax_path + (leaf,))
-      if value is not None:
-        value = np.asarray(value)
-        torch_like[f"{rule.torch_prefix}.{suffix}"] = (
-            value.transpose(3, 2, 0, 1) if value.ndim == 4 else value)
-  convert.convert_state_dict(torch_like, rules, variables)
+  torch_like = convert.to_state_dict(variables, rules)   # the rules must cover every leaf
+  round_trip = convert.convert_state_dict(torch_like, rules, variables)
+  for a, b in zip(jax.tree_util.tree_leaves(round_trip), jax.tree_util.tree_leaves(variables)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_single_head_without_deep_supervision_and_light_backbone():
