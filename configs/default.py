@@ -56,8 +56,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.train.checkpoint_every_epochs = 1
   config.train.log_every_steps = 50
   config.train.keep_checkpoints = 2
-  config.train.time_limit_minutes = 0.0     # > 0: stop (checkpoint + eval) after the epoch
-                                            # that ends past this wall time; rerun resumes
+  config.train.time_limit_minutes = 0.0     # > 0: stop (checkpoint + eval) after the step
+                                            # past this wall time; rerun resumes at that step
 
   config.optim = ml_collections.ConfigDict()
   config.optim.optimizer = "adam"           # adagrad | sgd | adam | adamw (PyTorch semantics)

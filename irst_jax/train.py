@@ -282,11 +282,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: pathlib
   logging.info("parameters: %d", sum(x.size for x in jax.tree_util.tree_leaves(state.params)))
 
   store = checkpoints.CheckpointStore(workdir_path, keep=config.train.keep_checkpoints)
-  start_epoch = 0
+  start_epoch = skip_steps = 0
   if store.latest_step() is not None:
     state, start_epoch = _restore_into(state, store.restore(_checkpoint_state(state, 0)))
-    logging.info("resumed from %s at step %d (epoch %d)", store.latest.directory,
-                 int(state.step), start_epoch)
+    # A run stopped by the time limit mid-epoch resumes inside that epoch: its batches are
+    # deterministic (seed, epoch), so the ones already trained on are drawn and skipped.
+    skip_steps = int(state.step) - start_epoch * steps_per_epoch
+    logging.info("resumed from %s at step %d (epoch %d%s)", store.latest.directory,
+                 int(state.step), start_epoch + 1 if skip_steps else start_epoch,
+                 f", step {skip_steps} of {steps_per_epoch}" if skip_steps else "")
 
   train_step = make_train_step(model, config.train.loss, schedule)
   eval_step = make_eval_step(model, config.eval)
@@ -296,7 +300,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: pathlib
   throughput: list[float] = []
   deadline = (time.monotonic() + 60.0 * config.train.time_limit_minutes
               if config.train.get("time_limit_minutes") else math.inf)
-  progress = tqdm(total=num_epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
+  progress = tqdm(total=num_epochs * steps_per_epoch, initial=int(jax_utils.unreplicate(state.step)),
                   desc=config.model.name, unit="step", dynamic_ncols=True, file=sys.stderr,
                   mininterval=1.0 if sys.stderr.isatty() else 30.0,
                   disable=jax.process_index() != 0)
@@ -306,11 +310,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: pathlib
       batches = pipeline.create_train_iterator(
           config.dataset, batch_size=process_batch, num_devices=num_devices,
           seed=config.train.seed, epoch=epoch)
+      out_of_time = False
       for i, batch in enumerate(batches):
-        if i == steps_per_epoch:
+        if i == steps_per_epoch or out_of_time:
           break
+        if i < skip_steps:
+          continue
         state, step_metrics = train_step(state, batch)
-        if i == 0:
+        if start is None:
           jax.block_until_ready(step_metrics)
           start = time.perf_counter()  # the first step of an epoch may compile
         loss = step_metrics["loss"]
@@ -321,6 +328,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: pathlib
           value = float(loss[0])
           _check_finite(value, global_step, epoch, store)
           progress.set_postfix(loss=f"{value:.4f}", lr=f"{float(step_metrics['learning_rate'][0]):.2e}")
+        out_of_time = time.monotonic() >= deadline
+      skip_steps = 0
       mean_loss = float(np.mean([float(loss[0]) for loss in epoch_losses]))
       _check_finite(mean_loss, (epoch + 1) * steps_per_epoch, epoch, store)
       elapsed = time.perf_counter() - start if start is not None else float("nan")
@@ -328,26 +337,29 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: pathlib
       if len(epoch_losses) > 1:
         throughput.append(images_per_sec)
       step = int(jax_utils.unreplicate(state.step))
+      finished = step == (epoch + 1) * steps_per_epoch   # False when stopped mid-epoch
       lr = float(schedule(step - 1))
       logger.write("train", step, epoch + 1, {"loss": mean_loss, "learning_rate": lr,
                                                 "images_per_sec": images_per_sec})
       logging.info("epoch %d/%d step %d loss %.4f lr %.2e %.1f img/s", epoch + 1, num_epochs,
                    step, mean_loss, lr, images_per_sec)
-      out_of_time = time.monotonic() >= deadline
-      if out_of_time and epoch + 1 < num_epochs:
-        logging.info("train.time_limit_minutes=%s reached after epoch %d: final checkpoint and "
-                     "evaluation; rerun the command to continue", config.train.time_limit_minutes,
-                     epoch + 1)
+      out_of_time = out_of_time or time.monotonic() >= deadline
+      if out_of_time and step < num_epochs * steps_per_epoch:
+        logging.info("train.time_limit_minutes=%s reached at step %d (epoch %d, step %d of %d): "
+                     "final checkpoint and evaluation; rerun the command to continue",
+                     config.train.time_limit_minutes, step, epoch + 1,
+                     step - epoch * steps_per_epoch, steps_per_epoch)
       last = epoch + 1 == num_epochs or out_of_time
+      done_epochs = epoch + 1 if finished else epoch   # the checkpoint's epoch: resume point
       host_state = None
       if (epoch + 1) % config.train.checkpoint_every_epochs == 0 or last:
-        host_state = _checkpoint_state(jax_utils.unreplicate(state), epoch + 1)
+        host_state = _checkpoint_state(jax_utils.unreplicate(state), done_epochs)
         store.save_latest(step, host_state)
       if (epoch + 1) % config.train.eval_every_epochs == 0 or last:
         final = evaluate(eval_step, state, config, config.dataset.eval_split)
         logger.write(config.dataset.eval_split, step, epoch + 1, final)
         is_best = store.save_best(step, host_state or _checkpoint_state(
-            jax_utils.unreplicate(state), epoch + 1), final)
+            jax_utils.unreplicate(state), done_epochs), final)
         logging.info("eval %s epoch %d: %s%s", config.dataset.eval_split, epoch + 1,
                      format_metrics(final), " (best)" if is_best else "")
       if last:

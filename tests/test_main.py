@@ -31,6 +31,11 @@ def _records(workdir):
   return [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
 
 
+def _log_messages(workdir):
+  """The messages of train.log ('date time LEVEL message' lines)."""
+  return [line.split(" ", 3)[3] for line in (pathlib.Path(workdir) / "train.log").read_text().splitlines()]
+
+
 def _latest_state(workdir):
   store = checkpoints.CheckpointStore(workdir)
   try:
@@ -40,21 +45,29 @@ def _latest_state(workdir):
 
 
 def test_resumed_run_equals_uninterrupted_run(prepared_fake_nuaa, tmp_path):
+  """A run stopped by the time limit mid-epoch and rerun equals one uninterrupted run."""
+  def config():
+    tiny = _tiny_config(prepared_fake_nuaa, 2)
+    tiny.train.batch_size = 2   # 6 training images: three steps an epoch
+    return tiny
   straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-  result = train.train_and_evaluate(_tiny_config(prepared_fake_nuaa, 2), str(straight))
-  interrupted = _tiny_config(prepared_fake_nuaa, 2)
-  interrupted.train.time_limit_minutes = 1e-9   # stops after epoch 1: checkpoint + evaluation
+  result = train.train_and_evaluate(config(), str(straight))
+  interrupted = config()
+  interrupted.train.time_limit_minutes = 1e-9   # stops after step 1: checkpoint + evaluation
   train.train_and_evaluate(interrupted, str(resumed))
-  assert "time_limit_minutes=1e-09 reached after epoch 1" in (resumed / "train.log").read_text()
+  assert ("time_limit_minutes=1e-09 reached at step 1 (epoch 1, step 1 of 3)"
+          in (resumed / "train.log").read_text())
   first = _records(resumed)
-  assert [r["epoch"] for r in first] == [1, 1] and {r["split"] for r in first} == {"train", "test"}
-  train.train_and_evaluate(_tiny_config(prepared_fake_nuaa, 2), str(resumed))
+  assert [(r["split"], r["epoch"], r["step"]) for r in first] == [("train", 1, 1), ("test", 1, 1)]
+  assert int(_latest_state(resumed)["epoch"]) == 0   # epoch 1 is not finished
+  train.train_and_evaluate(config(), str(resumed))
+  assert any(line.startswith("resumed from") and line.endswith("at step 1 (epoch 1, step 1 of 3)")
+             for line in _log_messages(resumed))
   records = _records(resumed)
-  assert [(r["split"], r["epoch"]) for r in records[2:]] == [("train", 2), ("test", 2)]
-  assert records[-1]["step"] == 2  # 6 training images, batch 4: one step an epoch
-  assert "resumed from" in (resumed / "train.log").read_text()
+  assert [(r["split"], r["epoch"], r["step"]) for r in records[2:]] == [
+      ("train", 1, 3), ("test", 1, 3), ("train", 2, 6), ("test", 2, 6)]
   a, b = _latest_state(straight), _latest_state(resumed)
-  assert int(a["step"]) == int(b["step"]) == 2 and int(a["epoch"]) == 2
+  assert int(a["step"]) == int(b["step"]) == 6 and int(a["epoch"]) == int(b["epoch"]) == 2
   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
     np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
   # metrics are real numbers in range and the best checkpoint's metrics are recorded
