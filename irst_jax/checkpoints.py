@@ -30,7 +30,14 @@ class WorkdirMismatchError(ValueError):
 
 
 def _to_host(tree: Any) -> Any:
-  return jax.tree_util.tree_map(np.asarray, tree)
+  """Host numpy arrays, with each zero-size array replaced by a one-element placeholder.
+
+  Orbax refuses zero-size arrays, which a model may legitimately hold (DNA-Net
+  ResNet10-Light's CBAM MLP has 8 // 16 = 0 hidden channels, as PyTorch's Conv2d(8, 0)
+  allows); `CheckpointStore.restore` puts the template's empty arrays back.
+  """
+  return jax.tree_util.tree_map(
+      lambda x: np.zeros((1,), np.asarray(x).dtype) if np.size(x) == 0 else np.asarray(x), tree)
 
 
 class CheckpointStore:
@@ -85,7 +92,10 @@ class CheckpointStore:
       step = manager.latest_step()
     if step is None:
       raise FileNotFoundError(f"no {which} checkpoint in {manager.directory}")
-    return manager.restore(step, args=ocp.args.StandardRestore(_to_host(template)))
+    restored = manager.restore(step, args=ocp.args.StandardRestore(_to_host(template)))
+    return jax.tree_util.tree_map(
+        lambda t, r: np.zeros(np.shape(t), np.asarray(t).dtype) if np.size(t) == 0 else r,
+        template, restored)
 
   def close(self) -> None:
     self.latest.close()

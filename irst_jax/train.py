@@ -362,6 +362,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: pathlib
             jax_utils.unreplicate(state), done_epochs), final)
         logging.info("eval %s epoch %d: %s%s", config.dataset.eval_split, epoch + 1,
                      format_metrics(final), " (best)" if is_best else "")
+        if not last and host_state is not None and time.monotonic() >= deadline:
+          # The evaluation ran past the time limit and this step is checkpointed and
+          # evaluated: stop here rather than after one more step and another evaluation.
+          logging.info("train.time_limit_minutes=%s reached during the evaluation after epoch "
+                       "%d: rerun the command to continue", config.train.time_limit_minutes,
+                       epoch + 1)
+          break
       if last:
         break
   finally:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from configs import dnanet as dnanet_config
-from irst_jax import convert, models
+from irst_jax import checkpoints, convert, models
 from irst_jax.models import attention, dnanet, layers
 from tests import golden
 
@@ -90,6 +90,21 @@ def test_single_head_without_deep_supervision_and_light_backbone():
   assert set(variables["params"]) >= {"final", "conv0_4_final"}
   # 8 channels // 16 = 0 hidden units: zero-size MLP, M_c = 0.5 (PyTorch's 0-channel convs)
   assert variables["params"]["conv0_0"]["block0"]["ca"]["fc1"]["kernel"].shape == (1, 1, 8, 0)
+
+
+def test_light_backbone_zero_size_weights_survive_a_checkpoint(tmp_path):
+  """Orbax refuses zero-size arrays; CheckpointStore saves placeholders and restores them."""
+  model = dnanet.DNANet(backbone="resnet10_light", deep_supervision=False)
+  variables = _random_variables(model, jnp.zeros((1, 16, 16, 1)), seed=3)
+  store = checkpoints.CheckpointStore(tmp_path)
+  store.save_latest(7, variables)
+  restored = store.restore(jax.tree.map(np.zeros_like, variables))
+  store.close()
+  kernel = restored["params"]["conv0_0"]["block0"]["ca"]["fc1"]["kernel"]
+  assert kernel.shape == (1, 1, 8, 0) and kernel.dtype == np.float32
+  assert jax.tree.structure(restored) == jax.tree.structure(variables)
+  for a, b in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(variables)):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_backbones_block_counts():
