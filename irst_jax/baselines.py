@@ -131,18 +131,20 @@ def _evaluate_batch(image, mask, valid, *, names, eval_config, rule):
   tile = lambda x: jnp.concatenate([x] * m)
   out = curves_lib.evaluation_outputs(values, 0.0, scores, tile(mask), tile(valid), eval_config,
                                       curves=False)
-  out["sweep"] = metrics.sweep_statistics(
-      scores, tile(mask), tile(valid), curves_lib.roc_thresholds(eval_config),
-      distance_threshold=eval_config.distance_threshold, max_targets=eval_config.max_targets,
-      max_pixels=eval_config.max_pixels)
+  if len(eval_config.roc_thresholds):
+    out["sweep"] = metrics.sweep_statistics(
+        scores, tile(mask), tile(valid), curves_lib.roc_thresholds(eval_config),
+        distance_threshold=eval_config.distance_threshold, max_targets=eval_config.max_targets,
+        max_pixels=eval_config.max_pixels)
   b = image.shape[0]
   result = {}
   for i, name in enumerate(names):
     part = slice(i * b, (i + 1) * b)
     result[name] = {
         "stats": {k: v[part] for k, v in out["stats"].items()},
-        "sweep": {k: v[:, part] for k, v in out["sweep"].items()},
         "hist": curves_lib.score_histograms(scores[part], mask, valid, eval_config.num_bins)}
+    if "sweep" in out:
+      result[name]["sweep"] = {k: v[:, part] for k, v in out["sweep"].items()}
   return result
 
 
@@ -167,7 +169,8 @@ def evaluate_batch(image: jax.Array, mask: jax.Array, valid: jax.Array, eval_con
   """:func:`irst_jax.curves.evaluation_outputs` of each baseline of `names` on a batch.
 
   Operating point: ``G > T`` with ``T`` of :func:`adaptive_threshold` (per image); curves on
-  ``G / max(G)`` per image.  ``image``, ``mask``, ``valid``: ``[B, H, W, 1]``.  Returns
+  ``G / max(G)`` per image; the target-level sweep only when ``eval_config.roc_thresholds``
+  is not empty.  ``image``, ``mask``, ``valid``: ``[B, H, W, 1]``.  Returns
   {name: outputs}; the methods share one compiled metric graph.
 
   Raises:

@@ -212,7 +212,9 @@ def evaluation_outputs(values: jax.Array, threshold: float, scores: jax.Array, m
     mask, valid: ``[B, H, W, 1]`` ground truth and validity.
     eval_config: the ``eval`` config section (``distance_threshold``, ``max_targets``,
       ``max_pixels``, ``num_bins``, ``roc_thresholds``).
-    curves: also compute the histograms and the target-level sweep.
+    curves: also compute the histograms and the target-level sweep (the sweep only when
+      ``roc_thresholds`` is not empty: it labels components at every threshold, the
+      costliest part of an evaluation).
 
   Returns:
     ``{'stats': per-image statistics [B]}``, plus ``'hist'`` [2, K] and ``'sweep'``
@@ -223,6 +225,7 @@ def evaluation_outputs(values: jax.Array, threshold: float, scores: jax.Array, m
   out = {"stats": metrics.batch_statistics(values, mask, valid, threshold=threshold, **common)}
   if curves:
     out["hist"] = score_histograms(scores, mask, valid, int(eval_config.num_bins))
+  if curves and len(roc_thresholds(eval_config)):
     out["sweep"] = metrics.sweep_statistics(scores, mask, valid, roc_thresholds(eval_config),
                                             **common)
   return out
@@ -238,7 +241,7 @@ class Evaluation:
   def update(self, outputs: Mapping) -> None:
     self.metrics.update(outputs["stats"])
     if "hist" in outputs:
-      self.curves.update(outputs["hist"], outputs["sweep"])
+      self.curves.update(outputs["hist"], outputs.get("sweep"))
 
   def result(self) -> tuple[dict[str, float], dict]:
     """(table numbers of :func:`summary`, curves of :meth:`CurveAccumulator.result`)."""

@@ -7,7 +7,7 @@ import pytest
 from skimage.morphology import footprint_rectangle, white_tophat
 
 from configs import default
-from irst_jax import baselines
+from irst_jax import baselines, curves
 
 
 def _spike(shape=(15, 15), at=(7, 7), value=9.0):
@@ -86,5 +86,17 @@ def test_evaluate_batch_detects_bright_target():
     assert stats["targets"].tolist() == [1.0, 1.0], name
     assert stats["matched"].tolist() == [1.0, 1.0], name
     assert np.asarray(o["hist"]).sum() == 2 * 32 * 32
+    assert np.asarray(o["sweep"]["matched"]).tolist() == [[1.0, 1.0]], name
+  # Without sweep thresholds: the same operating point and histograms, no target-level sweep.
+  cfg.roc_thresholds = ()
+  bare = baselines.evaluate_batch(image, mask, np.ones_like(mask), cfg)
+  for name, o in bare.items():
+    assert "sweep" not in o
+    np.testing.assert_array_equal(np.asarray(o["hist"]), np.asarray(out[name]["hist"]))
+    np.testing.assert_array_equal(np.asarray(o["stats"]["matched"]), [1.0, 1.0])
+    evaluation = curves.Evaluation(cfg)
+    evaluation.update(o)
+    table, curve = evaluation.result()
+    assert table["Pd"] == 1.0 and "target_roc" not in curve and 0.0 < table["AUC"] <= 1.0
   with pytest.raises(ValueError, match="unknown baseline"):
     baselines.evaluate_batch(image, mask, mask, cfg, names=("ipi",))
