@@ -411,8 +411,10 @@ def _image_sweep(score, gt, valid, thresholds, *, distance_threshold, max_target
 def _sweep_batch(score, gt, valid, thresholds, *, distance_threshold, max_targets, max_pixels):
   """Statistics ``[T, B]`` of ``score > t`` for boolean ``gt``/``valid`` ``[B, H, W]``.
 
-  Compacted path first; if any image overflows ``max_pixels`` the whole call is redone on
-  the dense path (a real ``lax.cond``, outside the vmap), so results are always exact.
+  Compacted path at capacity ``max_pixels // 4`` first (its work scales with the capacity;
+  IRSTD masks are a few dozen pixels), then at ``max_pixels``; if any image of the call
+  overflows that too, the call is redone on the dense path.  Each fallback is a real
+  ``lax.cond`` outside the vmap, run only when needed, so results are always exact.
   """
   kw = dict(distance_threshold=distance_threshold, max_targets=max_targets)
 
@@ -421,12 +423,16 @@ def _sweep_batch(score, gt, valid, thresholds, *, distance_threshold, max_target
         lambda t: _image_statistics((s > t) & v, g, v, **kw))(thresholds)
     return jax.vmap(per_image)(score, gt, valid)
 
+  def compacted(capacities):
+    stats, overflow = jax.vmap(lambda s, g, v: _image_sweep(
+        s, g, v, thresholds, max_pixels=capacities[0], **kw))(score, gt, valid)
+    fallback = functools.partial(compacted, capacities[1:]) if capacities[1:] else dense
+    return jax.lax.cond(jnp.any(overflow), fallback, lambda: stats)
+
   if max_pixels is None:
     stats = dense()
   else:
-    stats, overflow = jax.vmap(lambda s, g, v: _image_sweep(
-        s, g, v, thresholds, max_pixels=max_pixels, **kw))(score, gt, valid)
-    stats = jax.lax.cond(jnp.any(overflow), dense, lambda: stats)
+    stats = compacted((max_pixels // 4, max_pixels) if max_pixels >= 64 else (max_pixels,))
   return {k: v.T for k, v in stats.items()}  # [B, T] -> [T, B]
 
 
@@ -456,9 +462,10 @@ def batch_statistics(logits: jax.Array, mask: jax.Array, valid: jax.Array, *,
   Predicted components are not capped.
 
   Labelling runs on the compacted foreground (:func:`compact_components`, capacity
-  ``max_pixels`` foreground pixels per mask); if any mask of the call has more, the call
-  falls back to dense labelling (:func:`connected_components`), so the result never
-  depends on ``max_pixels`` (``None`` forces the dense path), only the speed does.
+  ``max_pixels // 4``, then ``max_pixels`` foreground pixels per mask); if any mask of the
+  call has more, the call falls back to dense labelling (:func:`connected_components`), so
+  the result never depends on ``max_pixels`` (``None`` forces the dense path), only the
+  speed does.
 
   Centroid distances are computed in float32 from exact int32 coordinate sums
   (valid while ``H * W * max(H, W) < 2**31``, i.e. images up to ~1290x1290);

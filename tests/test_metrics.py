@@ -17,6 +17,7 @@ from irst_jax.metrics import (
     _connected_components_with_iterations,
     batch_statistics,
     connected_components,
+    sweep_statistics,
 )
 
 EPS = np.spacing(1)
@@ -503,3 +504,32 @@ def test_overflow_falls_back_to_dense_path():
   for i, im in enumerate(images):
     ref = _reference_image(*im)
     assert {k: float(small[k][i]) for k in ref} == ref
+
+
+@pytest.mark.parametrize("pred_pixels", [10, 40, 200])
+def test_capacity_tiers_equal_dense_path(pred_pixels):
+  # max_pixels=64: the compacted path tries 16 pixels, then 64, then the dense path. 10
+  # foreground pixels stay in the first tier, 40 need the second, 200 the dense one; every
+  # tier must give the dense path's numbers exactly, at one threshold and in a sweep.
+  rng = np.random.default_rng(pred_pixels)
+  preds, gts = [], []
+  for _ in range(3):
+    pred = np.zeros(32 * 32, bool)
+    pred[rng.choice(32 * 32, pred_pixels, replace=False)] = True
+    gt = np.zeros((32, 32), bool)
+    r, c = rng.integers(2, 28, 2)
+    gt[r:r + 2, c:c + 2] = True
+    preds.append(pred.reshape(32, 32) | gt)
+    gts.append(gt)
+  args = _batch(preds, gts)
+  tiered = {k: np.asarray(v) for k, v in batch_statistics(*args, max_pixels=64).items()}
+  dense = {k: np.asarray(v) for k, v in batch_statistics(*args, max_pixels=None).items()}
+  for k in STAT_KEYS:
+    np.testing.assert_array_equal(tiered[k], dense[k])
+  scores = jax.nn.sigmoid(args[0])
+  thresholds = jnp.array([0.3, 0.5, 0.9])
+  swept = sweep_statistics(scores, *args[1:], thresholds, max_pixels=64)
+  swept_dense = sweep_statistics(scores, *args[1:], thresholds, max_pixels=None)
+  for k in STAT_KEYS:
+    np.testing.assert_array_equal(np.asarray(swept[k]), np.asarray(swept_dense[k]))
+  np.testing.assert_array_equal(tiered["predicted"], [p.sum() for p in preds])
