@@ -307,12 +307,6 @@ def _slot_table(labels, fg, rows, cols):
                   for x in (fg.astype(jnp.int32), rows, cols)])
 
 
-def _compact_table(mask: jax.Array, max_pixels: int):
-  """Component table of a mask on the compacted path, and its overflow flag."""
-  labels, rows, cols, present, count = compact_components(mask, max_pixels)
-  return _slot_table(labels, present, rows, cols), count > max_pixels
-
-
 def _greedy_match(table_t, table_p, distance_threshold: float, max_targets: int):
   """Greedy centroid matching of DNA-Net eqs. 12-13 / BasicIRSTD ``PD_FA``.
 
@@ -382,19 +376,20 @@ def _image_statistics(pred: jax.Array, gt: jax.Array, valid: jax.Array, *,
 def _image_sweep(score, gt, valid, thresholds, *, distance_threshold, max_targets, max_pixels):
   """Statistics of one image at every threshold (``score > t``) on the compacted path.
 
-  The image is read once: the support ``score > min(thresholds)`` (a superset of every
-  threshold's prediction) is compacted, and each threshold labels and counts only the
-  compacted pixels.  Returns (dict of ``[T]``, overflow flag).
+  The image is read once: the support ``(score > min(thresholds)) | gt`` (a superset of
+  every threshold's prediction and of the ground truth) is compacted, and the ground truth
+  and each threshold label and count only the compacted pixels.  Returns (dict of ``[T]``,
+  overflow flag).
   """
   idx, rows, cols, present, neighbours, count = _slots(
-      valid & (score > jnp.min(thresholds)), max_pixels)
+      valid & ((score > jnp.min(thresholds)) | gt), max_pixels)
   n = score.size
   at = jnp.minimum(idx, n - 1)
   s_slot = score.reshape(-1)[at]
   g_slot = gt.reshape(-1)[at] & present
-  table_t, over_t = _compact_table(gt, max_pixels)
+  table_t = _slot_table(_slot_labels(g_slot, neighbours), g_slot, rows, cols)
   pixels = jnp.sum(valid.astype(jnp.float32))
-  gt_pixels = jnp.sum(gt.astype(jnp.float32))
+  gt_pixels = jnp.sum(g_slot.astype(jnp.float32))
 
   def one(t):
     fg = present & (s_slot > t)
@@ -405,7 +400,7 @@ def _image_sweep(score, gt, valid, thresholds, *, distance_threshold, max_target
     return _counts(predicted, inter, predicted + gt_pixels - inter, pixels, table_p, matched,
                    taken, targets, max_targets)
 
-  return jax.vmap(one)(thresholds), over_t | (count > max_pixels)
+  return jax.vmap(one)(thresholds), count > max_pixels
 
 
 def _sweep_batch(score, gt, valid, thresholds, *, distance_threshold, max_targets, max_pixels):
