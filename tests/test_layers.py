@@ -103,3 +103,38 @@ def test_running_variance_is_unbiased_as_in_torch():
                              rtol=1e-5)
   np.testing.assert_allclose(updates["batch_stats"]["mean"],
                              0.1 * np.asarray(x).reshape(-1, 3).mean(0), rtol=1e-5)
+
+
+def _interpolation_matrix(n_in, n_out, align_corners):
+  """Dense [n_out, n_in] bilinear weights written from PyTorch's formulas (the reference)."""
+  i = np.arange(n_out, dtype=np.float64)
+  if align_corners:
+    src = i * ((n_in - 1) / max(n_out - 1, 1))
+  else:
+    src = np.maximum((i + 0.5) * n_in / n_out - 0.5, 0.0)
+  lo = np.minimum(np.floor(src).astype(int), n_in - 1)
+  hi = np.minimum(lo + 1, n_in - 1)
+  m = np.zeros((n_out, n_in))
+  np.add.at(m, (np.arange(n_out), lo), 1.0 - (src - lo))
+  np.add.at(m, (np.arange(n_out), hi), src - lo)
+  return m
+
+
+@pytest.mark.parametrize("align_corners", [True, False])
+@pytest.mark.parametrize("size_in, size_out", [((8, 8), (16, 16)), ((5, 7), (16, 3)),
+                                               ((16, 16), (1, 4)), ((3, 3), (48, 48)),
+                                               ((32, 16), (8, 16))])
+def test_resize_bilinear_and_its_gradient_equal_interpolation_matrices(size_in, size_out,
+                                                                        align_corners):
+  rng = np.random.default_rng(sum(size_in + size_out))
+  x = rng.normal(size=(2,) + size_in + (3,)).astype(np.float32)
+  rows = _interpolation_matrix(size_in[0], size_out[0], align_corners)
+  cols = _interpolation_matrix(size_in[1], size_out[1], align_corners)
+  y, vjp = jax.vjp(lambda t: layers.resize_bilinear(t, size_out, align_corners), jnp.asarray(x))
+  np.testing.assert_allclose(y, np.einsum("oh,nhwc,pw->nopc", rows, x, cols), atol=1e-6)
+  g = rng.normal(size=y.shape).astype(np.float32)
+  np.testing.assert_allclose(vjp(jnp.asarray(g))[0], np.einsum("oh,nopc,pw->nhwc", rows, g, cols),
+                             atol=1e-5)
+  if not align_corners and size_out[0] >= size_in[0] and size_out[1] >= size_in[1]:
+    np.testing.assert_allclose(
+        y, jax.image.resize(x, y.shape, "bilinear", antialias=False), atol=1e-6)
