@@ -122,6 +122,10 @@ def evaluate(eval_step: Callable, state: TrainState, config: ml_collections.Conf
       config.dataset, split=split, batch_size=config.eval.batch_size * num_devices,
       num_devices=num_devices)
   with_curves = False
+  total = pipeline.dataset_info(config.dataset).num_examples[split] // jax.process_count()
+  progress = tqdm(total=total, desc=f"eval {split}", unit="img", dynamic_ncols=True,
+                  file=sys.stderr, mininterval=1.0 if sys.stderr.isatty() else 30.0,
+                  disable=jax.process_index() != 0, leave=False)
   for batch in batches:
     names = batch.pop("name")
     out = eval_step(state, batch)
@@ -130,8 +134,10 @@ def evaluate(eval_step: Callable, state: TrainState, config: ml_collections.Conf
     if jax.process_count() > 1:
       out = multihost_utils.process_allgather(out)
     evaluation.update(jax.device_get(out))
+    progress.update(sum(1 for name in np.ravel(names) if len(name)))  # not the dummy padding
     if with_curves and len(kept) < keep_images:
       kept.extend(_examples(batch, names, np.asarray(scores), keep_images - len(kept)))
+  progress.close()
   if not with_curves:
     return evaluation.metrics.result()
   values, curves = evaluation.result()
