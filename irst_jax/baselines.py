@@ -30,7 +30,6 @@ import jax
 import jax.numpy as jnp
 
 from irst_jax import curves as curves_lib
-from irst_jax import metrics
 
 __all__ = ["top_hat", "max_median", "mpcm", "adaptive_threshold", "BASELINES", "evaluate_batch"]
 
@@ -129,13 +128,10 @@ def _evaluate_batch(image, mask, valid, *, names, eval_config, rule):
   scores = jnp.concatenate([p[1] for p in per])[..., None]
   m = len(names)
   tile = lambda x: jnp.concatenate([x] * m)
+  # curves=True: the operating point and the sweep share one compaction per image; the
+  # histogram of the stacked batch mixes the methods and is replaced by per-method ones.
   out = curves_lib.evaluation_outputs(values, 0.0, scores, tile(mask), tile(valid), eval_config,
-                                      curves=False)
-  if len(eval_config.roc_thresholds):
-    out["sweep"] = metrics.sweep_statistics(
-        scores, tile(mask), tile(valid), curves_lib.roc_thresholds(eval_config),
-        distance_threshold=eval_config.distance_threshold, max_targets=eval_config.max_targets,
-        max_pixels=eval_config.max_pixels)
+                                      curves=True)
   b = image.shape[0]
   result = {}
   for i, name in enumerate(names):

@@ -214,7 +214,8 @@ def evaluation_outputs(values: jax.Array, threshold: float, scores: jax.Array, m
       ``max_pixels``, ``num_bins``, ``roc_thresholds``).
     curves: also compute the histograms and the target-level sweep (the sweep only when
       ``roc_thresholds`` is not empty: it labels components at every threshold, the
-      costliest part of an evaluation).
+      costliest part of an evaluation; it shares each image's compaction with the
+      operating point, :func:`irst_jax.metrics.operating_point_and_sweep_statistics`).
 
   Returns:
     ``{'stats': per-image statistics [B]}``, plus ``'hist'`` [2, K] and ``'sweep'``
@@ -222,12 +223,14 @@ def evaluation_outputs(values: jax.Array, threshold: float, scores: jax.Array, m
   """
   common = dict(distance_threshold=float(eval_config.distance_threshold),
                 max_targets=int(eval_config.max_targets), max_pixels=eval_config.max_pixels)
-  out = {"stats": metrics.batch_statistics(values, mask, valid, threshold=threshold, **common)}
+  if curves and len(roc_thresholds(eval_config)):
+    stats, sweep = metrics.operating_point_and_sweep_statistics(
+        values, threshold, scores, mask, valid, roc_thresholds(eval_config), **common)
+    out = {"stats": stats, "sweep": sweep}
+  else:
+    out = {"stats": metrics.batch_statistics(values, mask, valid, threshold=threshold, **common)}
   if curves:
     out["hist"] = score_histograms(scores, mask, valid, int(eval_config.num_bins))
-  if curves and len(roc_thresholds(eval_config)):
-    out["sweep"] = metrics.sweep_statistics(scores, mask, valid, roc_thresholds(eval_config),
-                                            **common)
   return out
 
 

@@ -51,6 +51,7 @@ __all__ = [
     "compact_components",
     "batch_statistics",
     "sweep_statistics",
+    "operating_point_and_sweep_statistics",
     "detection_maps",
     "f_measure",
     "MetricAccumulator",
@@ -373,26 +374,31 @@ def _image_statistics(pred: jax.Array, gt: jax.Array, valid: jax.Array, *,
                  max_targets)
 
 
-def _image_sweep(score, gt, valid, thresholds, *, distance_threshold, max_targets, max_pixels):
-  """Statistics of one image at every threshold (``score > t``) on the compacted path.
+def _image_sweep(score, gt, valid, thresholds, op_pred, *, distance_threshold, max_targets,
+                 max_pixels):
+  """Statistics of one image at every threshold (``score > t``) and, if ``op_pred`` is
+  given, of that prediction too (last row), on the compacted path.
 
-  The image is read once: the support ``(score > min(thresholds)) | gt`` (a superset of
-  every threshold's prediction and of the ground truth) is compacted, and the ground truth
-  and each threshold label and count only the compacted pixels.  Returns (dict of ``[T]``,
-  overflow flag).
+  The image is read once: the support ``(score > min(thresholds)) | op_pred | gt`` (a
+  superset of every prediction and of the ground truth) is compacted, and the ground truth
+  and each prediction label and count only the compacted pixels.  Returns (dict of
+  ``[T]`` or ``[T + 1]``, overflow flag).
   """
-  idx, rows, cols, present, neighbours, count = _slots(
-      valid & ((score > jnp.min(thresholds)) | gt), max_pixels)
+  support = (score > jnp.min(thresholds)) | gt
+  if op_pred is not None:
+    support = support | op_pred
+  idx, rows, cols, present, neighbours, count = _slots(valid & support, max_pixels)
   n = score.size
   at = jnp.minimum(idx, n - 1)
-  s_slot = score.reshape(-1)[at]
   g_slot = gt.reshape(-1)[at] & present
   table_t = _slot_table(_slot_labels(g_slot, neighbours), g_slot, rows, cols)
   pixels = jnp.sum(valid.astype(jnp.float32))
   gt_pixels = jnp.sum(g_slot.astype(jnp.float32))
+  fgs = present & (score.reshape(-1)[at][None, :] > thresholds[:, None])   # [T, P]
+  if op_pred is not None:
+    fgs = jnp.concatenate([fgs, (present & op_pred.reshape(-1)[at])[None]])
 
-  def one(t):
-    fg = present & (s_slot > t)
+  def one(fg):
     table_p = _slot_table(_slot_labels(fg, neighbours), fg, rows, cols)
     matched, taken, targets = _greedy_match(table_t, table_p, distance_threshold, max_targets)
     predicted = jnp.sum(fg.astype(jnp.float32))
@@ -400,11 +406,13 @@ def _image_sweep(score, gt, valid, thresholds, *, distance_threshold, max_target
     return _counts(predicted, inter, predicted + gt_pixels - inter, pixels, table_p, matched,
                    taken, targets, max_targets)
 
-  return jax.vmap(one)(thresholds), count > max_pixels
+  return jax.vmap(one)(fgs), count > max_pixels
 
 
-def _sweep_batch(score, gt, valid, thresholds, *, distance_threshold, max_targets, max_pixels):
-  """Statistics ``[T, B]`` of ``score > t`` for boolean ``gt``/``valid`` ``[B, H, W]``.
+def _sweep_batch(score, gt, valid, thresholds, op_pred=None, *, distance_threshold,
+                 max_targets, max_pixels):
+  """Statistics ``[T, B]`` of ``score > t`` for boolean ``gt``/``valid`` ``[B, H, W]``,
+  and ``[T + 1, B]`` with the boolean prediction ``op_pred`` ``[B, H, W]`` as last row.
 
   Compacted path at capacity ``max_pixels // 4`` first (its work scales with the capacity;
   IRSTD masks are a few dozen pixels), then at ``max_pixels``; if any image of the call
@@ -412,15 +420,21 @@ def _sweep_batch(score, gt, valid, thresholds, *, distance_threshold, max_target
   ``lax.cond`` outside the vmap, run only when needed, so results are always exact.
   """
   kw = dict(distance_threshold=distance_threshold, max_targets=max_targets)
+  preds = (score, op_pred) if op_pred is not None else (score,)
 
   def dense():
-    per_image = lambda s, g, v: jax.vmap(
-        lambda t: _image_statistics((s > t) & v, g, v, **kw))(thresholds)
-    return jax.vmap(per_image)(score, gt, valid)
+    def per_image(s, g, v, op=None):
+      stats = jax.vmap(lambda t: _image_statistics((s > t) & v, g, v, **kw))(thresholds)
+      if op is None:
+        return stats
+      last = _image_statistics(op & v, g, v, **kw)
+      return {k: jnp.concatenate([stats[k], last[k][None]]) for k in stats}
+    return jax.vmap(lambda s, g, v, *op: per_image(s, g, v, *op))(score, gt, valid, *preds[1:])
 
   def compacted(capacities):
-    stats, overflow = jax.vmap(lambda s, g, v: _image_sweep(
-        s, g, v, thresholds, max_pixels=capacities[0], **kw))(score, gt, valid)
+    stats, overflow = jax.vmap(lambda s, g, v, *op: _image_sweep(
+        s, g, v, thresholds, op[0] if op else None, max_pixels=capacities[0], **kw))(
+            score, gt, valid, *preds[1:])
     fallback = functools.partial(compacted, capacities[1:]) if capacities[1:] else dense
     return jax.lax.cond(jnp.any(overflow), fallback, lambda: stats)
 
@@ -537,6 +551,44 @@ def _sweep_statistics(scores, mask, valid, thresholds, *, distance_threshold, ma
   return _sweep_batch(scores[..., 0].astype(jnp.float32), (mask[..., 0] > 0) & v, v, thresholds,
                       distance_threshold=distance_threshold, max_targets=max_targets,
                       max_pixels=max_pixels)
+
+
+def operating_point_and_sweep_statistics(
+    values: jax.Array, threshold: float, scores: jax.Array, mask: jax.Array, valid: jax.Array,
+    thresholds: jax.Array, *, distance_threshold: float = 3.0, max_targets: int = 32,
+    max_pixels: int | None = 1024) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+  """:func:`batch_statistics` of ``values > threshold`` and :func:`sweep_statistics` of
+  ``scores`` in one pass: each image's support (the union of every prediction and the
+  ground truth) is compacted and its ground truth labelled once for both.
+
+  Equal to calling the two functions (tested); ``values`` and ``scores`` may be different
+  maps (logits and sigmoid scores, or a baseline's ``G - T`` and ``G / max G``).
+
+  Returns:
+    (dict of ``[B]`` as :func:`batch_statistics`, dict of ``[T, B]`` as
+    :func:`sweep_statistics`).
+
+  Raises:
+    ValueError: bad shapes (inputs not ``[B, H, W, 1]`` alike, thresholds not 1-D).
+  """
+  _check_nhwc(values, scores, mask, valid)
+  if jnp.ndim(thresholds) != 1:
+    raise ValueError(f"thresholds must be 1-D [T], got shape {jnp.shape(thresholds)}")
+  stats = _operating_point_and_sweep(
+      values, scores, mask, valid, jnp.asarray(thresholds, jnp.float32),
+      threshold=float(threshold), distance_threshold=float(distance_threshold),
+      max_targets=int(max_targets), max_pixels=max_pixels)
+  return {k: v[-1] for k, v in stats.items()}, {k: v[:-1] for k, v in stats.items()}
+
+
+@functools.partial(jax.jit, static_argnames=("threshold", "distance_threshold", "max_targets",
+                                             "max_pixels"))
+def _operating_point_and_sweep(values, scores, mask, valid, thresholds, *, threshold,
+                               distance_threshold, max_targets, max_pixels):
+  v = valid[..., 0] > 0
+  return _sweep_batch(scores[..., 0].astype(jnp.float32), (mask[..., 0] > 0) & v, v, thresholds,
+                      (values[..., 0] > threshold) & v, distance_threshold=distance_threshold,
+                      max_targets=max_targets, max_pixels=max_pixels)
 
 
 def detection_maps(pred: jax.Array, gt: jax.Array, *, distance_threshold: float = 3.0,

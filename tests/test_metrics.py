@@ -17,6 +17,7 @@ from irst_jax.metrics import (
     _connected_components_with_iterations,
     batch_statistics,
     connected_components,
+    operating_point_and_sweep_statistics,
     sweep_statistics,
 )
 
@@ -533,3 +534,25 @@ def test_capacity_tiers_equal_dense_path(pred_pixels):
   for k in STAT_KEYS:
     np.testing.assert_array_equal(np.asarray(swept[k]), np.asarray(swept_dense[k]))
   np.testing.assert_array_equal(tiered["predicted"], [p.sum() for p in preds])
+
+
+@pytest.mark.parametrize("max_pixels", [1024, 64, None])
+def test_operating_point_and_sweep_in_one_pass_equal_separate_calls(max_pixels):
+  # Values and scores are different maps (as for a baseline: G - T and G / max G), so the
+  # operating prediction is not one of the sweep's; capacity 64 overflows into the dense path.
+  rng = np.random.default_rng(5)
+  images = _random_images(4, (32, 32), seed=21)
+  preds, gts, valids = zip(*images)
+  values, mask, valid = _batch(preds, gts, valids)
+  scores = jnp.asarray(rng.random(values.shape).astype(np.float32) ** 6)
+  thresholds = jnp.array([0.2, 0.5, 0.8])
+  stats, swept = operating_point_and_sweep_statistics(values, 0.0, scores, mask, valid,
+                                                      thresholds, max_pixels=max_pixels)
+  alone = batch_statistics(values, mask, valid, max_pixels=max_pixels)
+  swept_alone = sweep_statistics(scores, mask, valid, thresholds, max_pixels=max_pixels)
+  for k in STAT_KEYS:
+    np.testing.assert_array_equal(np.asarray(stats[k]), np.asarray(alone[k]))
+    np.testing.assert_array_equal(np.asarray(swept[k]), np.asarray(swept_alone[k]))
+  assert np.asarray(swept["predicted"]).shape == (3, 4)
+  for i, im in enumerate(images):
+    assert {k: float(stats[k][i]) for k in _reference_image(*im)} == _reference_image(*im)
