@@ -138,3 +138,24 @@ def test_resize_bilinear_and_its_gradient_equal_interpolation_matrices(size_in, 
   if not align_corners and size_out[0] >= size_in[0] and size_out[1] >= size_in[1]:
     np.testing.assert_allclose(
         y, jax.image.resize(x, y.shape, "bilinear", antialias=False), atol=1e-6)
+
+
+@pytest.mark.parametrize("align_corners", [True, False])
+def test_resize_bilinear_with_symbolic_sizes_equals_interpolation_matrices(align_corners):
+  """jax.export with symbolic H, W (the exported detector): the traced taps give the reference
+  weights for upsampling x2, x4, a fixed size and the identity, at several concrete sizes."""
+
+  def resize(x):
+    _, h, w, _ = x.shape
+    return (layers.resize_bilinear(x, (2 * h, 4 * w), align_corners),
+            layers.resize_bilinear(x, (16, 3), align_corners),
+            layers.resize_bilinear(x, (h, w), align_corners))
+
+  specs = jax.export.symbolic_args_specs((np.zeros((2, 8, 8, 3), np.float32),), "n, h, w, c")
+  exported = jax.export.export(jax.jit(resize))(*specs)
+  for h, w in [(5, 7), (32, 20), (1, 9)]:
+    x = np.random.default_rng(h * w).normal(size=(2, h, w, 3)).astype(np.float32)
+    for y, (out_h, out_w) in zip(exported.call(x), [(2 * h, 4 * w), (16, 3), (h, w)]):
+      rows = _interpolation_matrix(h, out_h, align_corners)
+      cols = _interpolation_matrix(w, out_w, align_corners)
+      np.testing.assert_allclose(y, np.einsum("oh,nhwc,pw->nopc", rows, x, cols), atol=1e-5)

@@ -330,12 +330,35 @@ def resize_bilinear(x: jax.Array, size: Sequence[int], align_corners: bool = Fal
   `jax.image.resize` has no such mode.
   Computed separably as two-tap gathers with a custom VJP (`_resampler`), which on CPU is
   5-30x faster forward than interpolation matrices (experiments/results/benchmark_dnanet.md).
+  Sizes that are `jax.export` symbolic dimensions (export with any H, W) take the same taps
+  traced in jnp (`_symbolic_resample`; forward only).
   """
   _, h, w, _ = x.shape
-  if (h, w) != tuple(size):
-    x = _resampler(1, h, int(size[0]), bool(align_corners))(x) if h != size[0] else x
-    x = _resampler(2, w, int(size[1]), bool(align_corners))(x) if w != size[1] else x
+  for axis, (n_in, n_out) in ((1, (h, size[0])), (2, (w, size[1]))):
+    if jax.export.is_symbolic_dim(n_in) or jax.export.is_symbolic_dim(n_out):
+      x = _symbolic_resample(x, axis, n_in, n_out, bool(align_corners))
+    elif n_in != n_out:
+      x = _resampler(axis, n_in, int(n_out), bool(align_corners))(x)
   return x
+
+
+def _symbolic_resample(x: jax.Array, axis: int, in_size, out_size, align_corners: bool):
+  """The forward of `_resampler` with its taps traced in float32 (as PyTorch computes them),
+  for sizes that are `jax.export` symbolic dimensions (the exported detector takes any H, W,
+  so the static tables cannot be built). Equal sizes give the identity (source i -> i)."""
+  i = jnp.arange(out_size, dtype=jnp.float32)
+  n_in, n_out = jnp.asarray(in_size, jnp.float32), jnp.asarray(out_size, jnp.float32)
+  if align_corners:
+    src = i * ((n_in - 1.0) / jnp.maximum(n_out - 1.0, 1.0))
+  else:
+    src = jnp.maximum((i + 0.5) * (n_in / n_out) - 0.5, 0.0)
+  lo = jnp.minimum(jnp.floor(src).astype(jnp.int32), in_size - 1)
+  hi = jnp.minimum(lo + 1, in_size - 1)
+  shape = [1] * x.ndim
+  shape[axis] = -1
+  frac = (src - lo).astype(x.dtype).reshape(shape)
+  return (jnp.take(x, lo, axis=axis, mode="clip") * (1.0 - frac)
+          + jnp.take(x, hi, axis=axis, mode="clip") * frac)
 
 
 class FCNHead(nn.Module):
