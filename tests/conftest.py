@@ -13,8 +13,10 @@ Layout written (under ``<tmp>/NUAA-SIRST``):
 
 from __future__ import annotations
 
+import gc
 import pathlib
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -94,6 +96,17 @@ def write_fake_nuaa_sirst(
   ]:
     _write_list(d / rel, names)
   return d
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_executables():
+  """Drops JAX's compiled executables after each test module. Every XLA CPU executable holds
+  a few memory mappings (about 3 a compile); the suite's thousands of compiles in one
+  process otherwise exhaust the kernel's per-process limit (vm.max_map_count, 65,530 by
+  default), and the next compile dies with a segmentation fault."""
+  yield
+  jax.clear_caches()
+  gc.collect()
 
 
 @pytest.fixture
