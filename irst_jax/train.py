@@ -49,9 +49,17 @@ class TrainState(train_state.TrainState):
 
 def create_train_state(model, config: ml_collections.ConfigDict, tx: optax.GradientTransformation,
                        input_shape: tuple[int, ...]) -> TrainState:
-  """Initialises the model on an input of `input_shape` (NHWC) with `config.train.seed`."""
+  """Initialises the model on an input of `input_shape` (NHWC) with `config.train.seed`.
+
+  The initialisers draw with JAX's non-partitionable Threefry (`jax.threefry_partitionable
+  (False)`, the pre-0.5 default; the state is created on one device and then replicated).
+  On jaxlib 0.10 CPU, the partitionable default costs XLA ~8 s of compilation per extra
+  random draw in one program: the ACM-U-Net init compiled in 20.8 s, DNA-Net's in 32.3 s,
+  against 4.9 s and 16.0 s this way (2-core CPU, 2026-12-04).
+  """
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.train.seed))
-  variables = jax.jit(lambda r: model.init(r, jnp.zeros(input_shape, jnp.float32)))(init_rng)
+  with jax.threefry_partitionable(False):
+    variables = jax.jit(lambda r: model.init(r, jnp.zeros(input_shape, jnp.float32)))(init_rng)
   return TrainState.create(apply_fn=model.apply, params=variables["params"],
                            batch_stats=variables.get("batch_stats", {}), tx=tx, rng=train_rng)
 

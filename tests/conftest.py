@@ -13,13 +13,31 @@ Layout written (under ``<tmp>/NUAA-SIRST``):
 
 from __future__ import annotations
 
+import atexit
 import gc
+import os
 import pathlib
+import shutil
+import tempfile
 
 import jax
 import numpy as np
 import pytest
 from PIL import Image
+
+# One persistent compilation cache for the session, shared with the CLI subprocesses: the
+# tests train and evaluate the same tiny networks on the same fake data many times.
+_JIT_CACHE = tempfile.mkdtemp(prefix="irst_jax_test_jit_cache_")
+atexit.register(shutil.rmtree, _JIT_CACHE, True)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _JIT_CACHE
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
+jax.config.update("jax_compilation_cache_dir", _JIT_CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+# Random initialisers compile ~8 s per extra draw in one program under the partitionable
+# Threefry on jaxlib 0.10 CPU (see `train.create_train_state`); the tests' many `model.init`
+# calls use the non-partitionable one, as the library's own initialisation does.
+jax.config.update("jax_threefry_partitionable", False)
 
 FAKE_NAMES = [f"Misc_{i}" for i in range(1, 13)]
 FAKE_SPLITS = {
