@@ -6,8 +6,9 @@ their weight gradients, which YNNPACK computes as a whole-image-window convoluti
 two transposes of the activations. Measured on a 2-core AVX2 CPU (jaxlib 0.10.2, batch 8,
 256x256; experiments/results/benchmark_xla_cpu_flags.md):
 
-* ACM-U-Net: train 13.2 -> 19.6 images/s, inference 60 -> 81-100;
-* DNA-Net (ResNet18): train 0.28 -> 0.45 images/s, inference 1.43 -> 2.10.
+* ACM-U-Net: train 14.6-14.8 -> 18.5-20.2 images/s, inference 78-83 -> 98-107;
+* DNA-Net (ResNet18): train 0.30 -> 0.52 images/s, inference 1.87 -> 2.06, peak memory
+  6.9 -> 4.6 GB.
 
 :func:`apply` adds :data:`FLAGS` to the ``XLA_FLAGS`` environment variable. It runs when
 ``irst_jax`` is imported, which must happen before JAX creates its CPU backend (the first
