@@ -25,10 +25,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-# One persistent compilation cache for the session, shared with the CLI subprocesses: the
-# tests train and evaluate the same tiny networks on the same fake data many times.
-_JIT_CACHE = tempfile.mkdtemp(prefix="irst_jax_test_jit_cache_")
-atexit.register(shutil.rmtree, _JIT_CACHE, True)
+# One persistent compilation cache for the session, shared with the pytest-xdist workers and
+# the CLI subprocesses (they inherit the environment): the tests train and evaluate the same
+# tiny networks on the same fake data many times. The process that made it removes it.
+_JIT_CACHE = os.environ.get("IRST_JAX_TEST_JIT_CACHE")
+if _JIT_CACHE is None:
+  _JIT_CACHE = os.environ["IRST_JAX_TEST_JIT_CACHE"] = tempfile.mkdtemp(
+      prefix="irst_jax_test_jit_cache_")
+  atexit.register(shutil.rmtree, _JIT_CACHE, True)
 os.environ["JAX_COMPILATION_CACHE_DIR"] = _JIT_CACHE
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
 jax.config.update("jax_compilation_cache_dir", _JIT_CACHE)
