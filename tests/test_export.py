@@ -55,6 +55,7 @@ def shared(tmp_path_factory, prepared):
   if "workdir" not in _CACHE:
     workdir = tmp_path_factory.mktemp("export") / "run"
     config = _tiny_config(prepared)
+    config.dataset.pad_multiple = 32   # the default, which the export tests check
     checkpoints.save_config(workdir, config)
     best, latest = _variables(config, 0), _variables(config, 1)
     store = checkpoints.CheckpointStore(workdir)

@@ -23,6 +23,7 @@ def _tiny_config(prepared, num_epochs=1, model=acm_unet):
   config.dataset.data_dir = str(data_dir)
   config.dataset.manual_dir = str(raw)
   config.dataset.crop_size = 32
+  config.dataset.pad_multiple = 96   # the fake images (20-70 px) share one padded shape
   config.train.num_epochs = num_epochs
   return config
 
@@ -111,7 +112,8 @@ def test_main_command_trains_and_evaluates(prepared_fake_nuaa, tmp_path):
   command = [sys.executable, "-m", "irst_jax.main", "--config=configs/acm_fpn.py:nuaa_sirst,smoke",
              f"--workdir={workdir}", f"--config.dataset.data_dir={data_dir}",
              f"--config.dataset.manual_dir={raw}", "--config.train.num_epochs=1",
-             "--config.model.num_blocks=1", "--config.dataset.crop_size=32"]
+             "--config.model.num_blocks=1", "--config.dataset.crop_size=32",
+             "--config.dataset.pad_multiple=96"]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   out = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
   assert out.returncode == 0, out.stderr[-3000:]
