@@ -259,24 +259,34 @@ class ConvTranspose4x4(nn.Module):
     return y.reshape(n, 2 * h, 2 * w, self.features) + bias
 
 
+def _source_taps(xp, in_size, out_size, align_corners: bool, dtype):
+  """``(lo, hi, frac)`` [out_size] of 1-D bilinear resampling ``in_size -> out_size`` with
+  PyTorch's source coordinate, computed with the array module ``xp`` (numpy for static
+  sizes, jax.numpy for `jax.export` symbolic ones): ``i (in - 1) / max(out - 1, 1)``
+  (``align_corners``) or ``max((i + 1/2) in / out - 1/2, 0)``, ``lo = floor``,
+  ``hi = min(lo + 1, in - 1)``, ``frac = source - lo``."""
+  i = xp.arange(out_size, dtype=dtype)
+  n_in, n_out = xp.asarray(in_size, dtype), xp.asarray(out_size, dtype)
+  if align_corners:
+    src = i * ((n_in - 1.0) / xp.maximum(n_out - 1.0, 1.0))
+  else:
+    src = xp.maximum((i + 0.5) * (n_in / n_out) - 0.5, 0.0)
+  lo = xp.minimum(xp.floor(src).astype(xp.int32), in_size - 1)
+  hi = xp.minimum(lo + 1, in_size - 1)
+  return lo, hi, src - lo
+
+
 @functools.lru_cache(maxsize=None)
 def _two_tap_tables(in_size: int, out_size: int, align_corners: bool):
   """Static tables of 1-D bilinear resampling ``in_size -> out_size`` (PyTorch's formulas).
 
-  Forward: ``y[i] = (1 - f[i]) x[lo[i]] + f[i] x[hi[i]]`` with source coordinate
-  ``i (in - 1) / (out - 1)`` (``align_corners``) or ``max((i + 1/2) in / out - 1/2, 0)``
-  (half-pixel, PyTorch's clamp at 0), ``lo = floor``, ``hi = min(lo + 1, in - 1)``.
+  Forward: ``y[i] = (1 - f[i]) x[lo[i]] + f[i] x[hi[i]]`` with the taps of `_source_taps`
+  (computed in float64).
   Transpose (for the gradient): ``dx[j] = sum_k w[j, k] dy[src[j, k]]`` over the outputs
   that read input ``j`` (a contiguous range, since ``lo`` is monotone), padded with weight 0.
   """
-  i = np.arange(out_size, dtype=np.float64)
-  if align_corners:
-    src = i * ((in_size - 1) / (out_size - 1)) if out_size > 1 else np.zeros(out_size)
-  else:
-    src = np.maximum((i + 0.5) * (in_size / out_size) - 0.5, 0.0)
-  lo = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
-  hi = np.minimum(lo + 1, in_size - 1)
-  frac = (src - lo).astype(np.float32)
+  lo, hi, frac = _source_taps(np, in_size, out_size, align_corners, np.float64)
+  frac = frac.astype(np.float32)
   dense = np.zeros((in_size, out_size), np.float32)   # dense[j, i]: weight of x[j] in y[i]
   np.add.at(dense, (lo, np.arange(out_size)), 1.0 - frac)
   np.add.at(dense, (hi, np.arange(out_size)), frac)
@@ -289,7 +299,7 @@ def _two_tap_tables(in_size: int, out_size: int, align_corners: bool):
   return lo, hi, frac, src_t, w_t
 
 
-def _weighted_taps(x: jax.Array, axis: int, indices: np.ndarray, weights: np.ndarray):
+def _weighted_taps(x: jax.Array, axis: int, indices, weights):
   """``sum_k weights[:, k] * take(x, indices[:, k], axis)`` (slices of whole rows: fast)."""
   shape = [1] * x.ndim
   shape[axis] = indices.shape[0]
@@ -346,19 +356,8 @@ def _symbolic_resample(x: jax.Array, axis: int, in_size, out_size, align_corners
   """The forward of `_resampler` with its taps traced in float32 (as PyTorch computes them),
   for sizes that are `jax.export` symbolic dimensions (the exported detector takes any H, W,
   so the static tables cannot be built). Equal sizes give the identity (source i -> i)."""
-  i = jnp.arange(out_size, dtype=jnp.float32)
-  n_in, n_out = jnp.asarray(in_size, jnp.float32), jnp.asarray(out_size, jnp.float32)
-  if align_corners:
-    src = i * ((n_in - 1.0) / jnp.maximum(n_out - 1.0, 1.0))
-  else:
-    src = jnp.maximum((i + 0.5) * (n_in / n_out) - 0.5, 0.0)
-  lo = jnp.minimum(jnp.floor(src).astype(jnp.int32), in_size - 1)
-  hi = jnp.minimum(lo + 1, in_size - 1)
-  shape = [1] * x.ndim
-  shape[axis] = -1
-  frac = (src - lo).astype(x.dtype).reshape(shape)
-  return (jnp.take(x, lo, axis=axis, mode="clip") * (1.0 - frac)
-          + jnp.take(x, hi, axis=axis, mode="clip") * frac)
+  lo, hi, frac = _source_taps(jnp, in_size, out_size, align_corners, jnp.float32)
+  return _weighted_taps(x, axis, jnp.stack([lo, hi], 1), jnp.stack([1.0 - frac, frac], 1))
 
 
 class FCNHead(nn.Module):
