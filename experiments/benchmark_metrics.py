@@ -92,15 +92,17 @@ def make_step(eval_config, full: bool):
 
 
 def run_jnp(step, masks, scores, batch: int):
-  """Batches of `batch` (the last completed with dummy images, valid = 0: one shape)."""
+  """Batches of `batch` (the last completed with dummy images, valid = 0: one shape); the
+  masks and the validity as uint8 (as read from the PNGs; the loop gets them as bool),
+  the scores as float32."""
   outs = []
   for i in range(0, len(masks), batch):
     s = np.zeros((batch,) + scores.shape[1:] + (1,), np.float32)
-    m, v = np.zeros_like(s), np.zeros_like(s)
+    m, v = np.zeros(s.shape, np.uint8), np.zeros(s.shape, np.uint8)
     k = min(batch, len(masks) - i)
     s[:k, ..., 0] = scores[i:i + k]
     m[:k, ..., 0] = masks[i:i + k]
-    v[:k] = 1.0
+    v[:k] = 1
     outs.append(step(s, m, v))
   return jax.block_until_ready(outs)
 

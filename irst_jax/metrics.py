@@ -170,38 +170,6 @@ _OFFSETS = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx)
 _TILE = 8
 
 
-def _foreground_indices(mask: jax.Array, max_pixels: int):
-  """Raster indices of the first foreground pixels, sorted, and the foreground count.
-
-  Returns ``(idx [max_pixels] int32, count)``; unused slots hold ``H*W``.  Two levels, to
-  avoid a prefix sum over the whole image: occupied 8x8 tiles are found with a dense
-  ``any`` and compacted (at most ``max_pixels // 8`` tiles), then only their pixels are
-  compacted and sorted.  If more tiles are occupied, ``count`` is raised above
-  ``max_pixels`` so that the caller sees an overflow.
-  """
-  h, w = mask.shape
-  n = h * w
-  t = _TILE
-  hp, wp = -(-h // t) * t, -(-w // t) * t
-  # float32 throughout: XLA:CPU reduces float32 an order of magnitude faster than bool.
-  tiles = jnp.pad(mask.astype(jnp.float32), ((0, hp - h), (0, wp - w)))
-  tiles = tiles.reshape(hp // t, t, wp // t, t).transpose(0, 2, 1, 3).reshape(-1, t * t)
-  occupied = jnp.max(tiles, axis=1)
-  max_tiles = max(max_pixels // t, 1)
-  n_tiles = jnp.sum(occupied).astype(jnp.int32)
-  (tile_ids,) = jnp.nonzero(occupied, size=max_tiles, fill_value=0)
-  fg = (tiles[tile_ids] > 0) & (jnp.arange(max_tiles) < n_tiles)[:, None]  # [max_tiles, 64]
-  ty, tx = tile_ids // (wp // t), tile_ids % (wp // t)
-  local = jnp.arange(t * t)
-  raster = (ty[:, None] * t + local // t) * w + tx[:, None] * t + local % t
-  fg_flat = fg.reshape(-1)
-  count = jnp.sum(fg_flat.astype(jnp.int32))
-  (sel,) = jnp.nonzero(fg_flat, size=max_pixels, fill_value=0)
-  idx = jnp.where(jnp.arange(max_pixels) < count, raster.reshape(-1)[sel], n)
-  count = jnp.where(n_tiles > max_tiles, max_pixels + 1, count)
-  return jnp.sort(idx).astype(jnp.int32), count
-
-
 def compact_components(mask: jax.Array, max_pixels: int):
   """8-connected components of the first ``max_pixels`` foreground pixels (jit-compatible).
 
@@ -230,25 +198,89 @@ def compact_components(mask: jax.Array, max_pixels: int):
   """
   if mask.ndim != 2:
     raise ValueError(f"mask must be 2-D [H, W], got shape {mask.shape}")
-  idx, rows, cols, present, neighbours, count = _slots(mask.astype(bool), max_pixels)
+  idx, rows, cols, present, neighbours, count, _ = _slots(mask.astype(bool), max_pixels)
   return _slot_labels(present, neighbours), rows, cols, present, count
 
 
-def _slots(support: jax.Array, max_pixels: int):
-  """Compacted support pixels and their 8-neighbours (slot indices, -1 where absent)."""
+def _tiles(x: jax.Array) -> jax.Array:
+  """``[H, W]`` -> ``[H', 8, W', 8]``: the image zero-padded to multiples of 8 (a no-op for
+  the usual sizes) and viewed as 8x8 tiles, without moving data."""
+  h, w = x.shape
+  t = _TILE
+  hp, wp = -(-h // t) * t, -(-w // t) * t
+  return jnp.pad(x, ((0, hp - h), (0, wp - w))).reshape(hp // t, t, wp // t, t)
+
+
+def _sum_by_rows(x: jax.Array) -> jax.Array:
+  """Sum of a 2-D array, row sums first. The barrier keeps XLA from merging the two
+  reductions into one over every element, which XLA:CPU's tree-reduction rewrite would split
+  into a materialised copy and windows (about 3x slower here)."""
+  return jnp.sum(jax.lax.optimization_barrier(jnp.sum(x, axis=1)))
+
+
+def _slots(support: jax.Array, max_pixels: int, valid: jax.Array | None = None):
+  """The first ``max_pixels`` support pixels in raster order and their 8-neighbours.
+
+  Two levels, to avoid a prefix sum or an index image over the whole image: occupied 8x8
+  tiles are found with a dense ``max`` over the tiles (a reduction of the image as it lies
+  in memory) and compacted (at most ``max_pixels // 4`` tiles: scattered false alarms
+  occupy a tile each); only their pixels are gathered, compacted and sorted.  A neighbour's
+  slot is looked up through two small tables (tile -> compacted tile, tile pixel -> slot).
+  If more tiles are occupied, ``count`` is raised above ``max_pixels`` so that the caller
+  sees an overflow.
+
+  Returns ``(idx, rows, cols, present, neighbours, count)``: raster index (``H*W`` in unused
+  slots), row and column ``[P]`` int32, ``present`` ``[P]`` bool, ``neighbours`` ``[8, P]``
+  slot indices (-1 where absent), ``count`` support pixels.
+  """
   h, w = support.shape
   n = h * w
-  idx, count = _foreground_indices(support, max_pixels)
+  t = _TILE
+  # float32: XLA:CPU reduces it an order of magnitude faster than bool.
+  tiles = _tiles(support.astype(jnp.float32))
+  tiles_w = tiles.shape[2]
+  occupied = jnp.max(tiles, axis=(1, 3)).reshape(-1)
+  max_tiles = max(max_pixels // 4, 1)
+  n_tiles = jnp.sum(occupied).astype(jnp.int32)
+  (tile_ids,) = jnp.nonzero(occupied, size=max_tiles, fill_value=0)
+  tile_used = jnp.arange(max_tiles) < n_tiles
+  local = jnp.arange(t * t)
+  t_rows = (tile_ids // tiles_w)[:, None] * t + local // t   # [max_tiles, 64]
+  t_cols = (tile_ids % tiles_w)[:, None] * t + local % t
+  raster = jnp.where((t_rows < h) & (t_cols < w) & tile_used[:, None], t_rows * w + t_cols,
+                     n).reshape(-1)
+  fg = support.reshape(-1)[jnp.minimum(raster, n - 1)] & (raster < n)
+  count = _sum_by_rows(fg.reshape(max_tiles, t * t).astype(jnp.int32))
   slots = jnp.arange(max_pixels, dtype=jnp.int32)
   present = slots < count
+  (sel,) = jnp.nonzero(fg, size=max_pixels, fill_value=0)   # tile-major order
+  # -> raster order: one sort of (raster index, slot) packed in an int32 when it fits.
+  key = jnp.where(present, raster[sel], n)
+  if (n + 1) * max_pixels < 2**31:
+    order = jnp.sort(key * max_pixels + slots) % max_pixels
+  else:
+    order = jnp.argsort(key)
+  idx = key[order].astype(jnp.int32)
+  rank = jnp.zeros(max_pixels, jnp.int32).at[order].set(slots)
+  tile_slot = jnp.full(occupied.shape, -1, jnp.int32).at[
+      jnp.where(tile_used, tile_ids, occupied.shape[0])].set(jnp.arange(max_tiles), mode="drop")
+  pixel_slot = jnp.full(raster.shape, -1, jnp.int32).at[
+      jnp.where(present, sel, raster.shape[0])].set(rank, mode="drop")
+  count = jnp.where(n_tiles > max_tiles, max_pixels + 1, count)
+
   rows, cols = idx // w, idx % w
-  index_image = jnp.full((n + 1,), -1, jnp.int32).at[idx].set(slots)
-  neighbours = []
-  for dy, dx in _OFFSETS:
-    r, c = rows + dy, cols + dx
-    inside = present & (r >= 0) & (r < h) & (c >= 0) & (c < w)
-    neighbours.append(jnp.where(inside, index_image[jnp.where(inside, r * w + c, n)], -1))
-  return idx, rows, cols, present, jnp.stack(neighbours), count  # neighbours [8, P]
+  dy = jnp.array([o[0] for o in _OFFSETS], jnp.int32)[:, None]
+  dx = jnp.array([o[1] for o in _OFFSETS], jnp.int32)[:, None]
+  r, c = rows[None, :] + dy, cols[None, :] + dx                       # [8, P]
+  inside = present[None, :] & (r >= 0) & (r < h) & (c >= 0) & (c < w)
+  r, c = jnp.clip(r, 0, h - 1), jnp.clip(c, 0, w - 1)
+  k = tile_slot[(r // t) * tiles_w + c // t]
+  neighbours = jnp.where(inside & (k >= 0),
+                         pixel_slot[jnp.maximum(k, 0) * t * t + (r % t) * t + c % t], -1)
+  # Per tile first (one more pass over `valid`, fused with its conversion).
+  pixels = None if valid is None else _sum_by_rows(
+      jnp.sum(_tiles(valid.astype(jnp.float32)), axis=(1, 3)))
+  return idx, rows, cols, present, neighbours, count, pixels
 
 
 def _slot_labels(fg: jax.Array, neighbours: jax.Array) -> jax.Array:
@@ -387,12 +419,12 @@ def _image_sweep(score, gt, valid, thresholds, op_pred, *, distance_threshold, m
   support = (score > jnp.min(thresholds)) | gt
   if op_pred is not None:
     support = support | op_pred
-  idx, rows, cols, present, neighbours, count = _slots(valid & support, max_pixels)
+  idx, rows, cols, present, neighbours, count, pixels = _slots(valid & support, max_pixels,
+                                                                 valid)
   n = score.size
   at = jnp.minimum(idx, n - 1)
   g_slot = gt.reshape(-1)[at] & present
   table_t = _slot_table(_slot_labels(g_slot, neighbours), g_slot, rows, cols)
-  pixels = jnp.sum(valid.astype(jnp.float32))
   gt_pixels = jnp.sum(g_slot.astype(jnp.float32))
   fgs = present & (score.reshape(-1)[at][None, :] > thresholds[:, None])   # [T, P]
   if op_pred is not None:
@@ -409,32 +441,41 @@ def _image_sweep(score, gt, valid, thresholds, op_pred, *, distance_threshold, m
   return jax.vmap(one)(fgs), count > max_pixels
 
 
-def _sweep_batch(score, gt, valid, thresholds, op_pred=None, *, distance_threshold,
-                 max_targets, max_pixels):
-  """Statistics ``[T, B]`` of ``score > t`` for boolean ``gt``/``valid`` ``[B, H, W]``,
-  and ``[T + 1, B]`` with the boolean prediction ``op_pred`` ``[B, H, W]`` as last row.
+def _sweep_batch(scores, mask, valid, thresholds, values=None, threshold=None, *,
+                 distance_threshold, max_targets, max_pixels):
+  """Statistics ``[T, B]`` of the predictions ``scores > t``, and ``[T + 1, B]`` with the
+  operating prediction ``values > threshold`` as last row, for ground truth ``mask > 0``;
+  inputs ``[B, H, W, 1]``, each comparison made on pixels with ``valid > 0`` only.
 
   Compacted path at capacity ``max_pixels // 4`` first (its work scales with the capacity;
   IRSTD masks are a few dozen pixels), then at ``max_pixels``; if any image of the call
   overflows that too, the call is redone on the dense path.  Each fallback is a real
-  ``lax.cond`` outside the vmap, run only when needed, so results are always exact.
+  ``lax.cond`` outside the vmap, run only when needed, so results are always exact.  The
+  comparisons are made per image inside each path: the raw inputs, not boolean copies of
+  them that XLA would materialise, are the operands of the conds.
   """
   kw = dict(distance_threshold=distance_threshold, max_targets=max_targets)
-  preds = (score, op_pred) if op_pred is not None else (score,)
+  inputs = (scores, mask, valid) + ((values,) if values is not None else ())
+
+  def booleans(s, m, v, op=None):  # one image's [H, W, 1] inputs -> score, gt, valid, op
+    v = v[..., 0] > 0
+    return (s[..., 0].astype(jnp.float32), (m[..., 0] > 0) & v, v,
+            None if op is None else (op[..., 0] > threshold) & v)
 
   def dense():
-    def per_image(s, g, v, op=None):
+    def per_image(*image):
+      s, g, v, op = booleans(*image)
       stats = jax.vmap(lambda t: _image_statistics((s > t) & v, g, v, **kw))(thresholds)
       if op is None:
         return stats
-      last = _image_statistics(op & v, g, v, **kw)
+      last = _image_statistics(op, g, v, **kw)
       return {k: jnp.concatenate([stats[k], last[k][None]]) for k in stats}
-    return jax.vmap(lambda s, g, v, *op: per_image(s, g, v, *op))(score, gt, valid, *preds[1:])
+    return jax.vmap(per_image)(*inputs)
 
   def compacted(capacities):
-    stats, overflow = jax.vmap(lambda s, g, v, *op: _image_sweep(
-        s, g, v, thresholds, op[0] if op else None, max_pixels=capacities[0], **kw))(
-            score, gt, valid, *preds[1:])
+    stats, overflow = jax.vmap(lambda *image: _image_sweep(
+        *booleans(*image)[:3], thresholds, booleans(*image)[3], max_pixels=capacities[0],
+        **kw))(*inputs)
     fallback = functools.partial(compacted, capacities[1:]) if capacities[1:] else dense
     return jax.lax.cond(jnp.any(overflow), fallback, lambda: stats)
 
@@ -547,10 +588,8 @@ def sweep_statistics(scores: jax.Array, mask: jax.Array, valid: jax.Array,
 @functools.partial(jax.jit, static_argnames=("distance_threshold", "max_targets", "max_pixels"))
 def _sweep_statistics(scores, mask, valid, thresholds, *, distance_threshold, max_targets,
                       max_pixels):
-  v = valid[..., 0] > 0
-  return _sweep_batch(scores[..., 0].astype(jnp.float32), (mask[..., 0] > 0) & v, v, thresholds,
-                      distance_threshold=distance_threshold, max_targets=max_targets,
-                      max_pixels=max_pixels)
+  return _sweep_batch(scores, mask, valid, thresholds, distance_threshold=distance_threshold,
+                      max_targets=max_targets, max_pixels=max_pixels)
 
 
 def operating_point_and_sweep_statistics(
@@ -585,10 +624,9 @@ def operating_point_and_sweep_statistics(
                                              "max_pixels"))
 def _operating_point_and_sweep(values, scores, mask, valid, thresholds, *, threshold,
                                distance_threshold, max_targets, max_pixels):
-  v = valid[..., 0] > 0
-  return _sweep_batch(scores[..., 0].astype(jnp.float32), (mask[..., 0] > 0) & v, v, thresholds,
-                      (values[..., 0] > threshold) & v, distance_threshold=distance_threshold,
-                      max_targets=max_targets, max_pixels=max_pixels)
+  return _sweep_batch(scores, mask, valid, thresholds, values, threshold,
+                      distance_threshold=distance_threshold, max_targets=max_targets,
+                      max_pixels=max_pixels)
 
 
 def detection_maps(pred: jax.Array, gt: jax.Array, *, distance_threshold: float = 3.0,

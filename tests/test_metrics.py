@@ -469,15 +469,15 @@ def test_bad_shapes_raise():
 # --------------------------------------------------------------------------- #
 # compacted (fast) labelling path
 # --------------------------------------------------------------------------- #
-def test_compact_components_batched_match_skimage():
+@pytest.mark.parametrize("shape", [(24, 40), (21, 35)])  # whole 8x8 tiles, and partial ones
+def test_compact_components_batched_match_skimage(shape):
   from irst_jax.metrics import compact_components
 
-  shape = (24, 40)
   rng = np.random.default_rng(11)
   masks = [rng.random(shape) < d for d in (0.02, 0.1, 0.3, 0.5, 0.7)]
   masks.append(np.zeros(shape, bool))
-  masks.append(np.ones(shape, bool))  # 960 pixels, within the capacity of 1024
-  masks.append((np.add.outer(np.arange(24), np.arange(40)) % 2) == 0)  # diagonal touches
+  masks.append(np.ones(shape, bool))  # at most 960 pixels, within the capacity of 1024
+  masks.append((np.add.outer(np.arange(shape[0]), np.arange(shape[1])) % 2) == 0)  # diagonals
   grid = np.zeros(shape, bool)
   grid[::2, ::3] = True  # many single-pixel components
   grid[0, :] = grid[:, -1] = True  # border targets
@@ -490,6 +490,27 @@ def test_compact_components_batched_match_skimage():
     p = present[i]
     img[rows[i][p], cols[i][p]] = labels[i][p] + 1
     np.testing.assert_array_equal(_raster_relabel(img), sk_label(m, connectivity=2))
+
+
+def test_scattered_pixels_overflow_the_tiles_not_the_pixels():
+  # 12 isolated pixels in 12 different 8x8 tiles: within a capacity of 16 pixels, but over
+  # its 16 // 4 = 4 tiles, so the count must signal an overflow (and the statistics fall
+  # back to an exact path).
+  from irst_jax.metrics import compact_components
+
+  mask = np.zeros((32, 48), bool)
+  mask[4::8, 3::8][:, :6] = True  # rows 4, 12, 20, 28 x 6 columns: 24 tiles, keep 12
+  mask[20:, :] = False
+  assert mask.sum() == 12
+  count = int(compact_components(jnp.asarray(mask), 16)[-1])
+  assert count > 16
+  assert int(compact_components(jnp.asarray(mask), 64)[-1]) == 12
+  gt = np.zeros_like(mask)
+  gt[4, 3] = True
+  args = _batch([mask], [gt])
+  small = batch_statistics(*args, max_pixels=16)
+  assert float(small["matched"][0]) == 1.0 and float(small["predicted"][0]) == 12.0
+  assert float(small["false_alarm_pixels"][0]) == 11.0
 
 
 def test_overflow_falls_back_to_dense_path():
