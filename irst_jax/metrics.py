@@ -424,21 +424,24 @@ def _image_sweep(score, gt, valid, thresholds, op_pred, *, distance_threshold, m
   n = score.size
   at = jnp.minimum(idx, n - 1)
   g_slot = gt.reshape(-1)[at] & present
-  table_t = _slot_table(_slot_labels(g_slot, neighbours), g_slot, rows, cols)
   gt_pixels = jnp.sum(g_slot.astype(jnp.float32))
   fgs = present & (score.reshape(-1)[at][None, :] > thresholds[:, None])   # [T, P]
   if op_pred is not None:
     fgs = jnp.concatenate([fgs, (present & op_pred.reshape(-1)[at])[None]])
+  # The ground truth is labelled in the same (vmapped) loop as the predictions.
+  labels = jax.vmap(_slot_labels, in_axes=(0, None))(
+      jnp.concatenate([g_slot[None], fgs]), neighbours)
+  table_t = _slot_table(labels[0], g_slot, rows, cols)
 
-  def one(fg):
-    table_p = _slot_table(_slot_labels(fg, neighbours), fg, rows, cols)
+  def one(fg, fg_labels):
+    table_p = _slot_table(fg_labels, fg, rows, cols)
     matched, taken, targets = _greedy_match(table_t, table_p, distance_threshold, max_targets)
     predicted = jnp.sum(fg.astype(jnp.float32))
     inter = jnp.sum((fg & g_slot).astype(jnp.float32))
     return _counts(predicted, inter, predicted + gt_pixels - inter, pixels, table_p, matched,
                    taken, targets, max_targets)
 
-  return jax.vmap(one)(fgs), count > max_pixels
+  return jax.vmap(one)(fgs, labels[1:]), count > max_pixels
 
 
 def _sweep_batch(scores, mask, valid, thresholds, values=None, threshold=None, *,
