@@ -159,3 +159,43 @@ def test_resize_bilinear_with_symbolic_sizes_equals_interpolation_matrices(align
       rows = _interpolation_matrix(h, out_h, align_corners)
       cols = _interpolation_matrix(w, out_w, align_corners)
       np.testing.assert_allclose(y, np.einsum("oh,nhwc,pw->nopc", rows, x, cols), atol=1e-5)
+
+
+@pytest.mark.parametrize("shape,kernel_size", [((2, 9, 13, 2), 7), ((1, 6, 5, 3), 3)])
+def test_conv_to_one_channel_equals_convolution_and_its_gradient(shape, kernel_size):
+  rng = np.random.default_rng(kernel_size)
+  x = jnp.asarray(rng.normal(size=shape).astype(np.float32))
+  kernel = jnp.asarray(rng.normal(size=(kernel_size, kernel_size, shape[-1], 1)).astype(
+      np.float32))
+  pad = kernel_size // 2
+
+  def reference(x, kernel):
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((pad, pad), (pad, pad)),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  # float64 numpy reference of the forward: sum over the window of the zero-padded input.
+  xp = np.pad(np.asarray(x, np.float64), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  expected = np.zeros(shape[:3] + (1,))
+  for dy in range(kernel_size):
+    for dx in range(kernel_size):
+      window = xp[:, dy:dy + shape[1], dx:dx + shape[2], :]
+      expected[..., 0] += window @ np.asarray(kernel[dy, dx, :, 0], np.float64)
+  out = jax.jit(layers.conv_to_one_channel)(x, kernel)
+  assert out.shape == shape[:3] + (1,)
+  np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-5, atol=1e-5)
+
+  loss = lambda f: lambda x, k: jnp.sum(jnp.sin(f(x, k)))
+  got = jax.grad(loss(layers.conv_to_one_channel), argnums=(0, 1))(x, kernel)
+  want = jax.grad(loss(reference), argnums=(0, 1))(x, kernel)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-4)
+
+
+def test_conv_to_one_channel_module_has_flax_conv_variables():
+  x = jnp.ones((1, 8, 8, 2))
+  ours = layers.ConvToOneChannel(7).init(jax.random.PRNGKey(0), x)
+  flax_conv = nn.Conv(1, (7, 7), use_bias=False, kernel_init=layers.he_normal).init(
+      jax.random.PRNGKey(0), x)
+  np.testing.assert_array_equal(ours["params"]["kernel"], flax_conv["params"]["kernel"])
+  with pytest.raises(ValueError, match="odd"):
+    layers.ConvToOneChannel(4).init(jax.random.PRNGKey(0), x)
