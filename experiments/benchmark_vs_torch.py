@@ -29,6 +29,7 @@ _BATCH = flags.DEFINE_integer("batch_size", 8, "Batch size.")
 _SIZE = flags.DEFINE_integer("image_size", 256, "Square input size (pixels).")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per measurement.")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps (JAX: includes compilation).")
+_MODE = flags.DEFINE_enum("mode", "both", ["train", "infer", "both"], "What to time.")
 _OUT = flags.DEFINE_string("out", None, "Markdown file written with the table.")
 
 _KEYS = ("train_images_per_sec", "inference_images_per_sec")
@@ -47,21 +48,23 @@ def _run(cmd: list[str]) -> dict:
 def main(argv):
   del argv
   common = [f"--batch_size={_BATCH.value}", f"--image_size={_SIZE.value}",
-            f"--steps={_STEPS.value}", f"--warmup={_WARMUP.value}"]
+            f"--steps={_STEPS.value}", f"--warmup={_WARMUP.value}", f"--mode={_MODE.value}"]
   torch_cmd = [sys.executable, str(_HERE / "benchmark_torch.py"), f"--model={_MODEL.value}",
                *common]
   jax_cmd = [sys.executable, str(_HERE / "benchmark.py"),
              f"--config={_CONFIGS[_MODEL.value]}", *common]
+  keys = [k for k in _KEYS if _MODE.value == "both" or k.startswith(_MODE.value)]
   lines = [f"{_MODEL.value}, batch {_BATCH.value}, {_SIZE.value}x{_SIZE.value}, "
            f"{_STEPS.value} timed steps after {_WARMUP.value}; images/s", "",
-           "| round | PyTorch train | JAX train | train ratio | PyTorch inference "
-           "| JAX inference | inference ratio |", "|---|---|---|---|---|---|---|"]
+           "| round | " + " | ".join(f"PyTorch {k.split('_')[0]} | JAX {k.split('_')[0]} | ratio"
+                                    for k in keys) + " |",
+           "|---|" + "---|---|---|" * len(keys)]
   print("\n".join(lines), flush=True)
-  ratios = {k: [] for k in _KEYS}
+  ratios = {k: [] for k in keys}
   for r in range(1, _ROUNDS.value + 1):
     ref, ours = _run(torch_cmd), _run(jax_cmd)
     cells = []
-    for k in _KEYS:
+    for k in keys:
       ratios[k].append(ours[k] / ref[k])
       cells += [f"{ref[k]:.3g}", f"{ours[k]:.3g}", f"{ratios[k][-1]:.2f}x"]
     lines.append(f"| {r} | " + " | ".join(cells) + " |")
