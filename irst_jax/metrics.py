@@ -198,7 +198,7 @@ def compact_components(mask: jax.Array, max_pixels: int):
   """
   if mask.ndim != 2:
     raise ValueError(f"mask must be 2-D [H, W], got shape {mask.shape}")
-  idx, rows, cols, present, neighbours, count, _ = _slots(mask.astype(bool), max_pixels)
+  idx, rows, cols, present, neighbours, count = _slots(mask.astype(bool), max_pixels)
   return _slot_labels(present, neighbours), rows, cols, present, count
 
 
@@ -218,7 +218,7 @@ def _sum_by_rows(x: jax.Array) -> jax.Array:
   return jnp.sum(jax.lax.optimization_barrier(jnp.sum(x, axis=1)))
 
 
-def _slots(support: jax.Array, max_pixels: int, valid: jax.Array | None = None):
+def _slots(support: jax.Array, max_pixels: int):
   """The first ``max_pixels`` support pixels in raster order and their 8-neighbours.
 
   Two levels, to avoid a prefix sum or an index image over the whole image: occupied 8x8
@@ -277,10 +277,7 @@ def _slots(support: jax.Array, max_pixels: int, valid: jax.Array | None = None):
   k = tile_slot[(r // t) * tiles_w + c // t]
   neighbours = jnp.where(inside & (k >= 0),
                          pixel_slot[jnp.maximum(k, 0) * t * t + (r % t) * t + c % t], -1)
-  # Per tile first (one more pass over `valid`, fused with its conversion).
-  pixels = None if valid is None else _sum_by_rows(
-      jnp.sum(_tiles(valid.astype(jnp.float32)), axis=(1, 3)))
-  return idx, rows, cols, present, neighbours, count, pixels
+  return idx, rows, cols, present, neighbours, count
 
 
 def _slot_labels(fg: jax.Array, neighbours: jax.Array) -> jax.Array:
@@ -419,8 +416,9 @@ def _image_sweep(score, gt, valid, thresholds, op_pred, *, distance_threshold, m
   support = (score > jnp.min(thresholds)) | gt
   if op_pred is not None:
     support = support | op_pred
-  idx, rows, cols, present, neighbours, count, pixels = _slots(valid & support, max_pixels,
-                                                                 valid)
+  idx, rows, cols, present, neighbours, count = _slots(valid & support, max_pixels)
+  # Valid pixels per 8x8 tile first, then over the tiles (see `_sum_by_rows`).
+  pixels = _sum_by_rows(jnp.sum(_tiles(valid.astype(jnp.float32)), axis=(1, 3)))
   n = score.size
   at = jnp.minimum(idx, n - 1)
   g_slot = gt.reshape(-1)[at] & present
@@ -476,9 +474,10 @@ def _sweep_batch(scores, mask, valid, thresholds, values=None, threshold=None, *
     return jax.vmap(per_image)(*inputs)
 
   def compacted(capacities):
-    stats, overflow = jax.vmap(lambda *image: _image_sweep(
-        *booleans(*image)[:3], thresholds, booleans(*image)[3], max_pixels=capacities[0],
-        **kw))(*inputs)
+    def per_image(*image):
+      s, g, v, op = booleans(*image)
+      return _image_sweep(s, g, v, thresholds, op, max_pixels=capacities[0], **kw)
+    stats, overflow = jax.vmap(per_image)(*inputs)
     fallback = functools.partial(compacted, capacities[1:]) if capacities[1:] else dense
     return jax.lax.cond(jnp.any(overflow), fallback, lambda: stats)
 
