@@ -92,17 +92,20 @@ def make_step(eval_config, full: bool):
 
 
 def run_jnp(step, masks, scores, batch: int):
-  """Batches of `batch` (the last completed with dummy images, valid = 0: one shape); the
-  masks and the validity as uint8 (as read from the PNGs; the loop gets them as bool),
-  the scores as float32."""
+  """Batches of `batch` as views of the arrays (the numpy loop gets them the same way); the
+  masks as uint8 (as read from the PNGs; the loop gets them as bool), the scores as float32,
+  the validity one shared uint8 array of ones; the last batch completed with dummy images
+  (valid = 0: one shape)."""
+  masks = masks.view(np.uint8)[..., None]
+  scores = scores[..., None]
+  ones = np.ones((batch,) + scores.shape[1:], np.uint8)
   outs = []
   for i in range(0, len(masks), batch):
-    s = np.zeros((batch,) + scores.shape[1:] + (1,), np.float32)
-    m, v = np.zeros(s.shape, np.uint8), np.zeros(s.shape, np.uint8)
-    k = min(batch, len(masks) - i)
-    s[:k, ..., 0] = scores[i:i + k]
-    m[:k, ..., 0] = masks[i:i + k]
-    v[:k] = 1
+    s, m, v = scores[i:i + batch], masks[i:i + batch], ones
+    if len(s) < batch:
+      k = len(s)
+      s, m, v = (np.concatenate([x, np.zeros((batch - k,) + x.shape[1:], x.dtype)])
+                 for x in (s, m, ones[:k]))
     outs.append(step(s, m, v))
   return jax.block_until_ready(outs)
 

@@ -167,20 +167,20 @@ def connected_components(mask: jax.Array) -> jax.Array:
 _OFFSETS = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx)
 
 
-_TILE = 8
+_SEGMENT = 32  # pixels of a row segment: the unit of the dense pass over an image
 
 
 def compact_components(mask: jax.Array, max_pixels: int):
   """8-connected components of the first ``max_pixels`` foreground pixels (jit-compatible).
 
   The fast path of :func:`batch_statistics` for sparse masks (targets are a few pixels).
-  Foreground pixels are compacted in raster order (``jnp.nonzero`` with a static size), so
-  the work is ``O(H*W)`` for the compaction and ``O(max_pixels)`` per propagation
-  iteration instead of ``O(H*W)``.  Each pixel starts with its compact index; labels are
-  lowered to the minimum over the 8-neighbourhood (looked up through an ``[H*W]`` index
-  image), with hooking and pointer jumping as in :func:`connected_components`.  At the
-  fixed point every pixel carries the compact index of its component's first pixel in
-  raster order, so increasing labels are skimage's label order.
+  Foreground pixels are compacted in raster order (occupied 32-pixel row segments first,
+  then their pixels), so the work is one read of the image plus ``O(max_pixels)`` per
+  propagation iteration instead of ``O(H*W)``.  Each pixel starts with its compact index;
+  labels are lowered to the minimum over the 8-neighbourhood, with hooking and pointer
+  jumping as in :func:`connected_components`.  At the fixed point every pixel carries the
+  compact index of its component's first pixel in raster order, so increasing labels are
+  skimage's label order.
 
   Args:
     mask: ``[H, W]`` bool.
@@ -198,17 +198,10 @@ def compact_components(mask: jax.Array, max_pixels: int):
   """
   if mask.ndim != 2:
     raise ValueError(f"mask must be 2-D [H, W], got shape {mask.shape}")
-  idx, rows, cols, present, neighbours, count = _slots(mask.astype(bool), max_pixels)
+  mask = mask.astype(bool)
+  occupied, _ = _segment_scan(mask, mask)
+  idx, rows, cols, present, neighbours, count = _slots(mask, occupied, max_pixels)
   return _slot_labels(present, neighbours), rows, cols, present, count
-
-
-def _tiles(x: jax.Array) -> jax.Array:
-  """``[H, W]`` -> ``[H', 8, W', 8]``: the image zero-padded to multiples of 8 (a no-op for
-  the usual sizes) and viewed as 8x8 tiles, without moving data."""
-  h, w = x.shape
-  t = _TILE
-  hp, wp = -(-h // t) * t, -(-w // t) * t
-  return jnp.pad(x, ((0, hp - h), (0, wp - w))).reshape(hp // t, t, wp // t, t)
 
 
 def _sum_by_rows(x: jax.Array) -> jax.Array:
@@ -218,16 +211,36 @@ def _sum_by_rows(x: jax.Array) -> jax.Array:
   return jnp.sum(jax.lax.optimization_barrier(jnp.sum(x, axis=1)))
 
 
-def _slots(support: jax.Array, max_pixels: int):
+def _segment_scan(support: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The one dense pass over an image: which 32-pixel row segments hold a ``support``
+  pixel (``[H * ceil(W / 32)]`` bool, raster order of the segments) and how many pixels are
+  ``valid`` (float32 scalar).
+
+  Both come from one sum per segment of ``2 * 32 * support + valid`` in float32 (exact):
+  a reduction over the contiguous innermost axis, which XLA:CPU vectorises, reading each
+  input once (a max over 8x8 tiles or a separate valid count read it at less than half the
+  speed).  ``support`` must imply ``valid``.
+  """
+  h, w = support.shape
+  wp = -(-w // _SEGMENT) * _SEGMENT
+  scale = 2 * _SEGMENT
+  x = support.astype(jnp.float32) * scale + valid.astype(jnp.float32)
+  x = jnp.pad(x, ((0, 0), (0, wp - w))).reshape(h, wp // _SEGMENT, _SEGMENT)
+  sums = jax.lax.optimization_barrier(jnp.sum(x, axis=-1))   # [H, W'/32]
+  return (sums >= scale).reshape(-1), _sum_by_rows(sums % scale)
+
+
+def _slots(support: jax.Array, occupied: jax.Array, max_pixels: int):
   """The first ``max_pixels`` support pixels in raster order and their 8-neighbours.
 
-  Two levels, to avoid a prefix sum or an index image over the whole image: occupied 8x8
-  tiles are found with a dense ``max`` over the tiles (a reduction of the image as it lies
-  in memory) and compacted (at most ``max_pixels // 4`` tiles: scattered false alarms
-  occupy a tile each); only their pixels are gathered, compacted and sorted.  A neighbour's
-  slot is looked up through two small tables (tile -> compacted tile, tile pixel -> slot).
-  If more tiles are occupied, ``count`` is raised above ``max_pixels`` so that the caller
-  sees an overflow.
+  Two levels, to avoid a prefix sum or an index image over the whole image: the occupied
+  row segments (:func:`_segment_scan`) are compacted (at most ``max_pixels // 4``: a
+  scattered false alarm occupies a segment of its own), then only their pixels are
+  gathered and compacted.  Segments in increasing order and pixels in column order within
+  a segment are raster order, so no sort is needed.  A neighbour's slot is looked up
+  through two small tables (segment -> compacted segment, segment pixel -> slot).  If more
+  segments are occupied, ``count`` is raised above ``max_pixels`` so that the caller sees
+  an overflow.
 
   Returns ``(idx, rows, cols, present, neighbours, count)``: raster index (``H*W`` in unused
   slots), row and column ``[P]`` int32, ``present`` ``[P]`` bool, ``neighbours`` ``[8, P]``
@@ -235,38 +248,18 @@ def _slots(support: jax.Array, max_pixels: int):
   """
   h, w = support.shape
   n = h * w
-  t = _TILE
-  # float32: XLA:CPU reduces it an order of magnitude faster than bool.
-  tiles = _tiles(support.astype(jnp.float32))
-  tiles_w = tiles.shape[2]
-  occupied = jnp.max(tiles, axis=(1, 3)).reshape(-1)
-  max_tiles = max(max_pixels // 4, 1)
-  n_tiles = jnp.sum(occupied).astype(jnp.int32)
-  (tile_ids,) = jnp.nonzero(occupied, size=max_tiles, fill_value=0)
-  tile_used = jnp.arange(max_tiles) < n_tiles
-  local = jnp.arange(t * t)
-  t_rows = (tile_ids // tiles_w)[:, None] * t + local // t   # [max_tiles, 64]
-  t_cols = (tile_ids % tiles_w)[:, None] * t + local % t
-  raster = jnp.where((t_rows < h) & (t_cols < w) & tile_used[:, None], t_rows * w + t_cols,
-                     n).reshape(-1)
+  seg = _SEGMENT
+  segs_w = -(-w // seg)
+  max_segs = max(max_pixels // 4, 1)
+  seg_slot, seg_ids, n_segs = _compact_indices(occupied, max_segs)
+  col = (seg_ids % segs_w)[:, None] * seg + jnp.arange(seg)        # [max_segs, 32]
+  raster = jnp.where((col < w) & (jnp.arange(max_segs) < n_segs)[:, None],
+                     (seg_ids // segs_w)[:, None] * w + col, n).reshape(-1)
   fg = support.reshape(-1)[jnp.minimum(raster, n - 1)] & (raster < n)
-  count = _sum_by_rows(fg.reshape(max_tiles, t * t).astype(jnp.int32))
-  slots = jnp.arange(max_pixels, dtype=jnp.int32)
-  present = slots < count
-  (sel,) = jnp.nonzero(fg, size=max_pixels, fill_value=0)   # tile-major order
-  # -> raster order: one sort of (raster index, slot) packed in an int32 when it fits.
-  key = jnp.where(present, raster[sel], n)
-  if (n + 1) * max_pixels < 2**31:
-    order = jnp.sort(key * max_pixels + slots) % max_pixels
-  else:
-    order = jnp.argsort(key)
-  idx = key[order].astype(jnp.int32)
-  rank = jnp.zeros(max_pixels, jnp.int32).at[order].set(slots)
-  tile_slot = jnp.full(occupied.shape, -1, jnp.int32).at[
-      jnp.where(tile_used, tile_ids, occupied.shape[0])].set(jnp.arange(max_tiles), mode="drop")
-  pixel_slot = jnp.full(raster.shape, -1, jnp.int32).at[
-      jnp.where(present, sel, raster.shape[0])].set(rank, mode="drop")
-  count = jnp.where(n_tiles > max_tiles, max_pixels + 1, count)
+  pixel_slot, sel, count = _compact_indices(fg, max_pixels)
+  present = jnp.arange(max_pixels) < count
+  idx = jnp.where(present, raster[sel], n)
+  count = jnp.where(n_segs > max_segs, max_pixels + 1, count)
 
   rows, cols = idx // w, idx % w
   dy = jnp.array([o[0] for o in _OFFSETS], jnp.int32)[:, None]
@@ -274,10 +267,24 @@ def _slots(support: jax.Array, max_pixels: int):
   r, c = rows[None, :] + dy, cols[None, :] + dx                       # [8, P]
   inside = present[None, :] & (r >= 0) & (r < h) & (c >= 0) & (c < w)
   r, c = jnp.clip(r, 0, h - 1), jnp.clip(c, 0, w - 1)
-  k = tile_slot[(r // t) * tiles_w + c // t]
-  neighbours = jnp.where(inside & (k >= 0),
-                         pixel_slot[jnp.maximum(k, 0) * t * t + (r % t) * t + c % t], -1)
+  k = seg_slot[r * segs_w + c // seg]
+  neighbours = jnp.where(inside & (k >= 0), pixel_slot[jnp.maximum(k, 0) * seg + c % seg], -1)
   return idx, rows, cols, present, neighbours, count
+
+
+def _compact_indices(flags: jax.Array, size: int):
+  """Stream compaction of a 1-D bool array with one prefix sum.
+
+  Returns ``(slot, ids, count)``: ``slot`` int32 like ``flags``, the compacted position of
+  each set element (-1 if unset or beyond ``size``); ``ids`` int32 ``[size]``, the set
+  elements' indices in increasing order (0 past ``count``); ``count`` set elements (may
+  exceed ``size``).
+  """
+  position = jnp.cumsum(flags, dtype=jnp.int32) - 1
+  slot = jnp.where(flags & (position < size), position, -1)
+  ids = jnp.zeros(size, jnp.int32).at[jnp.where(slot >= 0, slot, size)].set(
+      jnp.arange(flags.shape[0], dtype=jnp.int32), mode="drop")
+  return slot, ids, position[-1] + 1
 
 
 def _slot_labels(fg: jax.Array, neighbours: jax.Array) -> jax.Array:
@@ -416,9 +423,9 @@ def _image_sweep(score, gt, valid, thresholds, op_pred, *, distance_threshold, m
   support = (score > jnp.min(thresholds)) | gt
   if op_pred is not None:
     support = support | op_pred
-  idx, rows, cols, present, neighbours, count = _slots(valid & support, max_pixels)
-  # Valid pixels per 8x8 tile first, then over the tiles (see `_sum_by_rows`).
-  pixels = _sum_by_rows(jnp.sum(_tiles(valid.astype(jnp.float32)), axis=(1, 3)))
+  support = support & valid
+  occupied, pixels = _segment_scan(support, valid)
+  idx, rows, cols, present, neighbours, count = _slots(support, occupied, max_pixels)
   n = score.size
   at = jnp.minimum(idx, n - 1)
   g_slot = gt.reshape(-1)[at] & present

@@ -469,14 +469,14 @@ def test_bad_shapes_raise():
 # --------------------------------------------------------------------------- #
 # compacted (fast) labelling path
 # --------------------------------------------------------------------------- #
-@pytest.mark.parametrize("shape", [(24, 40), (21, 35)])  # whole 8x8 tiles, and partial ones
+@pytest.mark.parametrize("shape", [(16, 64), (21, 35)])  # whole row segments, partial ones
 def test_compact_components_batched_match_skimage(shape):
   from irst_jax.metrics import compact_components
 
   rng = np.random.default_rng(11)
   masks = [rng.random(shape) < d for d in (0.02, 0.1, 0.3, 0.5, 0.7)]
   masks.append(np.zeros(shape, bool))
-  masks.append(np.ones(shape, bool))  # at most 960 pixels, within the capacity of 1024
+  masks.append(np.ones(shape, bool))  # at most 1024 pixels, within the capacity
   masks.append((np.add.outer(np.arange(shape[0]), np.arange(shape[1])) % 2) == 0)  # diagonals
   grid = np.zeros(shape, bool)
   grid[::2, ::3] = True  # many single-pixel components
@@ -492,21 +492,21 @@ def test_compact_components_batched_match_skimage(shape):
     np.testing.assert_array_equal(_raster_relabel(img), sk_label(m, connectivity=2))
 
 
-def test_scattered_pixels_overflow_the_tiles_not_the_pixels():
-  # 12 isolated pixels in 12 different 8x8 tiles: within a capacity of 16 pixels, but over
-  # its 16 // 4 = 4 tiles, so the count must signal an overflow (and the statistics fall
-  # back to an exact path).
+def test_scattered_pixels_overflow_the_segments_not_the_pixels():
+  # 12 isolated pixels in 12 different 32-pixel row segments: within a capacity of 16
+  # pixels, but over its 16 // 4 = 4 segments, so the count must signal an overflow (and
+  # the statistics fall back to an exact path).
   from irst_jax.metrics import compact_components
 
   mask = np.zeros((32, 48), bool)
-  mask[4::8, 3::8][:, :6] = True  # rows 4, 12, 20, 28 x 6 columns: 24 tiles, keep 12
-  mask[20:, :] = False
+  mask[0:24:2, 3] = True  # rows 0, 2, ..., 22: one pixel a segment, none touching
+  mask[4, 3], mask[4, 40] = False, True  # row 4: in the second segment of its row
   assert mask.sum() == 12
   count = int(compact_components(jnp.asarray(mask), 16)[-1])
   assert count > 16
   assert int(compact_components(jnp.asarray(mask), 64)[-1]) == 12
   gt = np.zeros_like(mask)
-  gt[4, 3] = True
+  gt[4, 40] = True
   args = _batch([mask], [gt])
   small = batch_statistics(*args, max_pixels=16)
   assert float(small["matched"][0]) == 1.0 and float(small["predicted"][0]) == 12.0
@@ -514,7 +514,7 @@ def test_scattered_pixels_overflow_the_tiles_not_the_pixels():
 
 
 def test_overflow_falls_back_to_dense_path():
-  # Capacity 16 pixels (2 tiles): most images overflow; results must equal the dense path
+  # Capacity 16 pixels (4 row segments): most images overflow; results must equal the dense path
   # and the skimage reference exactly.
   images = _random_images(6, (32, 32), seed=12)
   preds, gts, valids = zip(*images)
