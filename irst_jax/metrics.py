@@ -273,35 +273,70 @@ def _slots(support: jax.Array, occupied: jax.Array, max_pixels: int):
 
 
 def _compact_indices(flags: jax.Array, size: int):
-  """Stream compaction of a 1-D bool array with one prefix sum.
+  """Stream compaction of a 1-D bool array.
+
+  Positions come from 32-bit words: each word's population count, a prefix sum over the
+  words (32x shorter than one over the elements, which XLA:CPU computes as windowed
+  reductions) and, within a word, the population count of the bits below.
 
   Returns ``(slot, ids, count)``: ``slot`` int32 like ``flags``, the compacted position of
   each set element (-1 if unset or beyond ``size``); ``ids`` int32 ``[size]``, the set
   elements' indices in increasing order (0 past ``count``); ``count`` set elements (may
   exceed ``size``).
   """
-  position = jnp.cumsum(flags, dtype=jnp.int32) - 1
+  n = flags.shape[0]
+  words_n = -(-n // 32)
+  bits = jnp.pad(flags, (0, words_n * 32 - n)).reshape(words_n, 32)
+  bit = jnp.left_shift(jnp.uint32(1), jnp.arange(32, dtype=jnp.uint32))
+  words = jnp.sum(jnp.where(bits, bit, jnp.uint32(0)), axis=1, dtype=jnp.uint32)
+  counts = jax.lax.population_count(words).astype(jnp.int32)
+  below = jax.lax.population_count(words[:, None] & (bit - 1)).astype(jnp.int32)
+  position = ((jnp.cumsum(counts) - counts)[:, None] + below).reshape(-1)[:n]
   slot = jnp.where(flags & (position < size), position, -1)
   ids = jnp.zeros(size, jnp.int32).at[jnp.where(slot >= 0, slot, size)].set(
-      jnp.arange(flags.shape[0], dtype=jnp.int32), mode="drop")
-  return slot, ids, position[-1] + 1
+      jnp.arange(n, dtype=jnp.int32), mode="drop")
+  return slot, ids, jnp.sum(counts)
 
 
 def _slot_labels(fg: jax.Array, neighbours: jax.Array) -> jax.Array:
-  """Component labels (root slot) of the slots with ``fg``, linked through ``neighbours``."""
-  safe_nb = jnp.maximum(neighbours, 0)
-  has_nb = (neighbours >= 0) & fg[None, :] & fg[safe_nb]
-  slots = jnp.arange(fg.shape[0], dtype=jnp.int32)
+  """Component labels (root slot) of the slots with ``fg``, linked through ``neighbours``.
+
+  Slots are in raster order, so a pixel's left and right neighbours are the slots just
+  before and after it, and its present neighbours in the row above (and below) are a run
+  of at most 3 consecutive slots.  A round of minimum-label propagation therefore reads
+  two shifted copies of the labels and two windowed minima (one gather each for the rows
+  above and below) instead of gathering all 8 neighbours; then hooking and pointer jumping.
+  """
+  size = fg.shape[0]
+  big = jnp.full((1,), _BIG, jnp.int32)
+
+  def window(a, b, c):  # run of present slots among neighbours a, b, c -> index in `table`
+    first = jnp.where(neighbours[a] >= 0, neighbours[a],
+                      jnp.where(neighbours[b] >= 0, neighbours[b], neighbours[c]))
+    length = jnp.sum(neighbours[jnp.array([a, b, c])] >= 0, axis=0)
+    return length * size + jnp.maximum(first, 0)
+
+  up, down = window(0, 1, 2), window(5, 6, 7)  # _OFFSETS: rows above, below
+  has_left, has_right = neighbours[3] >= 0, neighbours[4] >= 0
 
   def body(state):
     lab, _ = state
-    m = jnp.minimum(lab, jnp.min(jnp.where(has_nb, lab[safe_nb], _BIG), axis=0))
+    lb = jnp.where(fg, lab, _BIG)
+    after = jnp.concatenate([lb[1:], big])
+    run2 = jnp.minimum(lb, after)
+    run3 = jnp.minimum(run2, jnp.concatenate([lb[2:], big, big]))
+    table = jnp.concatenate([jnp.full((size,), _BIG, jnp.int32), lb, run2, run3])
+    m = jnp.minimum(jnp.minimum(table[up], table[down]),
+                    jnp.minimum(jnp.where(has_left, jnp.concatenate([big, lb[:-1]]), _BIG),
+                                jnp.where(has_right, after, _BIG)))
+    m = jnp.where(fg, jnp.minimum(lab, m), lab)
     new = jnp.minimum(lab.at[lab].min(m), m)  # hooking, then pointer jumping twice
     new = new[new]
     new = new[new]
     return new, jnp.any(new != lab)
 
-  labels, _ = jax.lax.while_loop(lambda s: s[1], body, (slots, jnp.array(True)))
+  labels, _ = jax.lax.while_loop(lambda s: s[1], body,
+                                 (jnp.arange(size, dtype=jnp.int32), jnp.array(True)))
   return labels
 
 
