@@ -367,6 +367,19 @@ def create_train_iterator(
 # -- eval --------------------------------------------------------------------------------
 
 
+def host_zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
+  """``np.zeros(shape, dtype)`` at a 64-byte aligned address.
+
+  XLA:CPU takes such a host array in place (zero-copy) as a jit/pmap argument; numpy's own
+  allocations are 16-byte aligned, and each is copied (about 0.7 ms for 8 MB on the 2-core
+  development machine). Other backends copy to the device either way.
+  """
+  nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+  buffer = np.zeros(nbytes + 64, np.uint8)
+  start = -buffer.ctypes.data % 64
+  return buffer[start:start + nbytes].view(dtype).reshape(shape)
+
+
 def _padded(n: int, multiple: int) -> int:
   return int(math.ceil(n / multiple) * multiple)
 
@@ -422,9 +435,9 @@ def create_eval_iterator(
     for (hp, wp), indices in buckets:
       for start in range(0, len(indices), global_batch):
         mine = indices[start + proc * batch_size: start + (proc + 1) * batch_size]
-        image = np.zeros((batch_size, hp, wp, mean.size), np.float32)
-        mask = np.zeros((batch_size, hp, wp, 1), np.float32)
-        valid = np.zeros((batch_size, hp, wp, 1), np.float32)
+        image = host_zeros((batch_size, hp, wp, mean.size), np.float32)
+        mask = host_zeros((batch_size, hp, wp, 1), np.float32)
+        valid = host_zeros((batch_size, hp, wp, 1), np.float32)
         names = [""] * batch_size
         for j, idx in enumerate(mine):
           ex = source[idx]
