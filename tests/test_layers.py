@@ -46,9 +46,10 @@ def test_same_variables_as_flax():
   jax.tree_util.tree_map(np.testing.assert_array_equal, ours, theirs)
 
 
+@pytest.mark.parametrize("shape", [(4, 6, 5, 3), (2, 8, 8, 3)])  # 120 pixels, 128 = 4 x 32
 @pytest.mark.parametrize("train", [True, False])
-def test_forward_gradients_and_running_statistics_match_flax(train):
-  x, g = _inputs()
+def test_forward_gradients_and_running_statistics_match_flax(train, shape):
+  x, g = _inputs(shape)
   variables = _flax_batch_norm(train)().init(jax.random.key(0), x)
   rng = np.random.default_rng(1)
   variables = jax.tree_util.tree_map(
@@ -103,6 +104,46 @@ def test_running_variance_is_unbiased_as_in_torch():
                              rtol=1e-5)
   np.testing.assert_allclose(updates["batch_stats"]["mean"],
                              0.1 * np.asarray(x).reshape(-1, 3).mean(0), rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 8, 5), (3, 5, 7, 2)])  # 64 = 2 x 32 pixels, and 105
+def test_channel_sums_equal_sums_over_pixels(shape):
+  rng = np.random.default_rng(3)
+  a, b = rng.normal(size=(2,) + shape).astype(np.float32)
+  got = layers.channel_sums(jnp.asarray(a), jnp.asarray(b))
+  want = np.stack([a.reshape(-1, shape[-1]).sum(0), b.reshape(-1, shape[-1]).sum(0)])
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def _max_pool_reference(x, g):
+  """PyTorch MaxPool2d(3, 2, padding=1) and its gradient, written as loops (float64): each
+  window's gradient goes to its first maximum in raster order."""
+  n, h, w, c = x.shape
+  ho, wo = -(-h // 2), -(-w // 2)
+  y = np.zeros((n, ho, wo, c))
+  dx = np.zeros(x.shape)
+  for b in range(n):
+    for k in range(c):
+      for i in range(ho):
+        for j in range(wo):
+          rows = range(max(2 * i - 1, 0), min(2 * i + 2, h))
+          cols = range(max(2 * j - 1, 0), min(2 * j + 2, w))
+          best = max((x[b, r, q, k], -r, -q) for r in rows for q in cols)
+          y[b, i, j, k] = best[0]
+          dx[b, -best[1], -best[2], k] += g[b, i, j, k]
+  return y, dx
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 6, 3), (1, 7, 9, 2)])
+def test_max_pool_3x3_s2_and_gradient_equal_first_maximum_reference(shape):
+  rng = np.random.default_rng(4)
+  x = rng.integers(0, 3, size=shape).astype(np.float32)  # many ties
+  ho, wo = -(-shape[1] // 2), -(-shape[2] // 2)
+  g = rng.normal(size=(shape[0], ho, wo, shape[3])).astype(np.float32)
+  y, vjp = jax.vjp(layers.max_pool_3x3_s2, jnp.asarray(x))
+  y_ref, dx_ref = _max_pool_reference(x, g)
+  np.testing.assert_array_equal(y, y_ref)
+  np.testing.assert_allclose(vjp(jnp.asarray(g))[0], dx_ref, rtol=1e-6, atol=1e-6)
 
 
 def _interpolation_matrix(n_in, n_out, align_corners):

@@ -36,6 +36,16 @@ def _train(cfg, batch_size=4, num_devices=2, seed=0, epoch=0):
   )
 
 
+def test_host_zeros_aligned_and_taken_in_place_on_cpu():
+  import jax
+
+  x = pipeline.host_zeros((3, 5, 7, 1), np.float32)
+  assert x.shape == (3, 5, 7, 1) and x.dtype == np.float32 and not x.any()
+  assert x.ctypes.data % 64 == 0
+  if jax.default_backend() == "cpu":  # zero-copy: the device buffer is the numpy memory
+    assert jax.device_put(x).unsafe_buffer_pointer() == x.ctypes.data
+
+
 def test_default_config_fields():
   c = pipeline.default_dataset_config()
   assert c.name == "nuaa_sirst" and c.builder_config == "50_50"

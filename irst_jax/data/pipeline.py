@@ -372,7 +372,9 @@ def host_zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
 
   XLA:CPU takes such a host array in place (zero-copy) as a jit/pmap argument; numpy's own
   allocations are 16-byte aligned, and each is copied (about 0.7 ms for 8 MB on the 2-core
-  development machine). Other backends copy to the device either way.
+  development machine). Other backends copy to the device either way. Since JAX may then
+  share the memory, do not write to the array after passing it to JAX (the eval iterator
+  yields a fresh one every batch).
   """
   nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
   buffer = np.zeros(nbytes + 64, np.uint8)

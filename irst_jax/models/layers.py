@@ -36,8 +36,26 @@ def _batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: 
   return _batch_norm_fwd(x, scale, bias, epsilon, axis_name)[0]
 
 
+def channel_sums(*arrays: jax.Array) -> jax.Array:
+  """Sums over every axis but the last: ``k`` arrays ``[..., C]`` -> ``[k, C]`` float32.
+
+  Sums 32 consecutive pixels first, then the partial sums (an optimisation barrier keeps XLA
+  from merging the two into one reduction). XLA:CPU reduces a whole NHWC activation to its
+  channels through a tree-reduction rewrite into windowed reductions, 5-10x slower than
+  this at the shapes of the networks' BatchNorms (8x256x256x8 to 8x32x32x64: 3.5 -> 0.5 ms
+  and 0.9 -> 0.15 ms for a mean and a mean square; experiments/results/benchmark_acm_unet.md).
+  Falls back to one reduction when the pixel count is not a multiple of 32.
+  """
+  channels = arrays[0].shape[-1]
+  if arrays[0].size // channels % 32:
+    return jnp.stack([jnp.sum(a.reshape(-1, channels), axis=0) for a in arrays])
+  partial = jax.lax.optimization_barrier(
+      [jnp.sum(a.reshape(-1, 32, channels), axis=1) for a in arrays])
+  return jnp.stack([jnp.sum(p, axis=0) for p in partial])
+
+
 def _batch_norm_fwd(x, scale, bias, epsilon, axis_name):
-  moments = jnp.stack([jnp.mean(x, (0, 1, 2)), jnp.mean(jnp.square(x), (0, 1, 2))])
+  moments = channel_sums(x, jnp.square(x)) / (x.size // x.shape[-1])
   if axis_name is not None:
     moments = jax.lax.pmean(moments, axis_name)
   mean, mean2 = moments[0], moments[1]
@@ -52,7 +70,7 @@ def _batch_norm_bwd(epsilon, axis_name, residuals, cotangents):
   del epsilon
   x, scale, mean, rstd, var_positive = residuals
   g = cotangents[0]
-  centred_sums = jnp.stack([jnp.sum(g, (0, 1, 2)), jnp.sum(g * (x - mean), (0, 1, 2))])
+  centred_sums = channel_sums(g, g * (x - mean))
   dbias, dscale = centred_sums[0], centred_sums[1] * rstd   # this device's share, as autodiff
   count = x.shape[0] * x.shape[1] * x.shape[2]
   if axis_name is not None:
@@ -191,35 +209,60 @@ class ConvToOneChannel(nn.Module):
 def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
   """PyTorch `MaxPool2d(3, stride=2, padding=1)` on NHWC input (padding never wins).
 
-  [N, H, W, C] -> [N, ceil(H/2), ceil(W/2), C]. The gradient goes to the first maximum of each
-  window in raster order, as PyTorch's; it is written as nine masked, dilated pads instead of
-  XLA's select-and-scatter, which is about 4x slower on CPU (experiments/benchmark.py).
+  [N, H, W, C] -> [N, ceil(H/2), ceil(W/2), C]. The forward pass is the maximum of the nine
+  strided window taps, one elementwise fusion (XLA:CPU's reduce-window took 4.3 ms at
+  8x128x128x16). The gradient goes to the first maximum of each window in raster order, as
+  PyTorch's: the forward pass keeps that tap's index (uint8), and the backward pass writes
+  each of the four (row, column) parity planes of the input gradient from at most four
+  shifted, masked copies of the output gradient, then interleaves them (XLA's
+  select-and-scatter is about 4x slower on CPU, and nine dilated pads wrote nine
+  input-sized arrays).
   """
-  return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+  return _max_pool_fwd(x)[0]
+
+
+def _pool_taps(x):
+  _, h, w, _ = x.shape
+  ho, wo = -(-h // 2), -(-w // 2)
+  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+  return [padded[:, dy:dy + 2 * ho - 1:2, dx:dx + 2 * wo - 1:2, :]
+          for dy in range(3) for dx in range(3)]
 
 
 def _max_pool_fwd(x):
-  y = max_pool_3x3_s2(x)
-  return y, (x, y)
+  taps = _pool_taps(x)
+  y = functools.reduce(jnp.maximum, taps)
+  first = jnp.full(y.shape, 8, jnp.uint8)   # tap k = 3 * dy + dx of the first maximum
+  for k in range(7, -1, -1):
+    first = jnp.where(taps[k] == y, jnp.uint8(k), first)
+  # An empty [H, W, 0] array carries the input size (H = 2 Ho or 2 Ho - 1) to the backward.
+  return y, (jnp.zeros(x.shape[1:3] + (0,), x.dtype), first)
 
 
 def _max_pool_bwd(residuals, g):
-  x, y = residuals
-  n, h, w, c = x.shape
-  ho, wo = y.shape[1:3]
-  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
-  claimed = jnp.zeros(y.shape, bool)
-  dx = jnp.zeros((n, h + 2, w + 2, c), x.dtype)
-  zero = jnp.zeros((), x.dtype)
-  for dy in range(3):
-    for dxx in range(3):
-      window = padded[:, dy:dy + 2 * ho - 1:2, dxx:dxx + 2 * wo - 1:2, :]
-      hit = (window == y) & ~claimed
-      claimed = claimed | hit
-      dx = dx + jax.lax.pad(jnp.where(hit, g, zero), zero, (
-          (0, 0, 0), (dy, h + 2 - dy - (2 * ho - 1), 1), (dxx, w + 2 - dxx - (2 * wo - 1), 1),
-          (0, 0, 0)))
-  return (dx[:, 1:h + 1, 1:w + 1, :],)
+  shape_carrier, first = residuals
+  h, w = shape_carrier.shape[:2]
+  zero = jnp.zeros((), g.dtype)
+
+  def at(k):
+    return jnp.where(first == k, g, zero)
+
+  def next_row(a):  # a[:, i + 1] (0 past the end)
+    return jnp.pad(a[:, 1:], ((0, 0), (0, 1), (0, 0), (0, 0)))
+
+  def next_col(a):
+    return jnp.pad(a[:, :, 1:], ((0, 0), (0, 0), (0, 1), (0, 0)))
+
+  # Input pixel (2a + p, 2b + q) is tap (p + 1, q + 1) of window (a, b) and, for odd p or
+  # q, tap (0, .) or (., 0) of the next window down or right.
+  even_even = at(4)
+  even_odd = at(5) + next_col(at(3))
+  odd_even = at(7) + next_row(at(1))
+  odd_odd = at(8) + next_col(at(6)) + next_row(at(2)) + next_row(next_col(at(0)))
+  n, ho, wo, c = g.shape
+  dx = jnp.stack([jnp.stack([even_even, even_odd], axis=3),
+                  jnp.stack([odd_even, odd_odd], axis=3)], axis=2)   # [N, Ho, 2, Wo, 2, C]
+  return (dx.reshape(n, 2 * ho, 2 * wo, c)[:, :h, :w],)
 
 
 max_pool_3x3_s2.defvjp(_max_pool_fwd, _max_pool_bwd)
