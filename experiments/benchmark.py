@@ -22,7 +22,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from irst_jax import models, optim, train  # noqa: E402
+from irst_jax import malloc_tuning, models, optim, train  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=False)
 _BATCH = flags.DEFINE_integer("batch_size", 8, "Global batch size.")
@@ -51,6 +51,7 @@ def _time(fn, steps: int, warmup: int) -> float:
 
 def main(argv):
   del argv
+  malloc_tuning.apply()   # as irst_jax.main does
   config = _CONFIG.value
   n, size, devices = _BATCH.value, _SIZE.value, jax.local_device_count()
   model = models.create_model(config.model, axis_name=train.AXIS)

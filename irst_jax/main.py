@@ -17,7 +17,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from irst_jax import train
+from irst_jax import malloc_tuning, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]).",
                                           lock_config=True)
@@ -36,6 +36,7 @@ _SPLIT = flags.DEFINE_string("split", None, "Split evaluated by --mode=eval (def
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  malloc_tuning.apply()   # before JAX starts its threads (first use below)
   logging.info("JAX %s, devices: %s", jax.__version__, jax.local_devices())
   if _MODE.value == "train":
     if _CONFIG.value is None:

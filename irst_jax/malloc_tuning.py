@@ -1,0 +1,50 @@
+"""glibc malloc settings for long CPU runs: freed memory is kept for reuse, not returned.
+
+XLA:CPU allocates each executable's temporary buffer (for a train step, every activation
+kept for the backward pass) at every call. glibc serves blocks that large with fresh
+``mmap``'d pages and unmaps them on free, so every step page-faults its whole working set
+again: about 1.6 million minor faults in one ACM-U-Net run of ``experiments/benchmark.py``
+(30 train steps, batch 8, 256x256), about half of the system time. With ``mmap`` disabled,
+trimming off and one arena (threads from other arenas would otherwise still ``mmap`` large
+blocks), freed blocks stay in the heap and the next step reuses them: 0.4 million faults,
+and ACM-U-Net trained at 31.2, 23.1, 25.4, 28.2 against 26.4, 23.3, 24.2, 21.0 images/s in
+four alternating rounds on the 2-core development machine (means 27.0 and 23.7;
+experiments/results/benchmark_acm_unet.md). The cost: the process's resident memory stays
+at its peak (1.7 GB against 1.3-1.4 GB in that benchmark).
+
+:func:`apply` is called by the command-line entry point (:mod:`irst_jax.main`) and the
+benchmarks at start-up, not on ``import irst_jax``: it changes the allocator of the whole
+process. It acts on Linux with glibc only; ``IRST_JAX_MALLOC_TUNING=0`` turns it off. The
+equivalent environment setting, for other programs, is
+``GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647:glibc.malloc.arena_max=1``.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import sys
+from typing import Mapping
+
+__all__ = ["SETTINGS", "apply"]
+
+# mallopt parameters of glibc's malloc.h and their values.
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+SETTINGS = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1), (_M_ARENA_MAX, 1))
+
+
+def apply(environ: Mapping[str, str] = os.environ) -> bool:
+  """Sets :data:`SETTINGS` with glibc's ``mallopt``; call it before JAX starts its threads.
+
+  Returns True if every setting was accepted, False where it does not apply (not Linux, no
+  glibc, or ``IRST_JAX_MALLOC_TUNING=0``).
+  """
+  if environ.get("IRST_JAX_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
+    return False
+  try:
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    mallopt = libc.mallopt
+  except (OSError, AttributeError):  # not glibc (e.g. musl has no mallopt)
+    return False
+  mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+  return all(mallopt(parameter, value) == 1 for parameter, value in SETTINGS)
