@@ -37,7 +37,8 @@ def _batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: 
 
 
 def channel_sums(*arrays: jax.Array) -> jax.Array:
-  """Sums over every axis but the last: ``k`` arrays ``[..., C]`` -> ``[k, C]`` float32.
+  """Sums over every axis but the last: ``k`` arrays ``[..., C]`` (NHWC activations, one
+  shape) -> ``[k, C]`` in their dtype.
 
   Sums 32 consecutive pixels first, then the partial sums (an optimisation barrier keeps XLA
   from merging the two into one reduction). XLA:CPU reduces a whole NHWC activation to its
