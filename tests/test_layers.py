@@ -240,3 +240,75 @@ def test_conv_to_one_channel_module_has_flax_conv_variables():
   np.testing.assert_array_equal(ours["params"]["kernel"], flax_conv["params"]["kernel"])
   with pytest.raises(ValueError, match="odd"):
     layers.ConvToOneChannel(4).init(jax.random.PRNGKey(0), x)
+
+
+def _residual_chain(conv, kernels, a, b):
+  """Two 3x3 convolutions behind BN-like affine + ReLU + residual chains (as in BasicBlock)."""
+  same = lambda x, k: conv(x, k, (1, 1), ((1, 1), (1, 1)),
+                           dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  x = jnp.maximum(a * 1.5 + 0.2 + b, 0.0)
+  y = same(x, kernels[0])
+  x2 = jnp.maximum(y * 0.7 - 0.1 + x, 0.0)
+  return jnp.sum(jnp.sin(same(x2, kernels[1])))
+
+
+def _chain_inputs(shape=(2, 16, 16, 8)):
+  rng = np.random.default_rng(3)
+  a, b = (jnp.asarray(rng.normal(size=shape).astype(np.float32)) for _ in range(2))
+  kernels = [jnp.asarray(rng.normal(size=(3, 3, shape[-1], shape[-1])).astype(np.float32) * 0.2)
+             for _ in range(2)]
+  return kernels, a, b
+
+
+def test_materialising_conv_has_the_values_and_gradients_of_lax_conv():
+  kernels, a, b = _chain_inputs()
+  grad = lambda conv: jax.jit(jax.value_and_grad(
+      functools.partial(_residual_chain, conv), argnums=(0, 1, 2)))
+  got_value, got = grad(layers.conv_general_dilated)(kernels, a, b)
+  want_value, want = grad(jax.lax.conv_general_dilated)(kernels, a, b)
+  assert float(got_value) == float(want_value)
+  for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+
+
+def test_conv_module_keeps_flax_conv_variables_and_names():
+  x = jnp.ones((1, 8, 8, 3))
+  ours = layers.Conv(4, (3, 3)).init(jax.random.PRNGKey(0), x)
+  flax_conv = nn.Conv(4, (3, 3)).init(jax.random.PRNGKey(0), x)
+  assert jax.tree_util.tree_structure(ours) == jax.tree_util.tree_structure(flax_conv)
+  for o, f in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(flax_conv)):
+    np.testing.assert_array_equal(o, f)
+
+  class Two(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return layers.Conv(2, (1, 1))(layers.Conv(3, (1, 1))(x))
+  assert set(Two().init(jax.random.PRNGKey(0), x)["params"]) == {"Conv_0", "Conv_1"}
+
+
+def _weight_gradient_operand_counts(conv, shape=(8, 32, 32, 16)):
+  """For each weight-gradient convolution in the compiled gradient of `_residual_chain`
+  (its window is the whole image), the operand count of the fusions feeding it."""
+  import re
+  kernels, a, b = _chain_inputs(shape)
+  compiled = jax.jit(jax.grad(functools.partial(_residual_chain, conv), argnums=(0, 1, 2))).lower(
+      kernels, a, b).compile().as_text()
+  entry = compiled[compiled.rindex("ENTRY"):]
+  fusions = dict(re.findall(r"%(\S+) = \S+ fusion\(([^)]*)\)", entry))
+  counts = []
+  for lhs, rhs in re.findall(
+      rf"convolution\(%(\S+), %(\S+)\), window={{size={shape[1]}x{shape[2]}", entry):
+    counts += [fusions[name].count("%") for name in (lhs, rhs) if name in fusions]
+  return counts
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU fusion behaviour")
+def test_weight_gradient_transposes_read_one_buffer_on_cpu():
+  from irst_jax import xla_cpu_flags
+  if xla_cpu_flags._jaxlib_series() not in xla_cpu_flags.JAXLIB_SERIES:
+    pytest.skip("fusion decisions checked on the jaxlib series of xla_cpu_flags only")
+  plain = _weight_gradient_operand_counts(jax.lax.conv_general_dilated)
+  ours = _weight_gradient_operand_counts(layers.conv_general_dilated)
+  # XLA fuses the affine + ReLU + residual chain (3-4 arrays) into the plain transposes.
+  assert plain and max(plain) >= 3
+  assert len(ours) == len(plain) and set(ours) == {1}

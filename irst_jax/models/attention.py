@@ -53,10 +53,10 @@ class ChannelAttention(nn.Module):
       x = jnp.mean(x, axis=(1, 2), keepdims=True)
     elif self.pooling != "pointwise":
       raise ValueError(f"pooling must be 'global' or 'pointwise', got {self.pooling!r}")
-    y = nn.Conv(self.channels // self.reduction, (1, 1), kernel_init=layers.he_normal,
+    y = layers.Conv(self.channels // self.reduction, (1, 1), kernel_init=layers.he_normal,
                 name="conv1")(x)
     y = nn.relu(self.norm(name="bn1")(y))
-    y = nn.Conv(self.channels, (1, 1), kernel_init=layers.he_normal, name="conv2")(y)
+    y = layers.Conv(self.channels, (1, 1), kernel_init=layers.he_normal, name="conv2")(y)
     return nn.sigmoid(self.norm(name="bn2")(y))
 
 
@@ -253,8 +253,8 @@ class CBAMChannelAttention(nn.Module):
     c = x.shape[-1]
     hidden = c // self.reduction
     init = self.kernel_init if hidden else nn.initializers.zeros   # fans of 0 would divide by 0
-    fc1 = nn.Conv(hidden, (1, 1), use_bias=False, kernel_init=init, name="fc1")
-    fc2 = nn.Conv(c, (1, 1), use_bias=False, kernel_init=init, name="fc2")
+    fc1 = layers.Conv(hidden, (1, 1), use_bias=False, kernel_init=init, name="fc1")
+    fc2 = layers.Conv(c, (1, 1), use_bias=False, kernel_init=init, name="fc2")
     mlp = lambda v: fc2(nn.relu(fc1(v)))
     avg = jnp.mean(x, axis=(1, 2), keepdims=True)
     mx = jnp.max(x, axis=(1, 2), keepdims=True)
@@ -294,6 +294,6 @@ class SqueezeExcitation(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     c = x.shape[-1]
     y = jnp.mean(x, axis=(1, 2), keepdims=True)
-    y = nn.relu(nn.Conv(max(1, c // self.reduction), (1, 1), kernel_init=layers.he_normal,
+    y = nn.relu(layers.Conv(max(1, c // self.reduction), (1, 1), kernel_init=layers.he_normal,
                         name="fc1")(y))
-    return nn.sigmoid(nn.Conv(c, (1, 1), kernel_init=layers.he_normal, name="fc2")(y))
+    return nn.sigmoid(layers.Conv(c, (1, 1), kernel_init=layers.he_normal, name="fc2")(y))

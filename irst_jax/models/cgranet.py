@@ -85,7 +85,7 @@ class MultiscaleAggregation(nn.Module):
     x2_2 = conv_bn("conv_concat3", jnp.concatenate(
         [x2_1, conv_bn("conv_upsample5", up(x3_2, x2), 2 * c)], axis=-1), 3 * c)
     x = conv_bn("conv4", x2_2, 3 * c)
-    return nn.Conv(1, (1, 1), kernel_init=layers.he_normal, name="conv5")(x)
+    return layers.Conv(1, (1, 1), kernel_init=layers.he_normal, name="conv5")(x)
 
 
 class CGRANet(nn.Module):

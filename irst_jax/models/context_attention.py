@@ -95,7 +95,7 @@ class AxialAttention(nn.Module):
       raise ValueError(f"AxialAttention axis must be 'height' or 'width', got {self.axis!r}")
     c = x.shape[-1]
     d = max(c // self.reduction, 1)
-    project = lambda features, name: nn.Conv(features, (1, 1), kernel_init=layers.he_normal,
+    project = lambda features, name: layers.Conv(features, (1, 1), kernel_init=layers.he_normal,
                                              name=name)(x)
     q, k, v = project(d, "query"), project(d, "key"), project(c, "value")
     if self.axis == "height":   # attend along axis 2 of [N, W, H, C]

@@ -59,9 +59,9 @@ BACKBONES = {
 }
 
 
-def _conv(features: int, kernel: int, name: str, use_bias: bool = True) -> nn.Conv:
+def _conv(features: int, kernel: int, name: str, use_bias: bool = True) -> layers.Conv:
   pad = kernel // 2
-  return nn.Conv(features, (kernel, kernel), padding=((pad, pad), (pad, pad)),
+  return layers.Conv(features, (kernel, kernel), padding=((pad, pad), (pad, pad)),
                  use_bias=use_bias, kernel_init=xavier_normal, name=name)
 
 

@@ -145,18 +145,65 @@ def batch_norm(train: bool, axis_name: Optional[str] = None) -> ModuleDef:
       axis_name=axis_name if train else None, unbiased_running_var=True)
 
 
+def _materialise(x: jax.Array) -> jax.Array:
+  # x + 0, written as a reduction over a stacked zero plane: XLA's fusion pass treats a
+  # reduction as expensive and so computes it once instead of duplicating it, and every
+  # elementwise op behind it, into each consumer.
+  return jnp.sum(jnp.stack([x, jnp.zeros_like(x)]), axis=0)
+
+
+@jax.custom_vjp
+def _materialised_value(x):
+  return _materialise(x)
+
+
+@jax.custom_vjp
+def _materialised_cotangent(x):
+  return x
+
+
+_materialised_value.defvjp(lambda x: (_materialise(x), None), lambda _, g: (g,))
+_materialised_cotangent.defvjp(lambda x: (x, None), lambda _, g: (_materialise(g),))
+
+
+def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, *args, **kwargs) -> jax.Array:
+  """`jax.lax.conv_general_dilated` (same arguments and result) whose input and output
+  cotangent are each computed once into a buffer of their own on the CPU backend.
+
+  XLA:CPU computes a convolution's weight gradient from transposed copies of its input and
+  of its output cotangent, and its fusion pass duplicates the elementwise chain producing
+  each of them (BatchNorm, ReLU, residual adds: up to five activations deep, 16-30
+  operands) into the transposes, which then read all those activations with strided access:
+  8x slower than transposing one buffer (8x64x64x16: 1.3 against 0.2 ms). An identity
+  `x + 0` written as a reduction is not duplicated, so the transposes read one buffer.
+  Values and gradients are unchanged (up to the sign of zeros). ACM-U-Net train step,
+  batch 8, 256x256: 330-390 -> 240-260 ms (experiments/results/benchmark_acm_unet.md).
+  Other backends get the plain convolution.
+  """
+  if jax.default_backend() != "cpu":
+    return jax.lax.conv_general_dilated(lhs, rhs, *args, **kwargs)
+  out = jax.lax.conv_general_dilated(_materialised_value(lhs), rhs, *args, **kwargs)
+  return _materialised_cotangent(out)
+
+
+class Conv(nn.Conv):
+  """`flax.linen.Conv` (same fields, variables and default names) computed with
+  :func:`conv_general_dilated`."""
+  conv_general_dilated: Any = conv_general_dilated
+
+
 def conv(features: int, kernel: int = 3, strides: int = 1, use_bias: bool = False,
-         dilation: int = 1, name: Optional[str] = None) -> nn.Conv:
+         dilation: int = 1, name: Optional[str] = None) -> Conv:
   """A k x k convolution with PyTorch-style symmetric padding (k // 2 * dilation)."""
   pad = kernel // 2 * dilation
-  return nn.Conv(features, (kernel, kernel), strides=(strides, strides),
+  return Conv(features, (kernel, kernel), strides=(strides, strides),
                  padding=((pad, pad), (pad, pad)), kernel_dilation=(dilation, dilation),
                  use_bias=use_bias, kernel_init=he_normal, name=name)
 
 
 def _conv_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
   pad = kernel.shape[0] // 2
-  return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((pad, pad), (pad, pad)),
+  return conv_general_dilated(x, kernel, (1, 1), ((pad, pad), (pad, pad)),
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
@@ -348,7 +395,7 @@ class ConvTranspose4x4(nn.Module):
     taps = jnp.asarray(_PHASE_TAPS, x.dtype)
     phases = jnp.einsum("ayk,bxl,klio->yxiabo", taps, taps, kernel)
     phases = phases.reshape(3, 3, c_in, 4 * self.features)
-    y = jax.lax.conv_general_dilated(x, phases, (1, 1), ((1, 1), (1, 1)),
+    y = conv_general_dilated(x, phases, (1, 1), ((1, 1), (1, 1)),
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
     n, h, w, _ = x.shape
     y = y.reshape(n, h, w, 2, 2, self.features).transpose(0, 1, 3, 2, 4, 5)
@@ -471,7 +518,7 @@ class FCNHead(nn.Module):
     y = conv(x.shape[-1] // 4, 3, name="conv1")(x)
     y = nn.relu(self.norm(name="bn1")(y))
     y = nn.Dropout(self.dropout, deterministic=not train)(y)
-    return nn.Conv(self.features, (1, 1), kernel_init=he_normal, name="conv2")(y)
+    return Conv(self.features, (1, 1), kernel_init=he_normal, name="conv2")(y)
 
 
 def count_params(params: Any) -> int:
