@@ -458,7 +458,9 @@ def _resampler(axis: int, in_size: int, out_size: int, align_corners: bool):
   """Linear 1-D resampling along `axis` with a custom VJP: the forward reads two taps per
   output and the gradient gathers the few outputs each input fed (both are gathers of
   contiguous slices; autodiff's scatter-add is ~10x slower on CPU, the dense interpolation
-  matrix O(size) times the work)."""
+  matrix O(size) times the work). The cotangent is materialised first (`_materialise`):
+  otherwise XLA recomputes the loss gradient inside each of the gathers (ACM-U-Net's
+  64 -> 256 head upsampling: 16 gathers, 7.6 -> 0.1 ms a train step)."""
   lo, hi, frac, src_t, w_t = _two_tap_tables(in_size, out_size, align_corners)
   forward = functools.partial(_weighted_taps, axis=axis, indices=np.stack([lo, hi], 1),
                               weights=np.stack([1.0 - frac, frac], 1))
@@ -468,7 +470,7 @@ def _resampler(axis: int, in_size: int, out_size: int, align_corners: bool):
   def resample(x):
     return forward(x)
 
-  resample.defvjp(lambda x: (forward(x), None), lambda _, g: (transpose(g),))
+  resample.defvjp(lambda x: (forward(x), None), lambda _, g: (transpose(_materialise(g)),))
   return resample
 
 
