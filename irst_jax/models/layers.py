@@ -176,9 +176,10 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, *args, **kwargs) -> jax
   operands) into the transposes, which then read all those activations with strided access:
   8x slower than transposing one buffer (8x64x64x16: 1.3 against 0.2 ms). An identity
   `x + 0` written as a reduction is not duplicated, so the transposes read one buffer.
-  Values and gradients are unchanged (up to the sign of zeros). ACM-U-Net train step,
-  batch 8, 256x256: 330-390 -> 240-260 ms (experiments/results/benchmark_acm_unet.md).
-  Other backends get the plain convolution.
+  Values and gradients are unchanged (up to the sign of zeros). ACM-U-Net, batch 8,
+  256x256, both steps compiled in one process and timed in turn: +8 to +18 % train images/s
+  (median per-round ratios of three runs; `experiments/benchmark_materialise.py`,
+  experiments/results/benchmark_acm_unet.md). Other backends get the plain convolution.
   """
   if jax.default_backend() != "cpu":
     return jax.lax.conv_general_dilated(lhs, rhs, *args, **kwargs)
