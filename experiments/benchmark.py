@@ -24,9 +24,9 @@ from ml_collections import config_flags
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from irst_jax import malloc_tuning, models, optim, train  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=False)
-_BATCH = flags.DEFINE_integer("batch_size", 8, "Global batch size.")
-_SIZE = flags.DEFINE_integer("image_size", 256, "Square input size (pixels).")
+CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=False)
+BATCH = flags.DEFINE_integer("batch_size", 8, "Global batch size.")
+SIZE = flags.DEFINE_integer("image_size", 256, "Square input size (pixels).")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps.")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps (compilation).")
 _MODE = flags.DEFINE_enum("mode", "both", ["train", "infer", "both"], "What to time.")
@@ -49,24 +49,32 @@ def _time(fn, steps: int, warmup: int) -> float:
   return (time.perf_counter() - start) / steps
 
 
-def main(argv):
-  del argv
-  malloc_tuning.apply()   # as irst_jax.main does
-  config = _CONFIG.value
-  n, size, devices = _BATCH.value, _SIZE.value, jax.local_device_count()
+def setup(config, n: int, size: int):
+  """(model, initial train state, lr schedule, random batch) of `config` for batch `n` of
+  `size` x `size` images; the batch is {'image', 'mask'} [devices, n / devices, size, size, C]."""
+  devices = jax.local_device_count()
   model = models.create_model(config.model, axis_name=train.AXIS)
   tx, schedule = optim.create_optimizer(config.optim, 100, config.train.num_epochs)
   state = train.create_train_state(model, config, tx, (1, size, size, config.model.in_channels))
   rng = np.random.default_rng(0)
   image = rng.normal(size=(n, size, size, config.model.in_channels)).astype(np.float32)
   mask = (rng.random((n, size, size, 1)) > 0.999).astype(np.float32)
+  batch = {"image": image.reshape(devices, n // devices, size, size, -1),
+           "mask": mask.reshape(devices, n // devices, size, size, 1)}
+  return model, state, schedule, batch
+
+
+def main(argv):
+  del argv
+  malloc_tuning.apply()   # as irst_jax.main does
+  config = CONFIG.value
+  n, size, devices = BATCH.value, SIZE.value, jax.local_device_count()
+  model, state, schedule, batch = setup(config, n, size)
   result = {"config": config.model.name, "batch_size": n, "image_size": size,
             "devices": devices, "backend": jax.default_backend(), "jax": jax.__version__}
   if _MODE.value in ("train", "both"):
     step = train.make_train_step(model, config.train.loss, schedule)
     replicated = [train.replicate(state)]
-    batch = {"image": image.reshape(devices, n // devices, size, size, -1),
-             "mask": mask.reshape(devices, n // devices, size, size, 1)}
 
     def train_once():
       replicated[0], metrics = step(replicated[0], batch)
@@ -76,7 +84,7 @@ def main(argv):
   if _MODE.value in ("infer", "both"):
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     forward = jax.jit(lambda v, x: models.final_logits(model.apply(v, x, train=False)))
-    x = jnp.asarray(image)
+    x = jnp.asarray(batch["image"].reshape(n, size, size, -1))
     seconds = _time(lambda: forward(variables, x), _STEPS.value, _WARMUP.value)
     result["inference_images_per_sec"] = n / seconds
   result["peak_memory_mb"] = _peak_memory_mb()

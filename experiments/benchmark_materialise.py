@@ -6,8 +6,8 @@ Compiles the pmapped train step of `irst_jax/train.py` twice: as shipped, where 
 materialise their input and output cotangent and the bilinear resampler its cotangent
 (`layers.conv_general_dilated`, `layers._resampler`), and with `layers._materialise` made the
 identity (XLA then fuses the producers of those arrays into each consumer, as before). Then
-times `--steps` steps of each in turn for `--rounds` rounds, alternating which goes first.
-On a shared machine whose speed drifts by tens of percent between minutes, only this
+times `--steps_per_round` steps of each in turn for `--rounds` rounds, alternating which
+goes first. On a shared machine whose speed drifts by tens of percent between minutes, only this
 interleaving separates a few percent; the per-round ratio and its median are printed.
 Random data, batch `--batch_size`, `--image_size` squared, 1 input channel.
 """
@@ -19,18 +19,17 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from irst_jax import malloc_tuning, models, optim, train  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchmark  # noqa: E402
+
+from irst_jax import malloc_tuning, train  # noqa: E402
 from irst_jax.models import layers  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=False)
-_BATCH = flags.DEFINE_integer("batch_size", 8, "Global batch size.")
-_SIZE = flags.DEFINE_integer("image_size", 256, "Square input size (pixels).")
-_STEPS = flags.DEFINE_integer("steps", 4, "Timed steps per variant and round.")
+# --config, --batch_size and --image_size are benchmark.py's flags.
+_STEPS = flags.DEFINE_integer("steps_per_round", 4, "Timed steps per variant and round.")
 _ROUNDS = flags.DEFINE_integer("rounds", 12, "Interleaved rounds.")
 
 
@@ -56,16 +55,8 @@ def _compiled_step(model, config, schedule, state, batch, materialise: bool):
 def main(argv):
   del argv
   malloc_tuning.apply()
-  config = _CONFIG.value
-  n, size, devices = _BATCH.value, _SIZE.value, jax.local_device_count()
-  model = models.create_model(config.model, axis_name=train.AXIS)
-  tx, schedule = optim.create_optimizer(config.optim, 100, config.train.num_epochs)
-  state = train.create_train_state(model, config, tx, (1, size, size, config.model.in_channels))
-  rng = np.random.default_rng(0)
-  batch = {"image": rng.normal(size=(devices, n // devices, size, size,
-                                     config.model.in_channels)).astype(np.float32),
-           "mask": (rng.random((devices, n // devices, size, size, 1)) > 0.999).astype(
-               np.float32)}
+  config, n = benchmark.CONFIG.value, benchmark.BATCH.value
+  model, state, schedule, batch = benchmark.setup(config, n, benchmark.SIZE.value)
   runs = {name: _compiled_step(model, config, schedule, state, batch, name == "materialised")
           for name in ("plain", "materialised")}
   speeds = {name: [] for name in runs}
