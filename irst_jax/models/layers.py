@@ -16,6 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from irst_jax.models import cpu_convolution
+from irst_jax.models.cpu_convolution import Conv, conv_general_dilated
+
 ModuleDef = Any
 
 # He (Kaiming) normal initialisation, fan-in, as used by the ACM paper (Sec. 5, "the strategy
@@ -143,54 +146,6 @@ def batch_norm(train: bool, axis_name: Optional[str] = None) -> ModuleDef:
   return functools.partial(
       BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
       axis_name=axis_name if train else None, unbiased_running_var=True)
-
-
-def _materialise(x: jax.Array) -> jax.Array:
-  # x + 0, written as a reduction over a stacked zero plane: XLA's fusion pass treats a
-  # reduction as expensive and so computes it once instead of duplicating it, and every
-  # elementwise op behind it, into each consumer.
-  return jnp.sum(jnp.stack([x, jnp.zeros_like(x)]), axis=0)
-
-
-@jax.custom_vjp
-def _materialised_value(x):
-  return _materialise(x)
-
-
-@jax.custom_vjp
-def _materialised_cotangent(x):
-  return x
-
-
-_materialised_value.defvjp(lambda x: (_materialise(x), None), lambda _, g: (g,))
-_materialised_cotangent.defvjp(lambda x: (x, None), lambda _, g: (_materialise(g),))
-
-
-def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, *args, **kwargs) -> jax.Array:
-  """`jax.lax.conv_general_dilated` (same arguments and result) whose input and output
-  cotangent are each computed once into a buffer of their own on the CPU backend.
-
-  XLA:CPU computes a convolution's weight gradient from transposed copies of its input and
-  of its output cotangent, and its fusion pass duplicates the elementwise chain producing
-  each of them (BatchNorm, ReLU, residual adds: up to five activations deep, 16-30
-  operands) into the transposes, which then read all those activations with strided access:
-  8x slower than transposing one buffer (8x64x64x16: 1.3 against 0.2 ms). An identity
-  `x + 0` written as a reduction is not duplicated, so the transposes read one buffer.
-  Values and gradients are unchanged (up to the sign of zeros). ACM-U-Net, batch 8,
-  256x256, both steps compiled in one process and timed in turn: +8 to +18 % train images/s
-  (median per-round ratios of three runs; `experiments/benchmark_materialise.py`,
-  experiments/results/benchmark_acm_unet.md). Other backends get the plain convolution.
-  """
-  if jax.default_backend() != "cpu":
-    return jax.lax.conv_general_dilated(lhs, rhs, *args, **kwargs)
-  out = jax.lax.conv_general_dilated(_materialised_value(lhs), rhs, *args, **kwargs)
-  return _materialised_cotangent(out)
-
-
-class Conv(nn.Conv):
-  """`flax.linen.Conv` (same fields, variables and default names) computed with
-  :func:`conv_general_dilated`."""
-  conv_general_dilated: Any = conv_general_dilated
 
 
 def conv(features: int, kernel: int = 3, strides: int = 1, use_bias: bool = False,
@@ -459,7 +414,8 @@ def _resampler(axis: int, in_size: int, out_size: int, align_corners: bool):
   """Linear 1-D resampling along `axis` with a custom VJP: the forward reads two taps per
   output and the gradient gathers the few outputs each input fed (both are gathers of
   contiguous slices; autodiff's scatter-add is ~10x slower on CPU, the dense interpolation
-  matrix O(size) times the work). The cotangent is materialised first (`_materialise`):
+  matrix O(size) times the work). The cotangent is materialised first
+  (`cpu_convolution.materialise`):
   otherwise XLA recomputes the loss gradient inside each of the gathers (ACM-U-Net's
   64 -> 256 head upsampling: 16 gathers, 7.6 -> 0.1 ms a train step)."""
   lo, hi, frac, src_t, w_t = _two_tap_tables(in_size, out_size, align_corners)
@@ -471,7 +427,8 @@ def _resampler(axis: int, in_size: int, out_size: int, align_corners: bool):
   def resample(x):
     return forward(x)
 
-  resample.defvjp(lambda x: (forward(x), None), lambda _, g: (transpose(_materialise(g)),))
+  resample.defvjp(lambda x: (forward(x), None),
+                  lambda _, g: (transpose(cpu_convolution.materialise(g)),))
   return resample
 
 

@@ -1,0 +1,92 @@
+"""Train step with and without one of `irst_jax/models/cpu_convolution.py`'s CPU forms,
+interleaved in one process.
+
+  python experiments/benchmark_cpu_convolution.py --config=configs/acm_unet.py --rounds=12
+  python experiments/benchmark_cpu_convolution.py --config=configs/acm_unet.py \
+      --without=rewrites --steps_per_round=1 --rounds=40
+
+Compiles the pmapped train step of `irst_jax/train.py` twice: as shipped, and without
+- `--without=materialise`: `cpu_convolution.materialise` made the identity, so convolutions
+  and the bilinear resampler (`layers._resampler`) no longer materialise their inputs and
+  cotangents (XLA then fuses the producers of those arrays into each consumer);
+- `--without=rewrites`: no narrow-output padding or single-channel space-to-depth form
+  (`cpu_convolution._REWRITES` emptied).
+Then times `--steps_per_round` steps of each in turn for `--rounds` rounds, alternating which
+goes first. On a shared machine whose speed drifts by tens of percent between minutes, only this
+interleaving separates a few percent; the per-round ratio and its median are printed.
+Random data, batch `--batch_size`, `--image_size` squared, 1 input channel.
+"""
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+from absl import app, flags
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchmark  # noqa: E402
+
+from irst_jax import malloc_tuning, train  # noqa: E402
+from irst_jax.models import cpu_convolution  # noqa: E402
+
+# --config, --batch_size and --image_size are benchmark.py's flags.
+_STEPS = flags.DEFINE_integer("steps_per_round", 4, "Timed steps per variant and round.")
+_ROUNDS = flags.DEFINE_integer("rounds", 12, "Interleaved rounds.")
+_WITHOUT = flags.DEFINE_enum("without", "materialise", ["materialise", "rewrites"],
+                             "The CPU form left out of the compared step.")
+_DISABLED = {"materialise": lambda x: x, "rewrites": ()}
+_ATTRIBUTE = {"materialise": "materialise", "rewrites": "_REWRITES"}
+
+
+def _compiled_step(model, config, schedule, state, batch, shipped: bool):
+  """A train-step closure over its own state, traced and compiled as shipped or without."""
+  attribute = _ATTRIBUTE[_WITHOUT.value]
+  original = getattr(cpu_convolution, attribute)
+  if not shipped:
+    setattr(cpu_convolution, attribute, _DISABLED[_WITHOUT.value])
+  try:
+    step = train.make_train_step(model, config.train.loss, schedule)
+    holder = [train.replicate(state)]
+
+    def run():
+      holder[0], metrics = step(holder[0], batch)
+      return metrics["loss"]
+    for _ in range(2):   # compiles (tracing reads the attribute) and warms up
+      jax.block_until_ready(run())
+  finally:
+    setattr(cpu_convolution, attribute, original)
+  return run
+
+
+def main(argv):
+  del argv
+  malloc_tuning.apply()
+  config, n = benchmark.CONFIG.value, benchmark.BATCH.value
+  model, state, schedule, batch = benchmark.setup(config, n, benchmark.SIZE.value)
+  without = f"without {_WITHOUT.value}"
+  runs = {without: _compiled_step(model, config, schedule, state, batch, shipped=False),
+          "shipped": _compiled_step(model, config, schedule, state, batch, shipped=True)}
+  speeds = {name: [] for name in runs}
+  for r in range(_ROUNDS.value):
+    for name in (tuple(runs) if r % 2 == 0 else tuple(reversed(runs))):
+      start = time.perf_counter()
+      for _ in range(_STEPS.value):
+        out = runs[name]()
+      jax.block_until_ready(out)
+      speeds[name].append(n * _STEPS.value / (time.perf_counter() - start))
+  for name, values in speeds.items():
+    print(f"{name:20s} train images/s: median {statistics.median(values):.1f}, "
+          f"rounds {' '.join(f'{v:.1f}' for v in values)}")
+  ratios = [s / w for w, s in zip(speeds[without], speeds["shipped"])]
+  print(f"shipped / {without} per round: median {statistics.median(ratios):.3f}, "
+        f"range {min(ratios):.2f}-{max(ratios):.2f}, above 1 in "
+        f"{sum(r > 1 for r in ratios)} of {len(ratios)}")
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("config")
+  app.run(main)

@@ -1,0 +1,122 @@
+"""Convolutions in the forms XLA:CPU (jaxlib 0.10, XNNPACK; `irst_jax/xla_cpu_flags.py`) runs
+fastest: `conv_general_dilated` and `Conv`, used by every network in place of
+`jax.lax.conv_general_dilated` and `flax.linen.Conv`. Values are those of the plain
+convolution (bitwise, or up to float32 summation order where a form is rewritten); other
+backends get the plain convolution.
+
+On the CPU backend:
+1. The input, and in the backward pass the output cotangent, are *materialised*: computed
+   once into a buffer of their own (:func:`materialise`). XLA:CPU computes a weight gradient
+   from transposed copies of the input and output cotangent, and its fusion pass duplicates
+   the elementwise chain producing each of them (BatchNorm, ReLU, residual adds: up to five
+   activations deep, 16-30 operands) into the transposes, which then read all those
+   activations with strided access: 8x slower than transposing one buffer (8x64x64x16: 1.3
+   against 0.2 ms). ACM-U-Net, batch 8, 256x256: +8 to +18 % train images/s (median
+   per-round ratios of three interleaved runs, `experiments/benchmark_cpu_convolution.py
+   --without=materialise`; experiments/results/benchmark_acm_unet.md).
+2. Two shapes that XNNPACK does not take, or takes slowly, are rewritten (NHWC/HWIO, no
+   dilation, no groups):
+   - a k x k (k > 1) convolution with 2-7 output features gets its kernel zero-padded to 8
+     output features and its output sliced back: XLA otherwise runs it with its own, slower
+     kernel. ACM's FCN head (8x64x64x16 -> 4, 3x3): forward 7.3 -> 3.7 ms, forward +
+     gradients 11.9 -> 7.3 ms;
+   - a 3x3, stride-2, padding-1 convolution of a single-channel input (the stem of a
+     network on grey images) becomes a 2x2 convolution of its space-to-depth [N, H/2, W/2, 4]
+     input: 8x256x256x1 -> 8: forward 7.9 -> 3.8 ms, forward + gradients about equal
+     (10.0 -> 8.0 and 13.0 -> 14.0 ms in two runs).
+   (Medians of 7 interleaved rounds, 2-core AVX2 CPU, 2026-12-04.)
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+_MIN_XNNPACK_FEATURES = 8   # fewer output features: padded up to this many
+
+
+def materialise(x: jax.Array) -> jax.Array:
+  """`x + 0`, written as a reduction over a stacked zero plane: XLA's fusion pass treats a
+  reduction as expensive and so computes it once, into one buffer, instead of duplicating it,
+  and every elementwise op behind it, into each consumer. Same shape and values as `x`."""
+  return jnp.sum(jnp.stack([x, jnp.zeros_like(x)]), axis=0)
+
+
+@jax.custom_vjp
+def _materialised_value(x):
+  return materialise(x)
+
+
+@jax.custom_vjp
+def _materialised_cotangent(x):
+  return x
+
+
+_materialised_value.defvjp(lambda x: (materialise(x), None), lambda _, g: (g,))
+_materialised_cotangent.defvjp(lambda x: (x, None), lambda _, g: (materialise(g),))
+
+
+def _narrow_output_padded(lhs, rhs, strides, padding):
+  """The convolution with its HWIO kernel padded to 8 output features, sliced back."""
+  features = rhs.shape[3]
+  if not 1 < features < _MIN_XNNPACK_FEATURES or rhs.shape[:2] == (1, 1):
+    return None
+  wide = jnp.pad(rhs, ((0, 0), (0, 0), (0, 0), (0, _MIN_XNNPACK_FEATURES - features)))
+  out = jax.lax.conv_general_dilated(lhs, wide, strides, padding, dimension_numbers=_NHWC)
+  return out[..., :features]
+
+
+def _single_channel_stride2_as_space_to_depth(lhs, rhs, strides, padding):
+  """3x3 / stride 2 / padding 1 on [N, H, W, 1] (H, W even) as a 2x2 / stride 1 convolution
+  of the space-to-depth input [N, H/2, W/2, 4] with padding (1, 0): output row i reads input
+  rows 2i-1, 2i, 2i+1, i.e. phase 1 of block i-1 and phases 0 and 1 of block i."""
+  n, h, w, c = lhs.shape
+  if (c != 1 or rhs.shape[:2] != (3, 3) or tuple(strides) != (2, 2) or h % 2 or w % 2
+      or [tuple(p) for p in padding] != [(1, 1), (1, 1)]):
+    return None
+  blocks = lhs.reshape(n, h // 2, 2, w // 2, 2).transpose(0, 1, 3, 2, 4).reshape(
+      n, h // 2, w // 2, 4)
+  # Kernel taps 0, 1, 2 sit at block offsets (-1, phase 1), (0, phase 0), (0, phase 1).
+  taps = jnp.pad(rhs[:, :, 0, :], ((1, 0), (1, 0), (0, 0)))       # [4, 4, O], tap t -> t + 1
+  kernel = taps.reshape(2, 2, 2, 2, -1).transpose(0, 2, 1, 3, 4).reshape(2, 2, 4, -1)
+  return _xnnpack_form(blocks, kernel, (1, 1), ((1, 0), (1, 0)), dimension_numbers=_NHWC)
+
+
+_REWRITES = (_single_channel_stride2_as_space_to_depth, _narrow_output_padded)
+
+
+def _xnnpack_form(lhs, rhs, window_strides, padding, **kwargs):
+  plain_nhwc = (
+      not isinstance(padding, str)
+      and kwargs.get("dimension_numbers") is not None
+      and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, kwargs["dimension_numbers"])
+      == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+      and all(kwargs.get(name) in (None, 1, (1, 1), [1, 1])
+              for name in ("lhs_dilation", "rhs_dilation", "feature_group_count",
+                           "batch_group_count"))
+      and kwargs.get("precision") is None and kwargs.get("preferred_element_type") is None)
+  if plain_nhwc:
+    for rewrite in _REWRITES:
+      out = rewrite(lhs, rhs, window_strides, padding)
+      if out is not None:
+        return out
+  return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, **kwargs)
+
+
+def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides, padding,
+                         **kwargs) -> jax.Array:
+  """`jax.lax.conv_general_dilated` (same arguments and result) in the forms of this
+  module's docstring on the CPU backend; the plain convolution elsewhere."""
+  if jax.default_backend() != "cpu":
+    return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, **kwargs)
+  out = _xnnpack_form(_materialised_value(lhs), rhs, window_strides, padding, **kwargs)
+  return _materialised_cotangent(out)
+
+
+class Conv(nn.Conv):
+  """`flax.linen.Conv` (same fields, variables and default names) computed with
+  :func:`conv_general_dilated`."""
+  conv_general_dilated: Any = conv_general_dilated

@@ -1,0 +1,154 @@
+"""cpu_convolution: the CPU forms of the convolution give the plain convolution's values and
+gradients, keep flax.linen.Conv's variables, and compile to what they are for."""
+import functools
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from irst_jax.models import cpu_convolution
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _residual_chain(conv, kernels, a, b):
+  """Two 3x3 convolutions behind BN-like affine + ReLU + residual chains (as in BasicBlock)."""
+  same = lambda x, k: conv(x, k, (1, 1), ((1, 1), (1, 1)),
+                           dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  x = jnp.maximum(a * 1.5 + 0.2 + b, 0.0)
+  y = same(x, kernels[0])
+  x2 = jnp.maximum(y * 0.7 - 0.1 + x, 0.0)
+  return jnp.sum(jnp.sin(same(x2, kernels[1])))
+
+
+def _chain_inputs(shape=(2, 16, 16, 8)):
+  rng = np.random.default_rng(3)
+  a, b = (jnp.asarray(rng.normal(size=shape).astype(np.float32)) for _ in range(2))
+  kernels = [jnp.asarray(rng.normal(size=(3, 3, shape[-1], shape[-1])).astype(np.float32) * 0.2)
+             for _ in range(2)]
+  return kernels, a, b
+
+
+def test_materialising_conv_has_the_values_and_gradients_of_lax_conv():
+  kernels, a, b = _chain_inputs()
+  grad = lambda conv: jax.jit(jax.value_and_grad(
+      functools.partial(_residual_chain, conv), argnums=(0, 1, 2)))
+  got_value, got = grad(cpu_convolution.conv_general_dilated)(kernels, a, b)
+  want_value, want = grad(jax.lax.conv_general_dilated)(kernels, a, b)
+  assert float(got_value) == float(want_value)
+  for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+
+
+def test_conv_module_keeps_flax_conv_variables_and_names():
+  x = jnp.ones((1, 8, 8, 3))
+  ours = cpu_convolution.Conv(4, (3, 3)).init(jax.random.PRNGKey(0), x)
+  flax_conv = nn.Conv(4, (3, 3)).init(jax.random.PRNGKey(0), x)
+  assert jax.tree_util.tree_structure(ours) == jax.tree_util.tree_structure(flax_conv)
+  for o, f in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(flax_conv)):
+    np.testing.assert_array_equal(o, f)
+
+  class Two(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return cpu_convolution.Conv(2, (1, 1))(cpu_convolution.Conv(3, (1, 1))(x))
+  assert set(Two().init(jax.random.PRNGKey(0), x)["params"]) == {"Conv_0", "Conv_1"}
+
+
+def _weight_gradient_operand_counts(conv, shape=(8, 32, 32, 16)):
+  """For each weight-gradient convolution in the compiled gradient of `_residual_chain`
+  (its window is the whole image), the operand count of the fusions feeding it."""
+  kernels, a, b = _chain_inputs(shape)
+  compiled = jax.jit(jax.grad(functools.partial(_residual_chain, conv), argnums=(0, 1, 2))).lower(
+      kernels, a, b).compile().as_text()
+  entry = compiled[compiled.rindex("ENTRY"):]
+  fusions = dict(re.findall(r"%(\S+) = \S+ fusion\(([^)]*)\)", entry))
+  counts = []
+  for lhs, rhs in re.findall(
+      rf"convolution\(%(\S+), %(\S+)\), window={{size={shape[1]}x{shape[2]}", entry):
+    counts += [fusions[name].count("%") for name in (lhs, rhs) if name in fusions]
+  return counts
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU fusion behaviour")
+def test_weight_gradient_transposes_read_one_buffer_on_cpu():
+  from irst_jax import xla_cpu_flags
+  if xla_cpu_flags._jaxlib_series() not in xla_cpu_flags.JAXLIB_SERIES:
+    pytest.skip("fusion decisions checked on the jaxlib series of xla_cpu_flags only")
+  plain = _weight_gradient_operand_counts(jax.lax.conv_general_dilated)
+  ours = _weight_gradient_operand_counts(cpu_convolution.conv_general_dilated)
+  # XLA fuses the affine + ReLU + residual chain (3-4 arrays) into the plain transposes.
+  assert plain and max(plain) >= 3
+  assert len(ours) == len(plain) and set(ours) == {1}
+
+
+def _convolutions(fn, *args):
+  """(lhs shape, rhs shape) of every convolution in the jaxpr of fn(*args)."""
+  return [(e.invars[0].aval.shape, e.invars[1].aval.shape)
+          for e in jax.make_jaxpr(fn)(*args).jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
+
+
+def _assert_same_as_lax(x, kernel, strides, padding, rtol=1e-5):
+  """Values and gradients (w.r.t. input and kernel) of cpu_convolution against lax."""
+  def loss(conv):
+    return lambda x, k: jnp.sum(jnp.sin(conv(x, k, strides, padding, dimension_numbers=_NHWC)))
+  ours = cpu_convolution.conv_general_dilated(x, kernel, strides, padding,
+                                              dimension_numbers=_NHWC)
+  want = jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_NHWC)
+  assert ours.shape == want.shape
+  np.testing.assert_allclose(np.asarray(ours), np.asarray(want), rtol=rtol, atol=1e-5)
+  got = jax.grad(loss(cpu_convolution.conv_general_dilated), argnums=(0, 1))(x, kernel)
+  expected = jax.grad(loss(jax.lax.conv_general_dilated), argnums=(0, 1))(x, kernel)
+  for g, w in zip(got, expected):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-4)
+
+
+def _normal(rng, *shape):
+  return jnp.asarray(rng.normal(size=shape).astype(np.float32))
+
+
+@pytest.mark.parametrize("features,strides", [(4, (1, 1)), (3, (2, 2)), (2, (1, 1))])
+def test_narrow_output_convolution_is_padded_to_eight_features(features, strides):
+  rng = np.random.default_rng(features)
+  x, kernel = _normal(rng, 2, 12, 10, 5), _normal(rng, 3, 3, 5, features)
+  _assert_same_as_lax(x, kernel, strides, ((1, 1), (1, 1)))
+  conv = functools.partial(cpu_convolution.conv_general_dilated, window_strides=strides,
+                           padding=((1, 1), (1, 1)), dimension_numbers=_NHWC)
+  assert _convolutions(conv, x, kernel) == [((2, 12, 10, 5), (3, 3, 5, 8))]
+
+
+@pytest.mark.parametrize("kernel_shape", [(1, 1, 5, 4), (3, 3, 5, 8), (3, 3, 5, 1)])
+def test_other_convolutions_are_left_as_they_are(kernel_shape):
+  rng = np.random.default_rng(0)
+  x, kernel = _normal(rng, 2, 12, 10, 5), _normal(rng, *kernel_shape)
+  conv = functools.partial(cpu_convolution.conv_general_dilated, window_strides=(1, 1),
+                           padding="SAME", dimension_numbers=_NHWC)
+  assert _convolutions(conv, x, kernel) == [((2, 12, 10, 5), kernel_shape)]
+
+
+def test_single_channel_stride2_convolution_runs_on_space_to_depth_input():
+  rng = np.random.default_rng(1)
+  x, kernel = _normal(rng, 2, 16, 12, 1), _normal(rng, 3, 3, 1, 8)
+  _assert_same_as_lax(x, kernel, (2, 2), ((1, 1), (1, 1)))
+  conv = functools.partial(cpu_convolution.conv_general_dilated, window_strides=(2, 2),
+                           padding=((1, 1), (1, 1)), dimension_numbers=_NHWC)
+  assert _convolutions(conv, x, kernel) == [((2, 8, 6, 4), (2, 2, 4, 8))]
+  # Odd sizes, other paddings and multi-channel inputs keep the plain convolution.
+  odd = _normal(rng, 2, 15, 12, 1)
+  _assert_same_as_lax(odd, kernel, (2, 2), ((1, 1), (1, 1)))
+  assert _convolutions(conv, odd, kernel) == [((2, 15, 12, 1), (3, 3, 1, 8))]
+  assert _convolutions(functools.partial(conv, padding=((0, 0), (0, 0))), x, kernel) == [
+      ((2, 16, 12, 1), (3, 3, 1, 8))]
+
+
+def test_flax_conv_module_gets_both_rewrites_in_turn():
+  x = jnp.ones((1, 16, 16, 1))
+  model = cpu_convolution.Conv(4, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+  variables = model.init(jax.random.PRNGKey(0), x)
+  assert variables["params"]["kernel"].shape == (3, 3, 1, 4)
+  assert _convolutions(model.apply, variables, x) == [((1, 8, 8, 4), (2, 2, 4, 8))]
+  want = nn.Conv(4, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1))).apply(variables, x)
+  np.testing.assert_allclose(model.apply(variables, x), want, rtol=1e-5, atol=1e-6)
