@@ -3,7 +3,8 @@
   python experiments/benchmark.py --config=configs/acm_unet.py --batch_size=8 --image_size=256
 
 Uses the same pmapped train step as training (all local devices) and a jitted eval-mode
-forward pass, on random data, after `--warmup` untimed steps. Peak memory is the device's
+forward pass, on random data, after `--warmup` untimed steps. With `--serve` it times on
+request instead (`serve_steps.serve`; used by `benchmark_vs_torch.py --interleave`). Peak memory is the device's
 `peak_bytes_in_use` where the backend reports it (GPU/TPU), otherwise the process's peak
 resident set size (CPU).
 """
@@ -22,6 +23,9 @@ from absl import app, flags
 from ml_collections import config_flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import serve_steps  # noqa: E402
+
 from irst_jax import malloc_tuning, models, optim, train  # noqa: E402
 
 CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=False)
@@ -30,6 +34,7 @@ SIZE = flags.DEFINE_integer("image_size", 256, "Square input size (pixels).")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps.")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps (compilation).")
 _MODE = flags.DEFINE_enum("mode", "both", ["train", "infer", "both"], "What to time.")
+_SERVE = flags.DEFINE_bool("serve", False, "After warm-up, time steps on request (serve_steps).")
 
 
 def _peak_memory_mb() -> float:
@@ -72,6 +77,7 @@ def main(argv):
   model, state, schedule, batch = setup(config, n, size)
   result = {"config": config.model.name, "batch_size": n, "image_size": size,
             "devices": devices, "backend": jax.default_backend(), "jax": jax.__version__}
+  runs = {}
   if _MODE.value in ("train", "both"):
     step = train.make_train_step(model, config.train.loss, schedule)
     replicated = [train.replicate(state)]
@@ -79,14 +85,21 @@ def main(argv):
     def train_once():
       replicated[0], metrics = step(replicated[0], batch)
       return metrics["loss"]
-    seconds = _time(train_once, _STEPS.value, _WARMUP.value)
-    result["train_images_per_sec"] = n / seconds
+    runs["train"] = train_once
   if _MODE.value in ("infer", "both"):
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     forward = jax.jit(lambda v, x: models.final_logits(model.apply(v, x, train=False)))
     x = jnp.asarray(batch["image"].reshape(n, size, size, -1))
-    seconds = _time(lambda: forward(variables, x), _STEPS.value, _WARMUP.value)
-    result["inference_images_per_sec"] = n / seconds
+    runs["infer"] = lambda: forward(variables, x)
+  if _SERVE.value:
+    for run in runs.values():
+      for _ in range(_WARMUP.value):
+        jax.block_until_ready(run())
+    serve_steps.serve(runs)
+    return
+  for mode, run in runs.items():
+    key = "train_images_per_sec" if mode == "train" else "inference_images_per_sec"
+    result[key] = n / _time(run, _STEPS.value, _WARMUP.value)
   result["peak_memory_mb"] = _peak_memory_mb()
   print(json.dumps(result, indent=2))
 

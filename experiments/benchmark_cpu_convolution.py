@@ -1,11 +1,14 @@
-"""Train step with and without one of `irst_jax/models/cpu_convolution.py`'s CPU forms,
-interleaved in one process.
+"""Train step (or inference) with and without one of `irst_jax/models/cpu_convolution.py`'s
+CPU forms, interleaved in one process.
 
   python experiments/benchmark_cpu_convolution.py --config=configs/acm_unet.py --rounds=12
   python experiments/benchmark_cpu_convolution.py --config=configs/acm_unet.py \
       --without=rewrites --steps_per_round=1 --rounds=40
+  python experiments/benchmark_cpu_convolution.py --config=configs/acm_unet.py \
+      --without=rewrites --mode=infer --steps_per_round=3 --rounds=20
 
-Compiles the pmapped train step of `irst_jax/train.py` twice: as shipped, and without
+Compiles the pmapped train step of `irst_jax/train.py` (`--mode=infer`: the jitted eval-mode
+forward pass of `benchmark.py`) twice: as shipped, and without
 - `--without=materialise`: `cpu_convolution.materialise` made the identity, so convolutions
   and the bilinear resampler (`layers._resampler`) no longer materialise their inputs and
   cotangents (XLA then fuses the producers of those arrays into each consumer);
@@ -24,13 +27,14 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchmark  # noqa: E402
 
-from irst_jax import malloc_tuning, train  # noqa: E402
+from irst_jax import malloc_tuning, models, train  # noqa: E402
 from irst_jax.models import cpu_convolution  # noqa: E402
 
 # --config, --batch_size and --image_size are benchmark.py's flags.
@@ -40,21 +44,31 @@ _WITHOUT = flags.DEFINE_enum("without", "materialise", ["materialise", "rewrites
                              "The CPU form left out of the compared step.")
 _DISABLED = {"materialise": lambda x: x, "rewrites": ()}
 _ATTRIBUTE = {"materialise": "materialise", "rewrites": "_REWRITES"}
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "infer"], "What to time.")
 
 
 def _compiled_step(model, config, schedule, state, batch, shipped: bool):
-  """A train-step closure over its own state, traced and compiled as shipped or without."""
+  """A train-step (or inference) closure over its own state, traced and compiled as shipped or
+  without."""
   attribute = _ATTRIBUTE[_WITHOUT.value]
   original = getattr(cpu_convolution, attribute)
   if not shipped:
     setattr(cpu_convolution, attribute, _DISABLED[_WITHOUT.value])
   try:
-    step = train.make_train_step(model, config.train.loss, schedule)
-    holder = [train.replicate(state)]
+    if _MODE.value == "infer":
+      variables = {"params": state.params, "batch_stats": state.batch_stats}
+      forward = jax.jit(lambda v, x: models.final_logits(model.apply(v, x, train=False)))
+      images = jnp.asarray(batch["image"].reshape(-1, *batch["image"].shape[2:]))
 
-    def run():
-      holder[0], metrics = step(holder[0], batch)
-      return metrics["loss"]
+      def run():
+        return forward(variables, images)
+    else:
+      step = train.make_train_step(model, config.train.loss, schedule)
+      holder = [train.replicate(state)]
+
+      def run():
+        holder[0], metrics = step(holder[0], batch)
+        return metrics["loss"]
     for _ in range(2):   # compiles (tracing reads the attribute) and warms up
       jax.block_until_ready(run())
   finally:
@@ -79,7 +93,7 @@ def main(argv):
       jax.block_until_ready(out)
       speeds[name].append(n * _STEPS.value / (time.perf_counter() - start))
   for name, values in speeds.items():
-    print(f"{name:20s} train images/s: median {statistics.median(values):.1f}, "
+    print(f"{name:20s} {_MODE.value} images/s: median {statistics.median(values):.1f}, "
           f"rounds {' '.join(f'{v:.1f}' for v in values)}")
   ratios = [s / w for w, s in zip(speeds[without], speeds["shipped"])]
   print(f"shipped / {without} per round: median {statistics.median(ratios):.3f}, "

@@ -8,7 +8,8 @@ vectors) the way REFERENCE.md §5 measured them: random single-channel input, so
 (mean over the deep-supervision maps for DNA-Net), Adagrad, `torch.set_num_threads` =
 all cores; inference in eval mode under `torch.inference_mode`. Numbers drift between
 machines and loads, so compare a JAX/PyTorch ratio measured in one sitting
-(`benchmark.py` right before or after this). Needs the `torch` extra.
+(`benchmark.py` right before or after this, or both interleaved step by step with
+`benchmark_vs_torch.py --interleave`, which runs this with `--serve`). Needs the `torch` extra.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import torch
 from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve_steps import serve  # noqa: E402
 from torch_reference import acm_unet, dnanet  # noqa: E402
 
 _MODEL = flags.DEFINE_enum("model", "acm_unet", ["acm_unet", "dnanet"], "Reference network.")
@@ -33,6 +35,8 @@ _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps.")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps.")
 _THREADS = flags.DEFINE_integer("threads", os.cpu_count(), "torch.set_num_threads.")
 _MODE = flags.DEFINE_enum("mode", "both", ["train", "infer", "both"], "What to time.")
+_SERVE = flags.DEFINE_bool("serve", False, "After warm-up, time steps on request "
+                           "(serve_steps).")
 
 _MODELS = {"acm_unet": lambda: acm_unet.ACMUNet(in_channels=1),
            "dnanet": lambda: dnanet.DNANet(input_channels=1)}
@@ -65,25 +69,35 @@ def main(argv):
   mask = torch.from_numpy((rng.random((n, 1, size, size)) > 0.999).astype(np.float32))
   result = {"model": _MODEL.value, "batch_size": n, "image_size": size,
             "threads": torch.get_num_threads(), "torch": torch.__version__}
+  runs = {}
   if _MODE.value in ("train", "both"):
-    model.train()
     opt = torch.optim.Adagrad(model.parameters(), lr=0.05)
 
     def train_once():
+      model.train()
       out = model(image)
       maps = out if isinstance(out, (list, tuple)) else [out]
       loss = sum(soft_iou_loss(m, mask) for m in maps) / len(maps)
       opt.zero_grad(set_to_none=True)
       loss.backward()
       opt.step()
-    result["train_images_per_sec"] = n / _time(train_once, _STEPS.value, _WARMUP.value)
+    runs["train"] = train_once
   if _MODE.value in ("infer", "both"):
-    model.eval()
 
     def infer_once():
+      model.eval()
       with torch.inference_mode():
         model(image)
-    result["inference_images_per_sec"] = n / _time(infer_once, _STEPS.value, _WARMUP.value)
+    runs["infer"] = infer_once
+  if _SERVE.value:
+    for run in runs.values():
+      for _ in range(_WARMUP.value):
+        run()
+    serve(runs)
+    return
+  for mode, run in runs.items():
+    key = "train_images_per_sec" if mode == "train" else "inference_images_per_sec"
+    result[key] = n / _time(run, _STEPS.value, _WARMUP.value)
   result["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   print(json.dumps(result, indent=2))
 

@@ -9,6 +9,13 @@ step counts) as separate processes, one after the other, so both see the same ma
 a shared machine's speed drifts by tens of percent between minutes, which single runs of the
 two scripts minutes apart cannot separate from the frameworks. Prints one row per round and
 the median of the per-round JAX/PyTorch ratios; `--out` writes the table as Markdown.
+
+With `--interleave`, both scripts start once, in `--serve` mode, and stay running; each round
+then times `--steps` steps of one and right after them `--steps` steps of the other
+(alternating which goes first), so the two numbers of a round are seconds, not minutes,
+apart:
+
+  python experiments/benchmark_vs_torch.py --model=acm_unet --interleave --steps=2 --rounds=30
 """
 from __future__ import annotations
 
@@ -17,6 +24,7 @@ import pathlib
 import statistics
 import subprocess
 import sys
+import time
 
 from absl import app, flags
 
@@ -31,6 +39,8 @@ _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per measurement.")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps (JAX: includes compilation).")
 _MODE = flags.DEFINE_enum("mode", "both", ["train", "infer", "both"], "What to time.")
 _OUT = flags.DEFINE_string("out", None, "Markdown file written with the table.")
+_INTERLEAVE = flags.DEFINE_bool("interleave", False, "Keep both scripts running (--serve) and "
+                                "alternate --steps steps of each within every round.")
 
 _KEYS = ("train_images_per_sec", "inference_images_per_sec")
 
@@ -45,6 +55,66 @@ def _run(cmd: list[str]) -> dict:
   return json.loads(text[text.rindex("{\n"):])
 
 
+class _Server:
+  """A benchmark script running with --serve: `time(mode, steps)` -> seconds."""
+
+  def __init__(self, cmd: list[str]):
+    self.cmd = cmd
+    self.proc = subprocess.Popen([*cmd, "--serve"], cwd=_HERE.parent, stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+  def _line(self) -> str:
+    line = self.proc.stdout.readline()
+    if not line:
+      raise RuntimeError(f"{' '.join(self.cmd)} --serve exited with code {self.proc.wait()}:\n"
+                         f"{self.proc.stderr.read()[-2000:]}")
+    return line.strip()
+
+  def wait_ready(self) -> None:
+    while self._line() != "ready":
+      pass
+
+  def time(self, mode: str, steps: int) -> float:
+    self.proc.stdin.write(f"{mode} {steps}\n")
+    self.proc.stdin.flush()
+    return json.loads(self._line())["seconds"]
+
+  def close(self) -> None:
+    if self.proc.poll() is None:
+      self.proc.stdin.write("quit\n")
+      self.proc.stdin.flush()
+      self.proc.wait(timeout=60)
+
+
+def _interleaved_rounds(torch_cmd: list[str], jax_cmd: list[str], keys: list[str]):
+  """Yields one {key: (PyTorch images/s, JAX images/s)} a round, from two running servers."""
+  servers = {"PyTorch": _Server(torch_cmd), "JAX": _Server(jax_cmd)}
+  try:
+    for server in servers.values():
+      server.wait_ready()
+    for r in range(_ROUNDS.value):
+      row = {}
+      for key in keys:
+        mode = "train" if key.startswith("train") else "infer"
+        order = ("PyTorch", "JAX") if r % 2 == 0 else ("JAX", "PyTorch")
+        speed = {}
+        for name in order:
+          time.sleep(0.2)   # lets the other framework's worker threads go idle
+          speed[name] = _STEPS.value * _BATCH.value / servers[name].time(mode, _STEPS.value)
+        row[key] = (speed["PyTorch"], speed["JAX"])
+      yield row
+  finally:
+    for server in servers.values():
+      server.close()
+
+
+def _separate_rounds(torch_cmd: list[str], jax_cmd: list[str], keys: list[str]):
+  """Yields one {key: (PyTorch images/s, JAX images/s)} a round, one process each."""
+  for _ in range(_ROUNDS.value):
+    ref, ours = _run(torch_cmd), _run(jax_cmd)
+    yield {k: (ref[k], ours[k]) for k in keys}
+
+
 def main(argv):
   del argv
   common = [f"--batch_size={_BATCH.value}", f"--image_size={_SIZE.value}",
@@ -54,19 +124,23 @@ def main(argv):
   jax_cmd = [sys.executable, str(_HERE / "benchmark.py"),
              f"--config={_CONFIGS[_MODEL.value]}", *common]
   keys = [k for k in _KEYS if _MODE.value == "both" or k.startswith(_MODE.value)]
+  how = ("both running, interleaved within each round" if _INTERLEAVE.value
+         else "one process each a round")
   lines = [f"{_MODEL.value}, batch {_BATCH.value}, {_SIZE.value}x{_SIZE.value}, "
-           f"{_STEPS.value} timed steps after {_WARMUP.value}; images/s", "",
+           f"{_STEPS.value} timed steps after {_WARMUP.value} ({how}); images/s", "",
            "| round | " + " | ".join(f"PyTorch {k.split('_')[0]} | JAX {k.split('_')[0]} | ratio"
                                     for k in keys) + " |",
            "|---|" + "---|---|---|" * len(keys)]
   print("\n".join(lines), flush=True)
   ratios = {k: [] for k in keys}
-  for r in range(1, _ROUNDS.value + 1):
-    ref, ours = _run(torch_cmd), _run(jax_cmd)
+  rounds = (_interleaved_rounds if _INTERLEAVE.value else _separate_rounds)(
+      torch_cmd, jax_cmd, keys)
+  for r, row in enumerate(rounds, start=1):
     cells = []
     for k in keys:
-      ratios[k].append(ours[k] / ref[k])
-      cells += [f"{ref[k]:.3g}", f"{ours[k]:.3g}", f"{ratios[k][-1]:.2f}x"]
+      ref, ours = row[k]
+      ratios[k].append(ours / ref)
+      cells += [f"{ref:.3g}", f"{ours:.3g}", f"{ratios[k][-1]:.2f}x"]
     lines.append(f"| {r} | " + " | ".join(cells) + " |")
     print(lines[-1], flush=True)
   lines += ["", "Median JAX / PyTorch ratio: " + ", ".join(
