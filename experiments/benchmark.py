@@ -33,7 +33,7 @@ BATCH = flags.DEFINE_integer("batch_size", 8, "Global batch size.")
 SIZE = flags.DEFINE_integer("image_size", 256, "Square input size (pixels).")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps.")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps (compilation).")
-_MODE = flags.DEFINE_enum("mode", "both", ["train", "infer", "both"], "What to time.")
+MODE = flags.DEFINE_enum("mode", "both", ["train", "infer", "both"], "What to time.")
 _SERVE = flags.DEFINE_bool("serve", False, "After warm-up, time steps on request (serve_steps).")
 
 
@@ -78,7 +78,7 @@ def main(argv):
   result = {"config": config.model.name, "batch_size": n, "image_size": size,
             "devices": devices, "backend": jax.default_backend(), "jax": jax.__version__}
   runs = {}
-  if _MODE.value in ("train", "both"):
+  if MODE.value in ("train", "both"):
     step = train.make_train_step(model, config.train.loss, schedule)
     replicated = [train.replicate(state)]
 
@@ -86,7 +86,7 @@ def main(argv):
       replicated[0], metrics = step(replicated[0], batch)
       return metrics["loss"]
     runs["train"] = train_once
-  if _MODE.value in ("infer", "both"):
+  if MODE.value in ("infer", "both"):
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     forward = jax.jit(lambda v, x: models.final_logits(model.apply(v, x, train=False)))
     x = jnp.asarray(batch["image"].reshape(n, size, size, -1))

@@ -1,14 +1,16 @@
 """Train step (or inference) with and without one of `irst_jax/models/cpu_convolution.py`'s
 CPU forms, interleaved in one process.
 
-  python experiments/benchmark_cpu_convolution.py --config=configs/acm_unet.py --rounds=12
+  python experiments/benchmark_cpu_convolution.py --config=configs/acm_unet.py --mode=train \
+      --rounds=12
   python experiments/benchmark_cpu_convolution.py --config=configs/acm_unet.py \
-      --without=rewrites --steps_per_round=1 --rounds=40
+      --without=rewrites --mode=train --steps_per_round=1 --rounds=40
   python experiments/benchmark_cpu_convolution.py --config=configs/acm_unet.py \
       --without=rewrites --mode=infer --steps_per_round=3 --rounds=20
 
-Compiles the pmapped train step of `irst_jax/train.py` (`--mode=infer`: the jitted eval-mode
-forward pass of `benchmark.py`) twice: as shipped, and without
+For each of `--mode` (benchmark.py's flag: train, infer or both, the default), compiles the
+pmapped train step of `irst_jax/train.py` or the jitted eval-mode forward pass of
+`benchmark.py` twice: as shipped, and without
 - `--without=materialise`: `cpu_convolution.materialise` made the identity, so convolutions
   and the bilinear resampler (`layers._resampler`) no longer materialise their inputs and
   cotangents (XLA then fuses the producers of those arrays into each consumer);
@@ -37,25 +39,24 @@ import benchmark  # noqa: E402
 from irst_jax import malloc_tuning, models, train  # noqa: E402
 from irst_jax.models import cpu_convolution  # noqa: E402
 
-# --config, --batch_size and --image_size are benchmark.py's flags.
+# --config, --batch_size, --image_size and --mode (train, infer or both) are benchmark.py's flags.
 _STEPS = flags.DEFINE_integer("steps_per_round", 4, "Timed steps per variant and round.")
 _ROUNDS = flags.DEFINE_integer("rounds", 12, "Interleaved rounds.")
 _WITHOUT = flags.DEFINE_enum("without", "materialise", ["materialise", "rewrites"],
                              "The CPU form left out of the compared step.")
 _DISABLED = {"materialise": lambda x: x, "rewrites": ()}
 _ATTRIBUTE = {"materialise": "materialise", "rewrites": "_REWRITES"}
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "infer"], "What to time.")
 
 
-def _compiled_step(model, config, schedule, state, batch, shipped: bool):
-  """A train-step (or inference) closure over its own state, traced and compiled as shipped or
-  without."""
+def _compiled_step(model, config, schedule, state, batch, mode: str, shipped: bool):
+  """A train-step (`mode` "train") or inference closure over its own state, traced and
+  compiled as shipped or without."""
   attribute = _ATTRIBUTE[_WITHOUT.value]
   original = getattr(cpu_convolution, attribute)
   if not shipped:
     setattr(cpu_convolution, attribute, _DISABLED[_WITHOUT.value])
   try:
-    if _MODE.value == "infer":
+    if mode == "infer":
       variables = {"params": state.params, "batch_stats": state.batch_stats}
       forward = jax.jit(lambda v, x: models.final_logits(model.apply(v, x, train=False)))
       images = jnp.asarray(batch["image"].reshape(-1, *batch["image"].shape[2:]))
@@ -82,8 +83,15 @@ def main(argv):
   config, n = benchmark.CONFIG.value, benchmark.BATCH.value
   model, state, schedule, batch = benchmark.setup(config, n, benchmark.SIZE.value)
   without = f"without {_WITHOUT.value}"
-  runs = {without: _compiled_step(model, config, schedule, state, batch, shipped=False),
-          "shipped": _compiled_step(model, config, schedule, state, batch, shipped=True)}
+  modes = ("train", "infer") if benchmark.MODE.value == "both" else (benchmark.MODE.value,)
+  for mode in modes:
+    runs = {without: _compiled_step(model, config, schedule, state, batch, mode, shipped=False),
+            "shipped": _compiled_step(model, config, schedule, state, batch, mode, shipped=True)}
+    _compare(runs, without, mode, n)
+
+
+def _compare(runs: dict, without: str, mode: str, n: int) -> None:
+  """Times the two closures of `runs` in turn and prints their speeds and per-round ratios."""
   speeds = {name: [] for name in runs}
   for r in range(_ROUNDS.value):
     for name in (tuple(runs) if r % 2 == 0 else tuple(reversed(runs))):
@@ -93,10 +101,10 @@ def main(argv):
       jax.block_until_ready(out)
       speeds[name].append(n * _STEPS.value / (time.perf_counter() - start))
   for name, values in speeds.items():
-    print(f"{name:20s} {_MODE.value} images/s: median {statistics.median(values):.1f}, "
+    print(f"{name:20s} {mode} images/s: median {statistics.median(values):.1f}, "
           f"rounds {' '.join(f'{v:.1f}' for v in values)}")
   ratios = [s / w for w, s in zip(speeds[without], speeds["shipped"])]
-  print(f"shipped / {without} per round: median {statistics.median(ratios):.3f}, "
+  print(f"{mode}: shipped / {without} per round: median {statistics.median(ratios):.3f}, "
         f"range {min(ratios):.2f}-{max(ratios):.2f}, above 1 in "
         f"{sum(r > 1 for r in ratios)} of {len(ratios)}")
 
