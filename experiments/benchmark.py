@@ -4,9 +4,9 @@
 
 Uses the same pmapped train step as training (all local devices) and a jitted eval-mode
 forward pass, on random data, after `--warmup` untimed steps. With `--serve` it times on
-request instead (`serve_steps.serve`; used by `benchmark_vs_torch.py --interleave`). Peak memory is the device's
-`peak_bytes_in_use` where the backend reports it (GPU/TPU), otherwise the process's peak
-resident set size (CPU).
+request instead (`serve_steps.serve`; used by `benchmark_vs_torch.py --interleave`). Peak
+memory is the device's `peak_bytes_in_use` where the backend reports it (GPU/TPU),
+otherwise the process's peak resident set size (CPU).
 """
 from __future__ import annotations
 
