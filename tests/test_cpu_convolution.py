@@ -86,9 +86,22 @@ def test_weight_gradient_transposes_read_one_buffer_on_cpu():
 
 
 def _convolutions(fn, *args):
-  """(lhs shape, rhs shape) of every convolution in the jaxpr of fn(*args)."""
-  return [(e.invars[0].aval.shape, e.invars[1].aval.shape)
-          for e in jax.make_jaxpr(fn)(*args).jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
+  """(lhs shape, rhs shape) of every convolution in the jaxpr of fn(*args), including those
+  inside custom-VJP and other sub-jaxprs, in order."""
+  found = []
+
+  def walk(jaxpr):
+    for e in jaxpr.eqns:
+      if e.primitive.name == "conv_general_dilated":
+        found.append((e.invars[0].aval.shape, e.invars[1].aval.shape))
+      for value in e.params.values():
+        for sub in (value if isinstance(value, (tuple, list)) else (value,)):
+          if hasattr(sub, "eqns"):
+            walk(sub)
+          elif hasattr(getattr(sub, "jaxpr", None), "eqns"):
+            walk(sub.jaxpr)
+  walk(jax.make_jaxpr(fn)(*args).jaxpr)
+  return found
 
 
 def _assert_same_as_lax(x, kernel, strides, padding, rtol=1e-5):
@@ -129,13 +142,16 @@ def test_other_convolutions_are_left_as_they_are(kernel_shape):
   assert _convolutions(conv, x, kernel) == [((2, 12, 10, 5), kernel_shape)]
 
 
-def test_single_channel_stride2_convolution_runs_on_space_to_depth_input():
+def test_single_channel_stride2_forward_runs_on_space_to_depth_input():
   rng = np.random.default_rng(1)
   x, kernel = _normal(rng, 2, 16, 12, 1), _normal(rng, 3, 3, 1, 8)
   _assert_same_as_lax(x, kernel, (2, 2), ((1, 1), (1, 1)))
   conv = functools.partial(cpu_convolution.conv_general_dilated, window_strides=(2, 2),
                            padding=((1, 1), (1, 1)), dimension_numbers=_NHWC)
   assert _convolutions(conv, x, kernel) == [((2, 8, 6, 4), (2, 2, 4, 8))]
+  # The gradients are the plain convolution's: the weight gradient reads the input itself.
+  weight_gradient = jax.grad(lambda k: jnp.sum(conv(x, k)))
+  assert ((2, 16, 12, 1), (2, 8, 6, 8)) in _convolutions(weight_gradient, kernel)
   # Odd sizes, other paddings and multi-channel inputs keep the plain convolution.
   odd = _normal(rng, 2, 15, 12, 1)
   _assert_same_as_lax(odd, kernel, (2, 2), ((1, 1), (1, 1)))

@@ -20,10 +20,10 @@ On the CPU backend:
      output features and its output sliced back: XLA otherwise runs it with its own, slower
      kernel. ACM's FCN head (8x64x64x16 -> 4, 3x3): forward 7.3 -> 3.7 ms, forward +
      gradients 11.9 -> 7.3 ms;
-   - a 3x3, stride-2, padding-1 convolution of a single-channel input (the stem of a
-     network on grey images) becomes a 2x2 convolution of its space-to-depth [N, H/2, W/2, 4]
-     input: 8x256x256x1 -> 8: forward 7.9 -> 3.8 ms, forward + gradients about equal
-     (10.0 -> 8.0 and 13.0 -> 14.0 ms in two runs).
+   - the forward pass of a 3x3, stride-2, padding-1 convolution of a single-channel input
+     (the stem of a network on grey images) becomes a 2x2 convolution of its space-to-depth
+     [N, H/2, W/2, 4] input; its gradients stay the plain convolution's. 8x256x256x1 -> 8:
+     forward 7.9 -> 3.8 ms; -> 16: 8.4 -> 4.9 ms; -> 32: 9.9 -> 6.6 ms.
    (Medians of 7 interleaved rounds, 2-core AVX2 CPU, 2026-12-04.) Whole ACM-U-Net, with
    against without the two rewrites (`experiments/benchmark_cpu_convolution.py
    --without=rewrites`): median per-round ratio 1.02 for the train step (24 of 40 rounds
@@ -73,19 +73,38 @@ def _narrow_output_padded(lhs, rhs, strides, padding):
 
 
 def _single_channel_stride2_as_space_to_depth(lhs, rhs, strides, padding):
-  """3x3 / stride 2 / padding 1 on [N, H, W, 1] (H, W even) as a 2x2 / stride 1 convolution
-  of the space-to-depth input [N, H/2, W/2, 4] with padding (1, 0): output row i reads input
-  rows 2i-1, 2i, 2i+1, i.e. phase 1 of block i-1 and phases 0 and 1 of block i."""
+  """3x3 / stride 2 / padding 1 on [N, H, W, 1] (H, W even): forward pass in space-to-depth
+  form (`_space_to_depth_forward`), gradients those of the plain convolution (the
+  space-to-depth form's input gradient has 4 output features, which XLA runs in its own
+  kernel: 8x256x256x1 -> 32, gradients 18.2 -> 31.1 ms)."""
   n, h, w, c = lhs.shape
   if (c != 1 or rhs.shape[:2] != (3, 3) or tuple(strides) != (2, 2) or h % 2 or w % 2
       or [tuple(p) for p in padding] != [(1, 1), (1, 1)]):
     return None
+  return _stride2_conv_space_to_depth_forward(lhs, rhs)
+
+
+def _stride2_conv(lhs, rhs):
+  return jax.lax.conv_general_dilated(lhs, rhs, (2, 2), ((1, 1), (1, 1)), dimension_numbers=_NHWC)
+
+
+def _space_to_depth_forward(lhs, rhs):
+  """`_stride2_conv` as a 2x2 / stride 1 convolution of the space-to-depth input
+  [N, H/2, W/2, 4] with padding (1, 0): output row i reads input rows 2i-1, 2i, 2i+1, i.e.
+  phase 1 of block i-1 and phases 0 and 1 of block i."""
+  n, h, w, _ = lhs.shape
   blocks = lhs.reshape(n, h // 2, 2, w // 2, 2).transpose(0, 1, 3, 2, 4).reshape(
       n, h // 2, w // 2, 4)
   # Kernel taps 0, 1, 2 sit at block offsets (-1, phase 1), (0, phase 0), (0, phase 1).
   taps = jnp.pad(rhs[:, :, 0, :], ((1, 0), (1, 0), (0, 0)))       # [4, 4, O], tap t -> t + 1
   kernel = taps.reshape(2, 2, 2, 2, -1).transpose(0, 2, 1, 3, 4).reshape(2, 2, 4, -1)
   return _xnnpack_form(blocks, kernel, (1, 1), ((1, 0), (1, 0)), dimension_numbers=_NHWC)
+
+
+_stride2_conv_space_to_depth_forward = jax.custom_vjp(_space_to_depth_forward)
+_stride2_conv_space_to_depth_forward.defvjp(
+    lambda lhs, rhs: (_space_to_depth_forward(lhs, rhs), (lhs, rhs)),
+    lambda residuals, g: jax.vjp(_stride2_conv, *residuals)[1](g))
 
 
 _REWRITES = (_single_channel_stride2_as_space_to_depth, _narrow_output_padded)
