@@ -26,8 +26,8 @@ On the CPU backend:
      forward 7.9 -> 3.8 ms; -> 16: 8.4 -> 4.9 ms; -> 32: 9.9 -> 6.6 ms.
    (Medians of 7 interleaved rounds, 2-core AVX2 CPU, 2026-12-04.) Whole ACM-U-Net, with
    against without the two rewrites (`experiments/benchmark_cpu_convolution.py
-   --without=rewrites`): median per-round ratio 1.02 for the train step (24 of 40 rounds
-   above 1) and 1.08 for inference (16 of 20).
+   --without=rewrites`): median per-round ratio 1.02 and 1.005 for the train step (24 of 40
+   and 17 of 30 rounds above 1) and 1.08 for inference (16 of 20).
 """
 from __future__ import annotations
 
