@@ -74,7 +74,8 @@ def main(argv):
     opt = torch.optim.Adagrad(model.parameters(), lr=0.05)
 
     def train_once():
-      model.train()
+      if not model.training:   # only when switching from inference (--serve)
+        model.train()
       out = model(image)
       maps = out if isinstance(out, (list, tuple)) else [out]
       loss = sum(soft_iou_loss(m, mask) for m in maps) / len(maps)
@@ -85,7 +86,8 @@ def main(argv):
   if _MODE.value in ("infer", "both"):
 
     def infer_once():
-      model.eval()
+      if model.training:
+        model.eval()
       with torch.inference_mode():
         model(image)
     runs["infer"] = infer_once

@@ -24,6 +24,7 @@ import pathlib
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 from absl import app, flags
@@ -42,7 +43,7 @@ _OUT = flags.DEFINE_string("out", None, "Markdown file written with the table.")
 _INTERLEAVE = flags.DEFINE_bool("interleave", False, "Keep both scripts running (--serve) and "
                                 "alternate --steps steps of each within every round.")
 
-_KEYS = ("train_images_per_sec", "inference_images_per_sec")
+_KEYS = {"train": "train_images_per_sec", "infer": "inference_images_per_sec"}  # mode -> key
 
 
 def _run(cmd: list[str]) -> dict:
@@ -60,14 +61,18 @@ class _Server:
 
   def __init__(self, cmd: list[str]):
     self.cmd = cmd
+    # stderr (JAX and absl logs) goes to a file: an unread pipe would fill up and block it.
+    self.stderr = tempfile.TemporaryFile("w+")
     self.proc = subprocess.Popen([*cmd, "--serve"], cwd=_HERE.parent, stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                 stdout=subprocess.PIPE, stderr=self.stderr, text=True)
 
   def _line(self) -> str:
     line = self.proc.stdout.readline()
     if not line:
-      raise RuntimeError(f"{' '.join(self.cmd)} --serve exited with code {self.proc.wait()}:\n"
-                         f"{self.proc.stderr.read()[-2000:]}")
+      code = self.proc.wait()
+      self.stderr.seek(0)
+      raise RuntimeError(f"{' '.join(self.cmd)} --serve exited with code {code}:\n"
+                         f"{self.stderr.read()[-2000:]}")
     return line.strip()
 
   def wait_ready(self) -> None:
@@ -84,6 +89,7 @@ class _Server:
       self.proc.stdin.write("quit\n")
       self.proc.stdin.flush()
       self.proc.wait(timeout=60)
+    self.stderr.close()
 
 
 def _interleaved_rounds(torch_cmd: list[str], jax_cmd: list[str], keys: list[str]):
@@ -95,7 +101,7 @@ def _interleaved_rounds(torch_cmd: list[str], jax_cmd: list[str], keys: list[str
     for r in range(_ROUNDS.value):
       row = {}
       for key in keys:
-        mode = "train" if key.startswith("train") else "infer"
+        mode = next(m for m, k in _KEYS.items() if k == key)
         order = ("PyTorch", "JAX") if r % 2 == 0 else ("JAX", "PyTorch")
         speed = {}
         for name in order:
@@ -123,7 +129,7 @@ def main(argv):
                *common]
   jax_cmd = [sys.executable, str(_HERE / "benchmark.py"),
              f"--config={_CONFIGS[_MODEL.value]}", *common]
-  keys = [k for k in _KEYS if _MODE.value == "both" or k.startswith(_MODE.value)]
+  keys = [k for m, k in _KEYS.items() if _MODE.value in ("both", m)]
   how = ("both running, interleaved within each round" if _INTERLEAVE.value
          else "one process each a round")
   lines = [f"{_MODEL.value}, batch {_BATCH.value}, {_SIZE.value}x{_SIZE.value}, "

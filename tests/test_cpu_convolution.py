@@ -16,8 +16,7 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 
 def _residual_chain(conv, kernels, a, b):
   """Two 3x3 convolutions behind BN-like affine + ReLU + residual chains (as in BasicBlock)."""
-  same = lambda x, k: conv(x, k, (1, 1), ((1, 1), (1, 1)),
-                           dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  same = lambda x, k: conv(x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=_NHWC)
   x = jnp.maximum(a * 1.5 + 0.2 + b, 0.0)
   y = same(x, kernels[0])
   x2 = jnp.maximum(y * 0.7 - 0.1 + x, 0.0)

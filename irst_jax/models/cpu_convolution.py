@@ -77,7 +77,7 @@ def _single_channel_stride2_as_space_to_depth(lhs, rhs, strides, padding):
   form (`_space_to_depth_forward`), gradients those of the plain convolution (the
   space-to-depth form's input gradient has 4 output features, which XLA runs in its own
   kernel: 8x256x256x1 -> 32, gradients 18.2 -> 31.1 ms)."""
-  n, h, w, c = lhs.shape
+  _, h, w, c = lhs.shape
   if (c != 1 or rhs.shape[:2] != (3, 3) or tuple(strides) != (2, 2) or h % 2 or w % 2
       or [tuple(p) for p in padding] != [(1, 1), (1, 1)]):
     return None
@@ -130,8 +130,11 @@ def _xnnpack_form(lhs, rhs, window_strides, padding, **kwargs):
 
 def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides, padding,
                          **kwargs) -> jax.Array:
-  """`jax.lax.conv_general_dilated` (same arguments and result) in the forms of this
-  module's docstring on the CPU backend; the plain convolution elsewhere."""
+  """`jax.lax.conv_general_dilated` (same arguments, result and errors) in the forms of this
+  module's docstring on the CPU backend; the plain convolution elsewhere. The two rewrites
+  apply only to NHWC input with an HWIO kernel (flax's layout), explicit padding pairs, no
+  dilation, groups, precision or preferred element type; everything else is only
+  materialised."""
   if jax.default_backend() != "cpu":
     return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, **kwargs)
   out = _xnnpack_form(_materialised_value(lhs), rhs, window_strides, padding, **kwargs)
