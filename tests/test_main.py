@@ -109,11 +109,12 @@ def test_bad_batch_size_is_named(prepared_fake_nuaa, tmp_path):
 def test_main_command_trains_and_evaluates(prepared_fake_nuaa, tmp_path):
   raw, data_dir = prepared_fake_nuaa
   workdir = tmp_path / "cli"
-  command = [sys.executable, "-m", "irst_jax.main", "--config=configs/acm_fpn.py:nuaa_sirst,smoke",
+  # _tiny_config's network and data: the subprocesses find its programs in the compilation cache.
+  command = [sys.executable, "-m", "irst_jax.main", "--config=configs/acm_unet.py:nuaa_sirst,smoke",
              f"--workdir={workdir}", f"--config.dataset.data_dir={data_dir}",
              f"--config.dataset.manual_dir={raw}", "--config.train.num_epochs=1",
-             "--config.model.num_blocks=1", "--config.dataset.crop_size=32",
-             "--config.dataset.pad_multiple=96"]
+             "--config.model.channels=(4, 8, 8, 16)", "--config.model.num_blocks=1",
+             "--config.dataset.crop_size=32", "--config.dataset.pad_multiple=96"]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   out = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
   assert out.returncode == 0, out.stderr[-3000:]

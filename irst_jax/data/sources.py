@@ -147,7 +147,7 @@ def read_mask(path: PathLike) -> np.ndarray:
   """
   img = _open_image(pathlib.Path(path), "mask")
   arr = np.asarray(img.convert("L"))
-  values = np.unique(arr)
+  values = np.flatnonzero(np.bincount(arr.ravel(), minlength=256))   # sorted, distinct
   if len(values) > 2 or (len(values) == 2 and values[0] != 0) or (len(values) == 1 and values[0]
                                                                     not in (0, 255, 1)):
     raise InvalidSourceError(
