@@ -24,9 +24,9 @@ import pathlib
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
+import serve_steps
 from absl import app, flags
 
 _HERE = pathlib.Path(__file__).resolve().parent
@@ -56,45 +56,9 @@ def _run(cmd: list[str]) -> dict:
   return json.loads(text[text.rindex("{\n"):])
 
 
-class _Server:
-  """A benchmark script running with --serve: `time(mode, steps)` -> seconds."""
-
-  def __init__(self, cmd: list[str]):
-    self.cmd = cmd
-    # stderr (JAX and absl logs) goes to a file: an unread pipe would fill up and block it.
-    self.stderr = tempfile.TemporaryFile("w+")
-    self.proc = subprocess.Popen([*cmd, "--serve"], cwd=_HERE.parent, stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, stderr=self.stderr, text=True)
-
-  def _line(self) -> str:
-    line = self.proc.stdout.readline()
-    if not line:
-      code = self.proc.wait()
-      self.stderr.seek(0)
-      raise RuntimeError(f"{' '.join(self.cmd)} --serve exited with code {code}:\n"
-                         f"{self.stderr.read()[-2000:]}")
-    return line.strip()
-
-  def wait_ready(self) -> None:
-    while self._line() != "ready":
-      pass
-
-  def time(self, mode: str, steps: int) -> float:
-    self.proc.stdin.write(f"{mode} {steps}\n")
-    self.proc.stdin.flush()
-    return json.loads(self._line())["seconds"]
-
-  def close(self) -> None:
-    if self.proc.poll() is None:
-      self.proc.stdin.write("quit\n")
-      self.proc.stdin.flush()
-      self.proc.wait(timeout=60)
-    self.stderr.close()
-
-
 def _interleaved_rounds(torch_cmd: list[str], jax_cmd: list[str], keys: list[str]):
   """Yields one {key: (PyTorch images/s, JAX images/s)} a round, from two running servers."""
-  servers = {"PyTorch": _Server(torch_cmd), "JAX": _Server(jax_cmd)}
+  servers = {"PyTorch": serve_steps.Server(torch_cmd), "JAX": serve_steps.Server(jax_cmd)}
   try:
     for server in servers.values():
       server.wait_ready()

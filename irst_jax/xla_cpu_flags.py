@@ -14,7 +14,8 @@ XLA's concurrency-optimised scheduler (off by default) orders the step's ops so 
 independent ones can run at the same time on the CPU's threads. ACM-U-Net, batch 8, 256x256,
 two benchmark servers with and without it, timed in turn (16 rounds): train +7.7 % (median
 per-round ratio 1.077, above 1 in 15 of 16 rounds), inference +5.7 % (14 of 16); the flag set
-to its default `false` gave 0.988 and 1.034.
+to its default `false` gave 0.988 and 1.034. A second run, without it against with it (12
+rounds, `experiments/benchmark_xla_flags.py`): train 0.939 (0 of 12 above 1), inference 1.030.
 
 :func:`apply` adds :data:`FLAGS` to the ``XLA_FLAGS`` environment variable. It runs when
 ``irst_jax`` is imported, which must happen before JAX creates its CPU backend (the first
