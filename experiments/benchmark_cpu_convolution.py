@@ -14,8 +14,10 @@ pmapped train step of `irst_jax/train.py` or the jitted eval-mode forward pass o
 - `--without=materialise`: `cpu_convolution.materialise` made the identity, so convolutions
   and the bilinear resampler (`layers._resampler`) no longer materialise their inputs and
   cotangents (XLA then fuses the producers of those arrays into each consumer);
-- `--without=rewrites`: no narrow-output padding or single-channel space-to-depth form
-  (`cpu_convolution._REWRITES` emptied).
+- `--without=rewrites`: no narrow-output padding, single-channel space-to-depth form or
+  stride-2 sub-pixel input gradient (`cpu_convolution._REWRITES` emptied);
+- `--without=sub_pixel`: stride-2 convolutions get XLA's own input gradient, the output
+  gradient dilated with zeros (`cpu_convolution._sub_pixel_input_gradient` replaced).
 Then times `--steps_per_round` steps of each in turn for `--rounds` rounds, alternating which
 goes first. On a shared machine whose speed drifts by tens of percent between minutes, only this
 interleaving separates a few percent; the per-round ratio and its median are printed.
@@ -42,10 +44,20 @@ from irst_jax.models import cpu_convolution  # noqa: E402
 # --config, --batch_size, --image_size and --mode (train, infer or both) are benchmark.py's flags.
 _STEPS = flags.DEFINE_integer("steps_per_round", 4, "Timed steps per variant and round.")
 _ROUNDS = flags.DEFINE_integer("rounds", 12, "Interleaved rounds.")
-_WITHOUT = flags.DEFINE_enum("without", "materialise", ["materialise", "rewrites"],
+_WITHOUT = flags.DEFINE_enum("without", "materialise", ["materialise", "rewrites", "sub_pixel"],
                              "The CPU form left out of the compared step.")
-_DISABLED = {"materialise": lambda x: x, "rewrites": ()}
-_ATTRIBUTE = {"materialise": "materialise", "rewrites": "_REWRITES"}
+
+
+def _dilated_input_gradient(g, rhs):
+  """XLA's own input gradient of the 3x3 / stride 2 / padding 1 convolution."""
+  n, h, w, _ = g.shape
+  zeros = jnp.zeros((n, 2 * h, 2 * w, rhs.shape[2]), g.dtype)
+  return jax.vjp(lambda x: cpu_convolution._stride2_conv(x, rhs), zeros)[1](g)[0]
+
+
+_DISABLED = {"materialise": lambda x: x, "rewrites": (), "sub_pixel": _dilated_input_gradient}
+_ATTRIBUTE = {"materialise": "materialise", "rewrites": "_REWRITES",
+              "sub_pixel": "_sub_pixel_input_gradient"}
 
 
 def _compiled_step(model, config, schedule, state, batch, mode: str, shipped: bool):

@@ -84,15 +84,15 @@ def test_weight_gradient_transposes_read_one_buffer_on_cpu():
   assert len(ours) == len(plain) and set(ours) == {1}
 
 
-def _convolutions(fn, *args):
-  """(lhs shape, rhs shape) of every convolution in the jaxpr of fn(*args), including those
-  inside custom-VJP and other sub-jaxprs, in order."""
+def _convolution_equations(fn, *args):
+  """Every conv_general_dilated equation in the jaxpr of fn(*args), including those inside
+  custom-VJP and other sub-jaxprs, in order."""
   found = []
 
   def walk(jaxpr):
     for e in jaxpr.eqns:
       if e.primitive.name == "conv_general_dilated":
-        found.append((e.invars[0].aval.shape, e.invars[1].aval.shape))
+        found.append(e)
       for value in e.params.values():
         for sub in (value if isinstance(value, (tuple, list)) else (value,)):
           if hasattr(sub, "eqns"):
@@ -101,6 +101,12 @@ def _convolutions(fn, *args):
             walk(sub.jaxpr)
   walk(jax.make_jaxpr(fn)(*args).jaxpr)
   return found
+
+
+def _convolutions(fn, *args):
+  """(lhs shape, rhs shape) of every convolution in the jaxpr of fn(*args), in order."""
+  return [(e.invars[0].aval.shape, e.invars[1].aval.shape)
+          for e in _convolution_equations(fn, *args)]
 
 
 def _assert_same_as_lax(x, kernel, strides, padding, rtol=1e-5):
@@ -148,15 +154,40 @@ def test_single_channel_stride2_forward_runs_on_space_to_depth_input():
   conv = functools.partial(cpu_convolution.conv_general_dilated, window_strides=(2, 2),
                            padding=((1, 1), (1, 1)), dimension_numbers=_NHWC)
   assert _convolutions(conv, x, kernel) == [((2, 8, 6, 4), (2, 2, 4, 8))]
-  # The gradients are the plain convolution's: the weight gradient reads the input itself.
+  # The weight gradient is the plain convolution's: it reads the input itself. The input
+  # gradient is the sub-pixel convolution, its 4 phase features padded to 8.
   weight_gradient = jax.grad(lambda k: jnp.sum(conv(x, k)))
   assert ((2, 16, 12, 1), (2, 8, 6, 8)) in _convolutions(weight_gradient, kernel)
+  input_gradient = jax.grad(lambda x: jnp.sum(conv(x, kernel)))
+  assert ((2, 8, 6, 8), (2, 2, 8, 8)) in _convolutions(input_gradient, x)
   # Odd sizes, other paddings and multi-channel inputs keep the plain convolution.
   odd = _normal(rng, 2, 15, 12, 1)
   _assert_same_as_lax(odd, kernel, (2, 2), ((1, 1), (1, 1)))
   assert _convolutions(conv, odd, kernel) == [((2, 15, 12, 1), (3, 3, 1, 8))]
   assert _convolutions(functools.partial(conv, padding=((0, 0), (0, 0))), x, kernel) == [
       ((2, 16, 12, 1), (3, 3, 1, 8))]
+
+
+def test_stride2_input_gradient_is_a_sub_pixel_convolution():
+  rng = np.random.default_rng(2)
+  x, kernel = _normal(rng, 2, 16, 12, 5), _normal(rng, 3, 3, 5, 8)
+  _assert_same_as_lax(x, kernel, (2, 2), ((1, 1), (1, 1)))
+  conv = functools.partial(cpu_convolution.conv_general_dilated, window_strides=(2, 2),
+                           padding=((1, 1), (1, 1)), dimension_numbers=_NHWC)
+  assert _convolutions(conv, x, kernel) == [((2, 16, 12, 5), (3, 3, 5, 8))]
+  # Output gradient [2, 8, 6, 8] (padded to 9 x 7) -> 4 phases x 5 input features, with no
+  # dilation of the output gradient (XLA's own input gradient dilates it by 2).
+  input_gradient = jax.grad(lambda x: jnp.sum(jnp.sin(conv(x, kernel))))
+  equations = _convolution_equations(input_gradient, x)
+  assert ((2, 8, 6, 8), (2, 2, 8, 20)) in [
+      (e.invars[0].aval.shape, e.invars[1].aval.shape) for e in equations]
+  assert {tuple(e.params["lhs_dilation"]) for e in equations} == {(1, 1)}
+  # Odd sizes and more than 16 input features keep the plain convolution and its gradients.
+  for x, kernel in ((_normal(rng, 2, 15, 12, 5), kernel),
+                    (_normal(rng, 2, 8, 8, 17), _normal(rng, 3, 3, 17, 8))):
+    _assert_same_as_lax(x, kernel, (2, 2), ((1, 1), (1, 1)))
+    assert {tuple(e.params["lhs_dilation"]) for e in _convolution_equations(
+        jax.grad(lambda x: jnp.sum(conv(x, kernel))), x)} == {(1, 1), (2, 2)}
 
 
 def test_flax_conv_module_gets_both_rewrites_in_turn():

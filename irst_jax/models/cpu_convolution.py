@@ -14,7 +14,7 @@ On the CPU backend:
    against 0.2 ms). ACM-U-Net, batch 8, 256x256: +8 to +18 % train images/s (median
    per-round ratios of three interleaved runs, `experiments/benchmark_cpu_convolution.py
    --without=materialise`; experiments/results/benchmark_acm_unet.md).
-2. Two shapes that XNNPACK does not take, or takes slowly, are rewritten (NHWC/HWIO, no
+2. Three forms that XNNPACK does not take, or takes slowly, are rewritten (NHWC/HWIO, no
    dilation, no groups):
    - a k x k (k > 1) convolution with 2-7 output features gets its kernel zero-padded to 8
      output features and its output sliced back: XLA otherwise runs it with its own, slower
@@ -22,12 +22,18 @@ On the CPU backend:
      gradients 11.9 -> 7.3 ms;
    - the forward pass of a 3x3, stride-2, padding-1 convolution of a single-channel input
      (the stem of a network on grey images) becomes a 2x2 convolution of its space-to-depth
-     [N, H/2, W/2, 4] input; its gradients stay the plain convolution's. 8x256x256x1 -> 8:
-     forward 7.9 -> 3.8 ms; -> 16: 8.4 -> 4.9 ms; -> 32: 9.9 -> 6.6 ms.
-   (Medians of 7 interleaved rounds, 2-core AVX2 CPU, 2026-12-04.) Whole ACM-U-Net, with
-   against without the two rewrites (`experiments/benchmark_cpu_convolution.py
-   --without=rewrites`): median per-round ratio 1.02 and 1.005 for the train step (24 of 40
-   and 17 of 30 rounds above 1) and 1.08 for inference (16 of 20).
+     [N, H/2, W/2, 4] input. 8x256x256x1 -> 8: forward 7.9 -> 3.8 ms; -> 16: 8.4 -> 4.9 ms;
+     -> 32: 9.9 -> 6.6 ms;
+   - the input gradient of a 3x3, stride-2, padding-1 convolution with at most 16 input
+     features is a 2x2 convolution of the output gradient to the four input phases, then
+     depth-to-space (sub-pixel form), instead of XLA's convolution of the output gradient
+     dilated with zeros. Input gradient, 8x256x256x1 -> 8: 7.6 -> 5.0 ms; 8x64x64x16 -> 32:
+     4.5 -> 2.7 ms; 8x32x32x32 -> 64 would go 2.2 -> 2.4 ms, so wider inputs keep XLA's.
+   (Medians of 7-9 interleaved rounds, 2-core AVX2 CPU, 2026-12-04/05.) Whole ACM-U-Net, with
+   against without the rewrites (`experiments/benchmark_cpu_convolution.py
+   --without=rewrites`, before the sub-pixel form): median per-round ratio 1.02 and 1.005 for
+   the train step (24 of 40 and 17 of 30 rounds above 1) and 1.08 for inference (16 of 20);
+   `--without=sub_pixel`: train 1.004 (18 of 30 rounds above 1).
 """
 from __future__ import annotations
 
@@ -39,6 +45,7 @@ import jax.numpy as jnp
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 _MIN_XNNPACK_FEATURES = 8   # fewer output features: padded up to this many
+_MAX_SUB_PIXEL_FEATURES = 16   # more input features: XLA's own stride-2 input gradient
 
 
 def materialise(x: jax.Array) -> jax.Array:
@@ -72,16 +79,29 @@ def _narrow_output_padded(lhs, rhs, strides, padding):
   return out[..., :features]
 
 
+def _is_3x3_stride2_pad1(lhs, rhs, strides, padding):
+  _, h, w, _ = lhs.shape
+  return (rhs.shape[:2] == (3, 3) and tuple(strides) == (2, 2) and not h % 2 and not w % 2
+          and [tuple(p) for p in padding] == [(1, 1), (1, 1)])
+
+
 def _single_channel_stride2_as_space_to_depth(lhs, rhs, strides, padding):
   """3x3 / stride 2 / padding 1 on [N, H, W, 1] (H, W even): forward pass in space-to-depth
-  form (`_space_to_depth_forward`), gradients those of the plain convolution (the
-  space-to-depth form's input gradient has 4 output features, which XLA runs in its own
-  kernel: 8x256x256x1 -> 32, gradients 18.2 -> 31.1 ms)."""
-  _, h, w, c = lhs.shape
-  if (c != 1 or rhs.shape[:2] != (3, 3) or tuple(strides) != (2, 2) or h % 2 or w % 2
-      or [tuple(p) for p in padding] != [(1, 1), (1, 1)]):
+  form (`_space_to_depth_forward`), gradients as `_stride2_gradients`."""
+  if lhs.shape[3] != 1 or not _is_3x3_stride2_pad1(lhs, rhs, strides, padding):
     return None
   return _stride2_conv_space_to_depth_forward(lhs, rhs)
+
+
+def _stride2_with_sub_pixel_input_gradient(lhs, rhs, strides, padding):
+  """3x3 / stride 2 / padding 1 (H, W even), at most 16 input features and at least 8 output
+  features (fewer: `_narrow_output_padded`): the plain forward pass, gradients as
+  `_stride2_gradients`. With 32 or more input features XLA's own input gradient was as fast
+  or faster (8x32x32x32 -> 64: 2.2 against 2.4 ms)."""
+  if (lhs.shape[3] > _MAX_SUB_PIXEL_FEATURES or rhs.shape[3] < _MIN_XNNPACK_FEATURES
+      or not _is_3x3_stride2_pad1(lhs, rhs, strides, padding)):
+    return None
+  return _stride2_conv_sub_pixel_input_gradient(lhs, rhs)
 
 
 def _stride2_conv(lhs, rhs):
@@ -101,13 +121,46 @@ def _space_to_depth_forward(lhs, rhs):
   return _xnnpack_form(blocks, kernel, (1, 1), ((1, 0), (1, 0)), dimension_numbers=_NHWC)
 
 
+# Input row 2m + r receives output-gradient row m + d through kernel tap _SUB_PIXEL_TAP[d, r]
+# (3: none): row 2m through tap 1 of row m; row 2m + 1 through tap 2 of row m and tap 0 of
+# row m + 1.
+_SUB_PIXEL_TAP = ((1, 2), (3, 0))
+
+
+def _sub_pixel_input_gradient(g, rhs):
+  """Input gradient of `_stride2_conv` from its output gradient g [N, h, w, O]: a 2x2 / stride 1
+  convolution of g (padded by one row and column at the end) to the four input phases
+  [N, h, w, 4 * I], then depth-to-space to [N, 2h, 2w, I]. XLA's own form convolves g dilated
+  with zeros, which XNNPACK does not take."""
+  n, h, w, _ = g.shape
+  features = rhs.shape[2]
+  taps = jnp.pad(rhs.transpose(0, 1, 3, 2), ((0, 1), (0, 1), (0, 0), (0, 0)))  # [4, 4, O, I]
+  index = jnp.asarray(_SUB_PIXEL_TAP)
+  kernel = taps[index[:, None, :, None], index[None, :, None, :]]    # [dy, dx, r, c, O, I]
+  kernel = kernel.transpose(0, 1, 4, 2, 3, 5).reshape(2, 2, -1, 4 * features)
+  phases = _xnnpack_form(g, kernel, (1, 1), ((0, 1), (0, 1)), dimension_numbers=_NHWC)
+  phases = phases.reshape(n, h, w, 2, 2, features).transpose(0, 1, 3, 2, 4, 5)
+  return phases.reshape(n, 2 * h, 2 * w, features)
+
+
+def _stride2_gradients(residuals, g):
+  """Gradients of `_stride2_conv`: the input gradient in sub-pixel form, the weight gradient
+  XLA's own (XNNPACK takes it)."""
+  lhs, rhs = residuals
+  weight_gradient = jax.vjp(lambda k: _stride2_conv(lhs, k), rhs)[1](g)[0]
+  return _sub_pixel_input_gradient(g, rhs), weight_gradient
+
+
 _stride2_conv_space_to_depth_forward = jax.custom_vjp(_space_to_depth_forward)
 _stride2_conv_space_to_depth_forward.defvjp(
-    lambda lhs, rhs: (_space_to_depth_forward(lhs, rhs), (lhs, rhs)),
-    lambda residuals, g: jax.vjp(_stride2_conv, *residuals)[1](g))
+    lambda lhs, rhs: (_space_to_depth_forward(lhs, rhs), (lhs, rhs)), _stride2_gradients)
+_stride2_conv_sub_pixel_input_gradient = jax.custom_vjp(_stride2_conv)
+_stride2_conv_sub_pixel_input_gradient.defvjp(
+    lambda lhs, rhs: (_stride2_conv(lhs, rhs), (lhs, rhs)), _stride2_gradients)
 
 
-_REWRITES = (_single_channel_stride2_as_space_to_depth, _narrow_output_padded)
+_REWRITES = (_single_channel_stride2_as_space_to_depth, _stride2_with_sub_pixel_input_gradient,
+             _narrow_output_padded)
 
 
 def _xnnpack_form(lhs, rhs, window_strides, padding, **kwargs):
