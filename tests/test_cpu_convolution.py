@@ -183,11 +183,11 @@ def test_stride2_input_gradient_is_a_sub_pixel_convolution():
       (e.invars[0].aval.shape, e.invars[1].aval.shape) for e in equations]
   assert {tuple(e.params["lhs_dilation"]) for e in equations} == {(1, 1)}
   # Odd sizes and more than 16 input features keep the plain convolution and its gradients.
-  for x, kernel in ((_normal(rng, 2, 15, 12, 5), kernel),
-                    (_normal(rng, 2, 8, 8, 17), _normal(rng, 3, 3, 17, 8))):
-    _assert_same_as_lax(x, kernel, (2, 2), ((1, 1), (1, 1)))
+  for plain_x, plain_kernel in ((_normal(rng, 2, 15, 12, 5), kernel),
+                                (_normal(rng, 2, 8, 8, 17), _normal(rng, 3, 3, 17, 8))):
+    _assert_same_as_lax(plain_x, plain_kernel, (2, 2), ((1, 1), (1, 1)))
     assert {tuple(e.params["lhs_dilation"]) for e in _convolution_equations(
-        jax.grad(lambda x: jnp.sum(conv(x, kernel))), x)} == {(1, 1), (2, 2)}
+        jax.grad(lambda x, k: jnp.sum(conv(x, k))), plain_x, plain_kernel)} == {(1, 1), (2, 2)}
 
 
 def test_flax_conv_module_gets_both_rewrites_in_turn():
