@@ -190,6 +190,22 @@ def test_stride2_input_gradient_is_a_sub_pixel_convolution():
         jax.grad(lambda x, k: jnp.sum(conv(x, k))), plain_x, plain_kernel)} == {(1, 1), (2, 2)}
 
 
+@pytest.mark.parametrize("height,width,strides", [(12, 10, (2, 2)), (11, 9, (2, 2)), (9, 8, (3, 2))])
+def test_strided_1x1_convolution_runs_on_the_subsampled_input(height, width, strides):
+  rng = np.random.default_rng(height)
+  x, kernel = _normal(rng, 2, height, width, 5), _normal(rng, 1, 1, 5, 8)
+  _assert_same_as_lax(x, kernel, strides, ((0, 0), (0, 0)))
+  conv = functools.partial(cpu_convolution.conv_general_dilated, window_strides=strides,
+                           padding=((0, 0), (0, 0)), dimension_numbers=_NHWC)
+  out_size = (-(-height // strides[0]), -(-width // strides[1]))
+  assert _convolutions(conv, x, kernel) == [((2, *out_size, 5), (1, 1, 5, 8))]
+  gradients = jax.grad(lambda x, k: jnp.sum(conv(x, k)), argnums=(0, 1))
+  equations = _convolution_equations(gradients, x, kernel)
+  assert {tuple(e.params["window_strides"]) for e in equations} == {(1, 1)}
+  assert {tuple(e.params["lhs_dilation"]) for e in equations} == {(1, 1)}
+  assert {tuple(e.params["rhs_dilation"]) for e in equations} == {(1, 1)}
+
+
 def test_flax_conv_module_gets_both_rewrites_in_turn():
   x = jnp.ones((1, 16, 16, 1))
   model = cpu_convolution.Conv(4, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))

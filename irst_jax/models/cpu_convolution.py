@@ -14,7 +14,7 @@ On the CPU backend:
    against 0.2 ms). ACM-U-Net, batch 8, 256x256: +8 to +18 % train images/s (median
    per-round ratios of three interleaved runs, `experiments/benchmark_cpu_convolution.py
    --without=materialise`; experiments/results/benchmark_acm_unet.md).
-2. Three forms that XNNPACK does not take, or takes slowly, are rewritten (NHWC/HWIO, no
+2. Four forms that XNNPACK does not take, or takes slowly, are rewritten (NHWC/HWIO, no
    dilation, no groups):
    - a k x k (k > 1) convolution with 2-7 output features gets its kernel zero-padded to 8
      output features and its output sliced back: XLA otherwise runs it with its own, slower
@@ -29,6 +29,9 @@ On the CPU backend:
      depth-to-space (sub-pixel form), instead of XLA's convolution of the output gradient
      dilated with zeros. Input gradient, 8x256x256x1 -> 8: 7.6 -> 5.0 ms; 8x64x64x16 -> 32:
      4.5 -> 2.7 ms; 8x32x32x32 -> 64 would go 2.2 -> 2.4 ms, so wider inputs keep XLA's.
+   - a strided 1x1 convolution without padding (ResNet shortcut) convolves the subsampled
+     input `lhs[:, ::s, ::s]`; its gradients then need no dilated convolution. Gradients,
+     stride 2: 8x64x64x16 -> 32 1.8 -> 0.9 ms; 8x32x32x32 -> 64 0.85 -> 0.59 ms.
    (Medians of 7-9 interleaved rounds, 2-core AVX2 CPU, 2026-12-04/05.) Whole ACM-U-Net, with
    against without the rewrites (`experiments/benchmark_cpu_convolution.py
    --without=rewrites`, before the sub-pixel form): median per-round ratio 1.02 and 1.005 for
@@ -77,6 +80,18 @@ def _narrow_output_padded(lhs, rhs, strides, padding):
   wide = jnp.pad(rhs, ((0, 0), (0, 0), (0, 0), (0, _MIN_XNNPACK_FEATURES - features)))
   out = jax.lax.conv_general_dilated(lhs, wide, strides, padding, dimension_numbers=_NHWC)
   return out[..., :features]
+
+
+def _strided_1x1_as_subsampled(lhs, rhs, strides, padding):
+  """A strided 1x1 convolution without padding (a ResNet shortcut) as the stride-1 convolution
+  of the subsampled input `lhs[:, ::s, ::s]`. Its gradients are then a plain 1x1 weight
+  gradient and a zero-interleaving pad, where XLA's own are a window-dilated and an
+  input-dilated convolution in its own kernel."""
+  if (rhs.shape[:2] != (1, 1) or tuple(strides) == (1, 1)
+      or any(tuple(p) != (0, 0) for p in padding)):
+    return None
+  return _xnnpack_form(lhs[:, ::strides[0], ::strides[1]], rhs, (1, 1), ((0, 0), (0, 0)),
+                       dimension_numbers=_NHWC)
 
 
 def _is_3x3_stride2_pad1(lhs, rhs, strides, padding):
@@ -160,7 +175,7 @@ _stride2_conv_sub_pixel_input_gradient.defvjp(
 
 
 _REWRITES = (_single_channel_stride2_as_space_to_depth, _stride2_with_sub_pixel_input_gradient,
-             _narrow_output_padded)
+             _strided_1x1_as_subsampled, _narrow_output_padded)
 
 
 def _xnnpack_form(lhs, rhs, window_strides, padding, **kwargs):
