@@ -105,5 +105,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  malloc_tuning.restart_with_huge_pages()   # as irst_jax.main does
   flags.mark_flag_as_required("config")
   app.run(main)

@@ -122,5 +122,6 @@ def _compare(runs: dict, without: str, mode: str, n: int) -> None:
 
 
 if __name__ == "__main__":
+  malloc_tuning.restart_with_huge_pages()   # as irst_jax.main does
   flags.mark_flag_as_required("config")
   app.run(main)

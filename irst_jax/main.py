@@ -61,5 +61,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  malloc_tuning.restart_with_huge_pages()
   flags.mark_flag_as_required("workdir")
   app.run(main)

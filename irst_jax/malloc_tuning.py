@@ -17,20 +17,31 @@ benchmarks at start-up, not on ``import irst_jax``: it changes the allocator of 
 process. It acts on Linux with glibc only; ``IRST_JAX_MALLOC_TUNING=0`` turns it off. The
 equivalent environment setting, for other programs, is
 ``GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647:glibc.malloc.arena_max=1``.
+
+Transparent huge pages for the heap. Where the kernel gives huge pages only to memory that
+asks for them (``/sys/kernel/mm/transparent_hugepage/enabled`` = ``madvise``, the common
+default), glibc asks for its heap only when started with the tunable ``glibc.malloc.hugetlb=1``;
+``mallopt`` cannot set it. :func:`restart_with_huge_pages` therefore restarts the program
+once with that tunable added; the entry point and the benchmarks call it first. ACM-U-Net,
+batch 8, 256x256, two benchmark servers with and without it timed in turn (16 rounds,
+2-core AVX2 CPU, 2026-12-05): train +5.9 % (median per-round ratio 1.059, above 1 in 13 of
+16 rounds), inference +3.5 % (12 of 16).
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import os
+import platform
 import sys
-from typing import Mapping
+from typing import Callable, Mapping
 
-__all__ = ["SETTINGS", "apply"]
+__all__ = ["HUGE_PAGES_TUNABLE", "SETTINGS", "apply", "restart_with_huge_pages"]
 
 # mallopt parameters of glibc's malloc.h and their values.
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 SETTINGS = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1), (_M_ARENA_MAX, 1))
+HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
 
 
 def apply(environ: Mapping[str, str] = os.environ) -> bool:
@@ -48,3 +59,20 @@ def apply(environ: Mapping[str, str] = os.environ) -> bool:
     return False
   mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
   return all(mallopt(parameter, value) == 1 for parameter, value in SETTINGS)
+
+
+def restart_with_huge_pages(environ: Mapping[str, str] = os.environ,
+                            execve: Callable[..., None] = os.execve) -> None:
+  """Replaces the running program by itself (same interpreter and command line,
+  ``sys.orig_argv``) with :data:`HUGE_PAGES_TUNABLE` added to ``GLIBC_TUNABLES``.
+
+  Call it first in a ``__main__`` block, before any work. Returns without restarting when the
+  tunable (any ``glibc.malloc.hugetlb`` value) is already set, which is the case in the
+  restarted program, on other platforms or C libraries, or with ``IRST_JAX_MALLOC_TUNING=0``.
+  """
+  tunables = environ.get("GLIBC_TUNABLES", "")
+  if (environ.get("IRST_JAX_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux")
+      or platform.libc_ver()[0] != "glibc" or "glibc.malloc.hugetlb" in tunables):
+    return
+  tunables = ":".join(filter(None, [tunables, HUGE_PAGES_TUNABLE]))
+  execve(sys.executable, sys.orig_argv, {**environ, "GLIBC_TUNABLES": tunables})
