@@ -16,6 +16,13 @@ then times `--steps` steps of one and right after them `--steps` steps of the ot
 apart:
 
   python experiments/benchmark_vs_torch.py --model=acm_unet --interleave --steps=2 --rounds=30
+
+Each process carries a speed bias of its own (two identical JAX servers: a few percent; one
+run of 40 rounds gave 0.91x where the run before it gave 1.01x), so `--restarts=K` splits the
+rounds over K fresh pairs of servers, started one pair after the other, and also prints each
+pair's median. The JAX side runs as `irst_jax.main` does, with glibc's heap on transparent
+huge pages (`irst_jax/malloc_tuning.py`); PyTorch as it comes. Set
+`GLIBC_TUNABLES=glibc.malloc.hugetlb=1` in the environment to give PyTorch the same.
 """
 from __future__ import annotations
 
@@ -42,6 +49,8 @@ _MODE = flags.DEFINE_enum("mode", "both", ["train", "infer", "both"], "What to t
 _OUT = flags.DEFINE_string("out", None, "Markdown file written with the table.")
 _INTERLEAVE = flags.DEFINE_bool("interleave", False, "Keep both scripts running (--serve) and "
                                 "alternate --steps steps of each within every round.")
+_RESTARTS = flags.DEFINE_integer("restarts", 1, "With --interleave: fresh pairs of servers the "
+                                 "rounds are split over.")
 
 _KEYS = {"train": "train_images_per_sec", "infer": "inference_images_per_sec"}  # mode -> key
 
@@ -57,32 +66,36 @@ def _run(cmd: list[str]) -> dict:
 
 
 def _interleaved_rounds(torch_cmd: list[str], jax_cmd: list[str], keys: list[str]):
-  """Yields one {key: (PyTorch images/s, JAX images/s)} a round, from two running servers."""
-  servers = {"PyTorch": serve_steps.Server(torch_cmd), "JAX": serve_steps.Server(jax_cmd)}
-  try:
-    for server in servers.values():
-      server.wait_ready()
-    for r in range(_ROUNDS.value):
-      row = {}
-      for key in keys:
-        mode = next(m for m, k in _KEYS.items() if k == key)
-        order = ("PyTorch", "JAX") if r % 2 == 0 else ("JAX", "PyTorch")
-        speed = {}
-        for name in order:
-          time.sleep(0.2)   # lets the other framework's worker threads go idle
-          speed[name] = _STEPS.value * _BATCH.value / servers[name].time(mode, _STEPS.value)
-        row[key] = (speed["PyTorch"], speed["JAX"])
-      yield row
-  finally:
-    for server in servers.values():
-      server.close()
+  """Yields one {key: (PyTorch images/s, JAX images/s)} a round, from two running servers,
+  started afresh `--restarts` times."""
+  pairs = max(1, _RESTARTS.value)
+  for pair in range(pairs):
+    rounds = _ROUNDS.value // pairs + (pair < _ROUNDS.value % pairs)
+    servers = {"PyTorch": serve_steps.Server(torch_cmd), "JAX": serve_steps.Server(jax_cmd)}
+    try:
+      for server in servers.values():
+        server.wait_ready()
+      for r in range(rounds):
+        row = {}
+        for key in keys:
+          mode = next(m for m, k in _KEYS.items() if k == key)
+          order = ("PyTorch", "JAX") if r % 2 == 0 else ("JAX", "PyTorch")
+          speed = {}
+          for name in order:
+            time.sleep(0.2)   # lets the other framework's worker threads go idle
+            speed[name] = _STEPS.value * _BATCH.value / servers[name].time(mode, _STEPS.value)
+          row[key] = (speed["PyTorch"], speed["JAX"])
+        yield pair, row
+    finally:
+      for server in servers.values():
+        server.close()
 
 
 def _separate_rounds(torch_cmd: list[str], jax_cmd: list[str], keys: list[str]):
   """Yields one {key: (PyTorch images/s, JAX images/s)} a round, one process each."""
   for _ in range(_ROUNDS.value):
     ref, ours = _run(torch_cmd), _run(jax_cmd)
-    yield {k: (ref[k], ours[k]) for k in keys}
+    yield 0, {k: (ref[k], ours[k]) for k in keys}
 
 
 def main(argv):
@@ -103,20 +116,28 @@ def main(argv):
            "|---|" + "---|---|---|" * len(keys)]
   print("\n".join(lines), flush=True)
   ratios = {k: [] for k in keys}
+  pair_ratios: dict[int, dict[str, list[float]]] = {}
   rounds = (_interleaved_rounds if _INTERLEAVE.value else _separate_rounds)(
       torch_cmd, jax_cmd, keys)
-  for r, row in enumerate(rounds, start=1):
+  for r, (pair, row) in enumerate(rounds, start=1):
     cells = []
     for k in keys:
       ref, ours = row[k]
       ratios[k].append(ours / ref)
+      pair_ratios.setdefault(pair, {key: [] for key in keys})[k].append(ours / ref)
       cells += [f"{ref:.3g}", f"{ours:.3g}", f"{ratios[k][-1]:.2f}x"]
     lines.append(f"| {r} | " + " | ".join(cells) + " |")
     print(lines[-1], flush=True)
-  lines += ["", "Median JAX / PyTorch ratio: " + ", ".join(
-      f"{k.split('_')[0]} {statistics.median(v):.2f}x (range {min(v):.2f}-{max(v):.2f}x)"
-      for k, v in ratios.items())]
-  print(lines[-1])
+  summary = len(lines)
+  lines.append("")
+  if len(pair_ratios) > 1:
+    lines += [f"Server pair {pair + 1}: median " + ", ".join(
+        f"{k.split('_')[0]} {statistics.median(v):.2f}x" for k, v in by_key.items())
+        for pair, by_key in pair_ratios.items()]
+  lines.append("Median JAX / PyTorch ratio: " + ", ".join(
+      f"{k.split('_')[0]} {statistics.median(v):.2f}x (range {min(v):.2f}-{max(v):.2f}x, "
+      f"above 1 in {sum(x > 1 for x in v)} of {len(v)} rounds)" for k, v in ratios.items()))
+  print("\n".join(lines[summary + 1:]))
   if _OUT.value:
     pathlib.Path(_OUT.value).write_text("\n".join(lines) + "\n")
 

@@ -10,6 +10,11 @@ beyond that.
 
   python experiments/benchmark_xla_flags.py --config=configs/acm_unet.py \\
       --flags=--xla_cpu_enable_concurrency_optimized_scheduler=true --rounds=16
+
+`--env=NAME=VALUE,...` sets environment variables for B instead or as well, e.g. B without
+the heap on transparent huge pages (`irst_jax/malloc_tuning.py`):
+
+  python experiments/benchmark_xla_flags.py --env=GLIBC_TUNABLES=glibc.malloc.hugetlb=0
 """
 from __future__ import annotations
 
@@ -22,7 +27,8 @@ from absl import app, flags
 from serve_steps import Server
 
 _CONFIG = flags.DEFINE_string("config", "configs/acm_unet.py", "Config file (benchmark.py).")
-_FLAGS = flags.DEFINE_string("flags", None, "XLA flags added for process B.", required=True)
+_FLAGS = flags.DEFINE_string("flags", "", "XLA flags added for process B.")
+_ENV = flags.DEFINE_list("env", [], "NAME=VALUE environment variables set for process B.")
 _ROUNDS = flags.DEFINE_integer("rounds", 16, "Rounds.")
 _STEPS = flags.DEFINE_integer("steps", 2, "Timed steps per process and mode in a round.")
 _BATCH = flags.DEFINE_integer("batch_size", 8, "Batch size.")
@@ -34,7 +40,14 @@ def main(argv):
   del argv
   cmd = [sys.executable, "experiments/benchmark.py", f"--config={_CONFIG.value}", "--mode=both",
          f"--batch_size={_BATCH.value}", f"--image_size={_SIZE.value}"]
+  if not _FLAGS.value and not _ENV.value:
+    raise app.UsageError("give --flags, --env or both: what process B has in addition")
   env_b = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {_FLAGS.value}".strip())
+  for item in _ENV.value:
+    name, sep, value = item.partition("=")
+    if not sep:
+      raise app.UsageError(f"--env item {item!r} is not NAME=VALUE")
+    env_b[name] = value
   servers = {"A": Server(cmd), "B": Server(cmd, env_b)}
   speeds = {m: {"A": [], "B": []} for m in _MODES}
   try:
@@ -52,7 +65,7 @@ def main(argv):
   finally:
     for server in servers.values():
       server.close()
-  print(f"B = A + {_FLAGS.value}; images/s, {_CONFIG.value}, batch {_BATCH.value}, "
+  print(f"B = A + {' '.join([_FLAGS.value, *_ENV.value]).strip()}; images/s, {_CONFIG.value}, batch {_BATCH.value}, "
         f"{_SIZE.value}x{_SIZE.value}")
   for mode in _MODES:
     a, b = speeds[mode]["A"], speeds[mode]["B"]
