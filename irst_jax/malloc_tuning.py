@@ -64,7 +64,7 @@ def apply(environ: Mapping[str, str] = os.environ) -> bool:
 def restart_with_huge_pages(environ: Mapping[str, str] = os.environ,
                             execve: Callable[..., None] = os.execve) -> None:
   """Replaces the running program by itself (same interpreter and command line,
-  ``sys.orig_argv``) with :data:`HUGE_PAGES_TUNABLE` added to ``GLIBC_TUNABLES``.
+  ``sys.executable`` and ``sys.orig_argv[1:]``) with :data:`HUGE_PAGES_TUNABLE` added to ``GLIBC_TUNABLES``.
 
   Call it first in a ``__main__`` block, before any work. Returns without restarting when the
   tunable (any ``glibc.malloc.hugetlb`` value) is already set, which is the case in the
@@ -75,4 +75,7 @@ def restart_with_huge_pages(environ: Mapping[str, str] = os.environ,
       or platform.libc_ver()[0] != "glibc" or "glibc.malloc.hugetlb" in tunables):
     return
   tunables = ":".join(filter(None, [tunables, HUGE_PAGES_TUNABLE]))
-  execve(sys.executable, sys.orig_argv, {**environ, "GLIBC_TUNABLES": tunables})
+  # argv[0] is the interpreter's full path: from a bare "python", Python would look itself up
+  # on PATH and could find another installation.
+  execve(sys.executable, [sys.executable, *sys.orig_argv[1:]],
+         {**environ, "GLIBC_TUNABLES": tunables})

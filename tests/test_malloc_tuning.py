@@ -43,7 +43,7 @@ def test_restart_adds_the_huge_pages_tunable_once():
     pytest.skip("glibc only")
   malloc_tuning.restart_with_huge_pages({"GLIBC_TUNABLES": "glibc.malloc.arena_max=1",
                                          "HOME": "/h"}, execve)
-  assert calls == [(sys.executable, sys.orig_argv,
+  assert calls == [(sys.executable, [sys.executable, *sys.orig_argv[1:]],
                     {"GLIBC_TUNABLES": "glibc.malloc.arena_max=1:glibc.malloc.hugetlb=1",
                      "HOME": "/h"})]
   malloc_tuning.restart_with_huge_pages({}, execve)
