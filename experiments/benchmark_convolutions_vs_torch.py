@@ -47,28 +47,20 @@ def network_convolutions(config, n: int, size: int) -> collections.Counter:
   model = models.create_model(config.model)
   x = jnp.zeros((n, size, size, config.model.in_channels), jnp.float32)
   variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x))
-  found = collections.Counter()
-
-  def walk(jaxpr):
-    for e in jaxpr.eqns:
-      if e.primitive.name == "conv_general_dilated":
-        p = e.params
-        if (any(d != 1 for d in (*p["lhs_dilation"], *p["rhs_dilation"]))
-            or p["feature_group_count"] != 1 or any(a != b for a, b in p["padding"])):
-          raise ValueError(f"convolution not timed by this script: {p}")
-        found[(e.invars[0].aval.shape, e.invars[1].aval.shape, tuple(p["window_strides"]),
-               tuple(a for a, _ in p["padding"]))] += 1
-      for value in e.params.values():
-        for sub in (value if isinstance(value, (tuple, list)) else (value,)):
-          if hasattr(sub, "eqns"):
-            walk(sub)
-          elif hasattr(getattr(sub, "jaxpr", None), "eqns"):
-            walk(sub.jaxpr)
 
   def forward(v, x, rng):
     return model.apply(v, x, train=True, mutable=["batch_stats"], rngs={"dropout": rng})
   with mock.patch.object(jax, "default_backend", lambda: "gpu"):  # the layers' own convolutions
-    walk(jax.make_jaxpr(forward)(variables, x, jax.random.PRNGKey(0)).jaxpr)
+    equations = cpu_convolution.convolution_equations(forward, variables, x,
+                                                      jax.random.PRNGKey(0))
+  found = collections.Counter()
+  for e in equations:
+    p = e.params
+    if (any(d != 1 for d in (*p["lhs_dilation"], *p["rhs_dilation"]))
+        or p["feature_group_count"] != 1 or any(a != b for a, b in p["padding"])):
+      raise ValueError(f"convolution not timed by this script: {p}")
+    found[(e.invars[0].aval.shape, e.invars[1].aval.shape, tuple(p["window_strides"]),
+           tuple(a for a, _ in p["padding"]))] += 1
   return found
 
 

@@ -84,29 +84,16 @@ def test_weight_gradient_transposes_read_one_buffer_on_cpu():
   assert len(ours) == len(plain) and set(ours) == {1}
 
 
-def _convolution_equations(fn, *args):
-  """Every conv_general_dilated equation in the jaxpr of fn(*args), including those inside
-  custom-VJP and other sub-jaxprs, in order."""
-  found = []
-
-  def walk(jaxpr):
-    for e in jaxpr.eqns:
-      if e.primitive.name == "conv_general_dilated":
-        found.append(e)
-      for value in e.params.values():
-        for sub in (value if isinstance(value, (tuple, list)) else (value,)):
-          if hasattr(sub, "eqns"):
-            walk(sub)
-          elif hasattr(getattr(sub, "jaxpr", None), "eqns"):
-            walk(sub.jaxpr)
-  walk(jax.make_jaxpr(fn)(*args).jaxpr)
-  return found
-
-
 def _convolutions(fn, *args):
   """(lhs shape, rhs shape) of every convolution in the jaxpr of fn(*args), in order."""
   return [(e.invars[0].aval.shape, e.invars[1].aval.shape)
-          for e in _convolution_equations(fn, *args)]
+          for e in cpu_convolution.convolution_equations(fn, *args)]
+
+
+def _ours(strides, padding):
+  """cpu_convolution.conv_general_dilated(x, kernel) with these strides and padding, NHWC."""
+  return functools.partial(cpu_convolution.conv_general_dilated, window_strides=strides,
+                           padding=padding, dimension_numbers=_NHWC)
 
 
 def _assert_same_as_lax(x, kernel, strides, padding, rtol=1e-5):
@@ -134,8 +121,7 @@ def test_narrow_output_convolution_is_padded_to_eight_features(features, strides
   # An odd width: no column-pair form.
   x, kernel = _normal(rng, 2, 12, 11, 5), _normal(rng, 3, 3, 5, features)
   _assert_same_as_lax(x, kernel, strides, ((1, 1), (1, 1)))
-  conv = functools.partial(cpu_convolution.conv_general_dilated, window_strides=strides,
-                           padding=((1, 1), (1, 1)), dimension_numbers=_NHWC)
+  conv = _ours(strides, ((1, 1), (1, 1)))
   assert _convolutions(conv, x, kernel) == [((2, 12, 11, 5), (3, 3, 5, 8))]
 
 
@@ -143,8 +129,7 @@ def test_narrow_output_convolution_is_padded_to_eight_features(features, strides
 def test_other_convolutions_are_left_as_they_are(kernel_shape):
   rng = np.random.default_rng(0)
   x, kernel = _normal(rng, 2, 12, 10, 5), _normal(rng, *kernel_shape)
-  conv = functools.partial(cpu_convolution.conv_general_dilated, window_strides=(1, 1),
-                           padding="SAME", dimension_numbers=_NHWC)
+  conv = _ours((1, 1), "SAME")
   assert _convolutions(conv, x, kernel) == [((2, 12, 10, 5), kernel_shape)]
 
 
@@ -152,8 +137,7 @@ def test_single_channel_stride2_forward_runs_on_space_to_depth_input():
   rng = np.random.default_rng(1)
   x, kernel = _normal(rng, 2, 16, 12, 1), _normal(rng, 3, 3, 1, 8)
   _assert_same_as_lax(x, kernel, (2, 2), ((1, 1), (1, 1)))
-  conv = functools.partial(cpu_convolution.conv_general_dilated, window_strides=(2, 2),
-                           padding=((1, 1), (1, 1)), dimension_numbers=_NHWC)
+  conv = _ours((2, 2), ((1, 1), (1, 1)))
   assert _convolutions(conv, x, kernel) == [((2, 8, 6, 4), (2, 2, 4, 8))]
   # The weight gradient is the plain convolution's: it reads the input itself. The input
   # gradient is the sub-pixel convolution, its 4 phase features padded to 8.
@@ -173,13 +157,12 @@ def test_stride2_input_gradient_is_a_sub_pixel_convolution():
   rng = np.random.default_rng(2)
   x, kernel = _normal(rng, 2, 16, 12, 5), _normal(rng, 3, 3, 5, 8)
   _assert_same_as_lax(x, kernel, (2, 2), ((1, 1), (1, 1)))
-  conv = functools.partial(cpu_convolution.conv_general_dilated, window_strides=(2, 2),
-                           padding=((1, 1), (1, 1)), dimension_numbers=_NHWC)
+  conv = _ours((2, 2), ((1, 1), (1, 1)))
   assert _convolutions(conv, x, kernel) == [((2, 16, 12, 5), (3, 3, 5, 8))]
   # Output gradient [2, 8, 6, 8] (padded to 9 x 7) -> 4 phases x 5 input features, with no
   # dilation of the output gradient (XLA's own input gradient dilates it by 2).
   input_gradient = jax.grad(lambda x: jnp.sum(jnp.sin(conv(x, kernel))))
-  equations = _convolution_equations(input_gradient, x)
+  equations = cpu_convolution.convolution_equations(input_gradient, x)
   assert ((2, 8, 6, 8), (2, 2, 8, 20)) in [
       (e.invars[0].aval.shape, e.invars[1].aval.shape) for e in equations]
   assert {tuple(e.params["lhs_dilation"]) for e in equations} == {(1, 1)}
@@ -187,7 +170,7 @@ def test_stride2_input_gradient_is_a_sub_pixel_convolution():
   for plain_x, plain_kernel in ((_normal(rng, 2, 15, 12, 5), kernel),
                                 (_normal(rng, 2, 8, 8, 17), _normal(rng, 3, 3, 17, 8))):
     _assert_same_as_lax(plain_x, plain_kernel, (2, 2), ((1, 1), (1, 1)))
-    assert {tuple(e.params["lhs_dilation"]) for e in _convolution_equations(
+    assert {tuple(e.params["lhs_dilation"]) for e in cpu_convolution.convolution_equations(
         jax.grad(lambda x, k: jnp.sum(conv(x, k))), plain_x, plain_kernel)} == {(1, 1), (2, 2)}
 
 
@@ -196,12 +179,11 @@ def test_strided_1x1_convolution_runs_on_the_subsampled_input(height, width, str
   rng = np.random.default_rng(height)
   x, kernel = _normal(rng, 2, height, width, 5), _normal(rng, 1, 1, 5, 8)
   _assert_same_as_lax(x, kernel, strides, ((0, 0), (0, 0)))
-  conv = functools.partial(cpu_convolution.conv_general_dilated, window_strides=strides,
-                           padding=((0, 0), (0, 0)), dimension_numbers=_NHWC)
+  conv = _ours(strides, ((0, 0), (0, 0)))
   out_size = (-(-height // strides[0]), -(-width // strides[1]))
   assert _convolutions(conv, x, kernel) == [((2, *out_size, 5), (1, 1, 5, 8))]
   gradients = jax.grad(lambda x, k: jnp.sum(conv(x, k)), argnums=(0, 1))
-  equations = _convolution_equations(gradients, x, kernel)
+  equations = cpu_convolution.convolution_equations(gradients, x, kernel)
   assert {tuple(e.params["window_strides"]) for e in equations} == {(1, 1)}
   assert {tuple(e.params["lhs_dilation"]) for e in equations} == {(1, 1)}
   assert {tuple(e.params["rhs_dilation"]) for e in equations} == {(1, 1)}
@@ -212,9 +194,8 @@ def test_narrow_stride1_convolution_computes_column_pairs(features_in, features_
   rng = np.random.default_rng(features_in * features_out)
   x, kernel = _normal(rng, 2, 12, 10, features_in), _normal(rng, 3, 3, features_in, features_out)
   _assert_same_as_lax(x, kernel, (1, 1), ((1, 1), (1, 1)))
-  conv = functools.partial(cpu_convolution.conv_general_dilated, window_strides=(1, 1),
-                           padding=((1, 1), (1, 1)), dimension_numbers=_NHWC)
-  equations = _convolution_equations(conv, x, kernel)
+  conv = _ours((1, 1), ((1, 1), (1, 1)))
+  equations = cpu_convolution.convolution_equations(conv, x, kernel)
   assert [(e.invars[0].aval.shape, e.invars[1].aval.shape, e.params["window_strides"])
           for e in equations] == [((2, 12, 10, features_in), (3, 4, features_in, 2 * features_out),
                                    (1, 2))]
@@ -233,8 +214,7 @@ def test_narrow_stride1_convolution_computes_column_pairs(features_in, features_
 def test_other_stride1_convolutions_keep_the_plain_form(shape, features_out):
   rng = np.random.default_rng(5)
   x, kernel = _normal(rng, *shape), _normal(rng, 3, 3, shape[-1], features_out)
-  conv = functools.partial(cpu_convolution.conv_general_dilated, window_strides=(1, 1),
-                           padding=((1, 1), (1, 1)), dimension_numbers=_NHWC)
+  conv = _ours((1, 1), ((1, 1), (1, 1)))
   assert _convolutions(conv, x, kernel) == [(shape, (3, 3, shape[-1], features_out))]
 
 

@@ -265,6 +265,26 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides, padding
   return _materialised_cotangent(out)
 
 
+def convolution_equations(fn, *args) -> list:
+  """The `conv_general_dilated` equations of the jaxpr of `fn(*args)`, including those inside
+  custom-VJP and other sub-jaxprs, in order: which convolutions a function really runs (each
+  with `invars` avals and `params`: strides, padding, dilations)."""
+  found = []
+
+  def walk(jaxpr):
+    for equation in jaxpr.eqns:
+      if equation.primitive.name == "conv_general_dilated":
+        found.append(equation)
+      for value in equation.params.values():
+        for sub in (value if isinstance(value, (tuple, list)) else (value,)):
+          if hasattr(sub, "eqns"):
+            walk(sub)
+          elif hasattr(getattr(sub, "jaxpr", None), "eqns"):
+            walk(sub.jaxpr)
+  walk(jax.make_jaxpr(fn)(*args).jaxpr)
+  return found
+
+
 class Conv(nn.Conv):
   """`flax.linen.Conv` (same fields, variables and default names) computed with
   :func:`conv_general_dilated`."""
