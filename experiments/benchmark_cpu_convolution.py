@@ -17,9 +17,7 @@ pmapped train step of `irst_jax/train.py` or the jitted eval-mode forward pass o
 - `--without=rewrites`: no narrow-output padding, single-channel space-to-depth form or
   stride-2 sub-pixel input gradient (`cpu_convolution._REWRITES` emptied);
 - `--without=sub_pixel`: stride-2 convolutions get XLA's own input gradient, the output
-  gradient dilated with zeros (`cpu_convolution._sub_pixel_input_gradient` replaced);
-- `--without=column_pairs`: no column-pair form for narrow stride-1 convolutions
-  (`cpu_convolution._MAX_COLUMN_PAIR_WIDE` set to 0).
+  gradient dilated with zeros (`cpu_convolution._sub_pixel_input_gradient` replaced).
 Then times `--steps_per_round` steps of each in turn for `--rounds` rounds, alternating which
 goes first. On a shared machine whose speed drifts by tens of percent between minutes, only this
 interleaving separates a few percent; the per-round ratio and its median are printed.
@@ -46,8 +44,7 @@ from irst_jax.models import cpu_convolution  # noqa: E402
 # --config, --batch_size, --image_size and --mode (train, infer or both) are benchmark.py's flags.
 _STEPS = flags.DEFINE_integer("steps_per_round", 4, "Timed steps per variant and round.")
 _ROUNDS = flags.DEFINE_integer("rounds", 12, "Interleaved rounds.")
-_WITHOUT = flags.DEFINE_enum("without", "materialise",
-                             ["materialise", "rewrites", "sub_pixel", "column_pairs"],
+_WITHOUT = flags.DEFINE_enum("without", "materialise", ["materialise", "rewrites", "sub_pixel"],
                              "The CPU form left out of the compared step.")
 
 
@@ -58,10 +55,9 @@ def _dilated_input_gradient(g, rhs):
   return jax.vjp(lambda x: cpu_convolution._stride2_conv(x, rhs), zeros)[1](g)[0]
 
 
-_DISABLED = {"materialise": lambda x: x, "rewrites": (), "sub_pixel": _dilated_input_gradient,
-             "column_pairs": 0}
+_DISABLED = {"materialise": lambda x: x, "rewrites": (), "sub_pixel": _dilated_input_gradient}
 _ATTRIBUTE = {"materialise": "materialise", "rewrites": "_REWRITES",
-              "sub_pixel": "_sub_pixel_input_gradient", "column_pairs": "_MAX_COLUMN_PAIR_WIDE"}
+              "sub_pixel": "_sub_pixel_input_gradient"}
 
 
 def _compiled_step(model, config, schedule, state, batch, mode: str, shipped: bool):

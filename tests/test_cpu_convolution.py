@@ -23,7 +23,7 @@ def _residual_chain(conv, kernels, a, b):
   return jnp.sum(jnp.sin(same(x2, kernels[1])))
 
 
-def _chain_inputs(shape=(2, 16, 16, 16)):  # 16 features: no rewrite, materialised only
+def _chain_inputs(shape=(2, 16, 16, 8)):
   rng = np.random.default_rng(3)
   a, b = (jnp.asarray(rng.normal(size=shape).astype(np.float32)) for _ in range(2))
   kernels = [jnp.asarray(rng.normal(size=(3, 3, shape[-1], shape[-1])).astype(np.float32) * 0.2)
@@ -118,11 +118,10 @@ def _normal(rng, *shape):
 @pytest.mark.parametrize("features,strides", [(4, (1, 1)), (3, (2, 2)), (2, (1, 1))])
 def test_narrow_output_convolution_is_padded_to_eight_features(features, strides):
   rng = np.random.default_rng(features)
-  # An odd width: no column-pair form.
-  x, kernel = _normal(rng, 2, 12, 11, 5), _normal(rng, 3, 3, 5, features)
+  x, kernel = _normal(rng, 2, 12, 10, 5), _normal(rng, 3, 3, 5, features)
   _assert_same_as_lax(x, kernel, strides, ((1, 1), (1, 1)))
   conv = _ours(strides, ((1, 1), (1, 1)))
-  assert _convolutions(conv, x, kernel) == [((2, 12, 11, 5), (3, 3, 5, 8))]
+  assert _convolutions(conv, x, kernel) == [((2, 12, 10, 5), (3, 3, 5, 8))]
 
 
 @pytest.mark.parametrize("kernel_shape", [(1, 1, 5, 4), (3, 3, 5, 8), (3, 3, 5, 1)])
@@ -187,35 +186,6 @@ def test_strided_1x1_convolution_runs_on_the_subsampled_input(height, width, str
   assert {tuple(e.params["window_strides"]) for e in equations} == {(1, 1)}
   assert {tuple(e.params["lhs_dilation"]) for e in equations} == {(1, 1)}
   assert {tuple(e.params["rhs_dilation"]) for e in equations} == {(1, 1)}
-
-
-@pytest.mark.parametrize("features_in,features_out", [(8, 8), (8, 16), (16, 4), (4, 16)])
-def test_narrow_stride1_convolution_computes_column_pairs(features_in, features_out):
-  rng = np.random.default_rng(features_in * features_out)
-  x, kernel = _normal(rng, 2, 12, 10, features_in), _normal(rng, 3, 3, features_in, features_out)
-  _assert_same_as_lax(x, kernel, (1, 1), ((1, 1), (1, 1)))
-  conv = _ours((1, 1), ((1, 1), (1, 1)))
-  equations = cpu_convolution.convolution_equations(conv, x, kernel)
-  assert [(e.invars[0].aval.shape, e.invars[1].aval.shape, e.params["window_strides"])
-          for e in equations] == [((2, 12, 10, features_in), (3, 4, features_in, 2 * features_out),
-                                   (1, 2))]
-  # The input gradient is the column-pair form of the transposed convolution.
-  input_gradient = jax.grad(lambda x: jnp.sum(jnp.sin(conv(x, kernel))))
-  assert ((2, 12, 10, features_out), (3, 4, features_out, 2 * features_in)) in _convolutions(
-      input_gradient, x)
-  # The weight gradient is XLA's, of the plain or (fewer than 8 outputs) padded convolution.
-  weight_gradient = jax.grad(lambda k: jnp.sum(jnp.sin(conv(x, k))))
-  assert ((2, 12, 10, features_in), (3, 3, features_in, max(features_out, 8))) in _convolutions(
-      weight_gradient, kernel)
-
-
-@pytest.mark.parametrize("shape,features_out", [((2, 12, 11, 8), 8), ((2, 12, 10, 16), 16),
-                                                ((2, 12, 10, 8), 32), ((2, 12, 10, 3), 8)])
-def test_other_stride1_convolutions_keep_the_plain_form(shape, features_out):
-  rng = np.random.default_rng(5)
-  x, kernel = _normal(rng, *shape), _normal(rng, 3, 3, shape[-1], features_out)
-  conv = _ours((1, 1), ((1, 1), (1, 1)))
-  assert _convolutions(conv, x, kernel) == [(shape, (3, 3, shape[-1], features_out))]
 
 
 def test_flax_conv_module_gets_both_rewrites_in_turn():

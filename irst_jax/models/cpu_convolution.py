@@ -14,7 +14,7 @@ On the CPU backend:
    against 0.2 ms). ACM-U-Net, batch 8, 256x256: +8 to +18 % train images/s (median
    per-round ratios of three interleaved runs, `experiments/benchmark_cpu_convolution.py
    --without=materialise`; experiments/results/benchmark_acm_unet.md).
-2. Five forms that XNNPACK does not take, or takes slowly, are rewritten (NHWC/HWIO, no
+2. Four forms that XNNPACK does not take, or takes slowly, are rewritten (NHWC/HWIO, no
    dilation, no groups):
    - a k x k (k > 1) convolution with 2-7 output features gets its kernel zero-padded to 8
      output features and its output sliced back: XLA otherwise runs it with its own, slower
@@ -28,16 +28,7 @@ On the CPU backend:
      features is a 2x2 convolution of the output gradient to the four input phases, then
      depth-to-space (sub-pixel form), instead of XLA's convolution of the output gradient
      dilated with zeros. Input gradient, 8x256x256x1 -> 8: 7.6 -> 5.0 ms; 8x64x64x16 -> 32:
-     4.5 -> 2.7 ms; 8x32x32x32 -> 64 would go 2.2 -> 2.4 ms, so wider inputs keep XLA's;
-   - a 3x3, stride-1, padding-1 convolution between 4-8 features on one side and at most
-     16 on the other (W even) computes each pair of output columns as one pixel of twice the
-     features: a stride (1, 2) convolution with a 3x4 kernel, whose output is the plain one in
-     memory; its input gradient is the same form of the transposed convolution. XNNPACK runs
-     8 or fewer output features slowly: forward / input gradient 8x128x128x8 -> 8 7.3 / 7.7 ->
-     5.2 / 5.2 ms; -> 16 9.5 / 10.8 -> 8.2 / 8.7 ms; ACM's FCN head 8x64x64x16 -> 4 (padded to 8
-     before) 2.7 / 2.6 -> 1.7 / 1.4 ms; at 16 -> 16 and 32 -> 32 it was 3-20 % slower. Whole
-     ACM-U-Net (`--without=column_pairs`): train 1.026 (22 of 24 rounds above 1), inference
-     1.028 (14 of 16);
+     4.5 -> 2.7 ms; 8x32x32x32 -> 64 would go 2.2 -> 2.4 ms, so wider inputs keep XLA's.
    - a strided 1x1 convolution without padding (ResNet shortcut) convolves the subsampled
      input `lhs[:, ::s, ::s]`; its gradients then need no dilated convolution. Gradients,
      stride 2: 8x64x64x16 -> 32 1.8 -> 0.9 ms; 8x32x32x32 -> 64 0.85 -> 0.59 ms.
@@ -58,8 +49,6 @@ import jax.numpy as jnp
 _NHWC = ("NHWC", "HWIO", "NHWC")
 _MIN_XNNPACK_FEATURES = 8   # fewer output features: padded up to this many
 _MAX_SUB_PIXEL_FEATURES = 16   # more input features: XLA's own stride-2 input gradient
-# Column-pair form: 4-8 features on the narrow side, at most 16 on the wide side.
-_MIN_COLUMN_PAIR_FEATURES, _MAX_COLUMN_PAIR_NARROW, _MAX_COLUMN_PAIR_WIDE = 4, 8, 16
 
 
 def materialise(x: jax.Array) -> jax.Array:
@@ -91,51 +80,6 @@ def _narrow_output_padded(lhs, rhs, strides, padding):
   wide = jnp.pad(rhs, ((0, 0), (0, 0), (0, 0), (0, _MIN_XNNPACK_FEATURES - features)))
   out = jax.lax.conv_general_dilated(lhs, wide, strides, padding, dimension_numbers=_NHWC)
   return out[..., :features]
-
-
-def _narrow_stride1_as_column_pairs(lhs, rhs, strides, padding):
-  """3x3 / stride 1 / padding 1 (W even) between 4-8 features on one side and at most 16 on
-  the other (`_column_pair_conv`)."""
-  narrow, wide = sorted(rhs.shape[2:])
-  if (rhs.shape[:2] != (3, 3) or tuple(strides) != (1, 1) or lhs.shape[2] % 2
-      or [tuple(p) for p in padding] != [(1, 1), (1, 1)]
-      or not _MIN_COLUMN_PAIR_FEATURES <= narrow <= _MAX_COLUMN_PAIR_NARROW
-      or wide > _MAX_COLUMN_PAIR_WIDE):
-    return None
-  return _column_pair_conv(lhs, rhs)
-
-
-def _column_pairs(lhs, rhs):
-  """The 3x3 / stride 1 / padding 1 convolution computing each pair of output columns as one
-  pixel of twice the features: a stride (1, 2) convolution with a 3x4 kernel (output columns
-  2m and 2m + 1 read input columns 2m - 1 ... 2m + 2), whose [N, H, W/2, 2 O] output is the
-  [N, H, W, O] one in memory."""
-  n, h, w, _ = lhs.shape
-  zero = jnp.zeros_like(rhs[:, :1])
-  kernel = jnp.stack([jnp.concatenate([rhs, zero], axis=1),      # column 2m: taps 0-2
-                      jnp.concatenate([zero, rhs], axis=1)], 3)  # column 2m + 1: taps 1-3
-  kernel = kernel.reshape(3, 4, rhs.shape[2], 2 * rhs.shape[3])
-  out = jax.lax.conv_general_dilated(lhs, kernel, (1, 2), ((1, 1), (1, 1)),
-                                     dimension_numbers=_NHWC)
-  return out.reshape(n, h, w, rhs.shape[3])
-
-
-def _column_pair_gradients(residuals, g):
-  """Input gradient: the same column-pair form, with the flipped, transposed kernel. Weight
-  gradient: XLA's, of the convolution as `_narrow_output_padded` or plainly computes it."""
-  lhs, rhs = residuals
-  flipped = jnp.flip(rhs, (0, 1)).transpose(0, 1, 3, 2)
-
-  def plain(k):
-    padded = _narrow_output_padded(lhs, k, (1, 1), ((1, 1), (1, 1)))
-    return padded if padded is not None else jax.lax.conv_general_dilated(
-        lhs, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=_NHWC)
-  return _column_pairs(g, flipped), jax.vjp(plain, rhs)[1](g)[0]
-
-
-_column_pair_conv = jax.custom_vjp(_column_pairs)
-_column_pair_conv.defvjp(lambda lhs, rhs: (_column_pairs(lhs, rhs), (lhs, rhs)),
-                         _column_pair_gradients)
 
 
 def _strided_1x1_as_subsampled(lhs, rhs, strides, padding):
@@ -231,7 +175,7 @@ _stride2_conv_sub_pixel_input_gradient.defvjp(
 
 
 _REWRITES = (_single_channel_stride2_as_space_to_depth, _stride2_with_sub_pixel_input_gradient,
-             _strided_1x1_as_subsampled, _narrow_stride1_as_column_pairs, _narrow_output_padded)
+             _strided_1x1_as_subsampled, _narrow_output_padded)
 
 
 def _xnnpack_form(lhs, rhs, window_strides, padding, **kwargs):
