@@ -65,7 +65,8 @@ def main(argv):
   finally:
     for server in servers.values():
       server.close()
-  print(f"B = A + {' '.join([_FLAGS.value, *_ENV.value]).strip()}; images/s, {_CONFIG.value}, batch {_BATCH.value}, "
+  added = " ".join([_FLAGS.value, *_ENV.value]).strip()
+  print(f"B = A + {added}; images/s, {_CONFIG.value}, batch {_BATCH.value}, "
         f"{_SIZE.value}x{_SIZE.value}")
   for mode in _MODES:
     a, b = speeds[mode]["A"], speeds[mode]["B"]

@@ -64,11 +64,13 @@ def apply(environ: Mapping[str, str] = os.environ) -> bool:
 def restart_with_huge_pages(environ: Mapping[str, str] = os.environ,
                             execve: Callable[..., None] = os.execve) -> None:
   """Replaces the running program by itself (same interpreter and command line,
-  ``sys.executable`` and ``sys.orig_argv[1:]``) with :data:`HUGE_PAGES_TUNABLE` added to ``GLIBC_TUNABLES``.
+  ``sys.executable`` and ``sys.orig_argv[1:]``) with :data:`HUGE_PAGES_TUNABLE` added to
+  ``GLIBC_TUNABLES``.
 
   Call it first in a ``__main__`` block, before any work. Returns without restarting when the
   tunable (any ``glibc.malloc.hugetlb`` value) is already set, which is the case in the
   restarted program, on other platforms or C libraries, or with ``IRST_JAX_MALLOC_TUNING=0``.
+  Raises OSError if the interpreter cannot be executed again (from ``os.execve``).
   """
   tunables = environ.get("GLIBC_TUNABLES", "")
   if (environ.get("IRST_JAX_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux")

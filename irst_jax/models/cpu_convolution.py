@@ -136,6 +136,15 @@ def _space_to_depth_forward(lhs, rhs):
   return _xnnpack_form(blocks, kernel, (1, 1), ((1, 0), (1, 0)), dimension_numbers=_NHWC)
 
 
+def depth_to_space(phases: jax.Array) -> jax.Array:
+  """[N, h, w, 4 C] with channels ordered (row phase, column phase, C) -> [N, 2h, 2w, C]:
+  output pixel (2i + r, 2j + c) is channel block (r, c) of input pixel (i, j). The output of
+  a sub-pixel convolution (`layers.ConvTranspose4x4`, `_sub_pixel_input_gradient`)."""
+  n, h, w, c4 = phases.shape
+  blocks = phases.reshape(n, h, w, 2, 2, c4 // 4).transpose(0, 1, 3, 2, 4, 5)
+  return blocks.reshape(n, 2 * h, 2 * w, c4 // 4)
+
+
 # Input row 2m + r receives output-gradient row m + d through kernel tap _SUB_PIXEL_TAP[d, r]
 # (3: none): row 2m through tap 1 of row m; row 2m + 1 through tap 2 of row m and tap 0 of
 # row m + 1.
@@ -147,15 +156,13 @@ def _sub_pixel_input_gradient(g, rhs):
   convolution of g (padded by one row and column at the end) to the four input phases
   [N, h, w, 4 * I], then depth-to-space to [N, 2h, 2w, I]. XLA's own form convolves g dilated
   with zeros, which XNNPACK does not take."""
-  n, h, w, _ = g.shape
   features = rhs.shape[2]
   taps = jnp.pad(rhs.transpose(0, 1, 3, 2), ((0, 1), (0, 1), (0, 0), (0, 0)))  # [4, 4, O, I]
   index = jnp.asarray(_SUB_PIXEL_TAP)
   kernel = taps[index[:, None, :, None], index[None, :, None, :]]    # [dy, dx, r, c, O, I]
   kernel = kernel.transpose(0, 1, 4, 2, 3, 5).reshape(2, 2, -1, 4 * features)
-  phases = _xnnpack_form(g, kernel, (1, 1), ((0, 1), (0, 1)), dimension_numbers=_NHWC)
-  phases = phases.reshape(n, h, w, 2, 2, features).transpose(0, 1, 3, 2, 4, 5)
-  return phases.reshape(n, 2 * h, 2 * w, features)
+  return depth_to_space(
+      _xnnpack_form(g, kernel, (1, 1), ((0, 1), (0, 1)), dimension_numbers=_NHWC))
 
 
 def _stride2_gradients(residuals, g):

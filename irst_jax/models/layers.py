@@ -353,9 +353,7 @@ class ConvTranspose4x4(nn.Module):
     phases = phases.reshape(3, 3, c_in, 4 * self.features)
     y = conv_general_dilated(x, phases, (1, 1), ((1, 1), (1, 1)),
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    n, h, w, _ = x.shape
-    y = y.reshape(n, h, w, 2, 2, self.features).transpose(0, 1, 3, 2, 4, 5)
-    return y.reshape(n, 2 * h, 2 * w, self.features) + bias
+    return cpu_convolution.depth_to_space(y) + bias
 
 
 def _source_taps(xp, in_size, out_size, align_corners: bool, dtype):
