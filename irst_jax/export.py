@@ -117,8 +117,7 @@ def make_forward(config: ml_collections.ConfigDict, mean: float, std: float
 
 def _manifest(config: ml_collections.ConfigDict, workdir: pathlib.Path, checkpoint: str,
               step: int, info: pipeline.DatasetInfo) -> dict[str, Any]:
-  metrics_path = workdir / checkpoints.BEST_METRICS_FILE
-  best_metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else None
+  best_metrics = checkpoints.read_best_metrics(workdir)
   return {
       "format": detector.FORMAT_NAME,
       "format_version": detector.FORMAT_VERSION,

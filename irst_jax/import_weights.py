@@ -41,7 +41,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -198,8 +197,7 @@ def import_weights(config: ml_collections.ConfigDict, weights: str | pathlib.Pat
   try:
     store.save_latest(0, host_state)
     # best/ without best_metrics.json: the weights are the best until an evaluation says more
-    store.best.save(0, args=ocp.args.StandardSave(host_state), force=True)
-    store.best.wait_until_finished()
+    store.set_best(0, host_state)
   finally:
     store.close()
   record = {"weights": str(weights.absolute()),

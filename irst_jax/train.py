@@ -31,7 +31,7 @@ from flax.training import train_state
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from irst_jax import checkpoints, losses, models, optim, report
+from irst_jax import checkpoints, config_checks, losses, models, optim, report
 from irst_jax import curves as curves_lib
 from irst_jax.data import pipeline
 
@@ -194,16 +194,53 @@ def _restore_into(state: TrainState, restored: dict) -> tuple[TrainState, int]:
   return state, int(restored["epoch"])
 
 
-class RunLogger:
-  """metrics.jsonl, TensorBoard events (tensorboardX) and the console, on process 0 only."""
+METRICS_FILE = "metrics.jsonl"
 
-  def __init__(self, workdir: pathlib.Path):
+
+def _read_records(path: pathlib.Path) -> tuple[list[dict], int]:
+  """The rows of a metrics.jsonl and the count of unreadable lines (a write cut by a kill)."""
+  records, bad = [], 0
+  for line in path.read_text().splitlines() if path.exists() else []:
+    try:
+      records.append(json.loads(line))
+    except ValueError:
+      bad += 1
+  return records, bad
+
+
+def _drop_records_after(path: pathlib.Path, step: int) -> None:
+  """Rewrites metrics.jsonl (atomically) without its rows after `step` and its unreadable
+  lines: a resumed run trains those steps again and would otherwise log them twice."""
+  records, bad = _read_records(path)
+  kept = [r for r in records if int(r.get("step", 0)) <= step]
+  if len(kept) < len(records) or bad:
+    checkpoints.write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
+    logging.info("%s: dropped %d rows after the restored step %d", path,
+                 len(records) - len(kept) + bad, step)
+
+
+def _recorded(path: pathlib.Path, split: str, step: int) -> Optional[dict[str, float]]:
+  """The metrics logged for `split` at `step` in metrics.jsonl, or None."""
+  rows = [r for r in _read_records(path)[0] if r.get("split") == split and r.get("step") == step]
+  if not rows:
+    return None
+  return {k: v for k, v in rows[-1].items() if k not in ("split", "step", "epoch")}
+
+
+class RunLogger:
+  """metrics.jsonl, TensorBoard events (tensorboardX) and the console, on process 0 only.
+
+  `purge_step`: TensorBoard discards the events of this step and later ones written before
+  (a resumed run's steps after its checkpoint), as metrics.jsonl drops its rows.
+  """
+
+  def __init__(self, workdir: pathlib.Path, purge_step: Optional[int] = None):
     self.enabled = jax.process_index() == 0
-    self.jsonl = workdir / "metrics.jsonl"
+    self.jsonl = workdir / METRICS_FILE
     self.writer = None
     if self.enabled:
       from tensorboardX import SummaryWriter
-      self.writer = SummaryWriter(str(workdir / "tensorboard"))
+      self.writer = SummaryWriter(str(workdir / "tensorboard"), purge_step=purge_step)
 
   def write(self, split: str, step: int, epoch: int, values: dict[str, float]) -> None:
     if not self.enabled:
@@ -256,61 +293,111 @@ def _file_logging(workdir: pathlib.Path):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming if it holds a checkpoint) and evaluates it.
 
+  Order, so that a mistake costs one line and loses nothing: the whole config is validated
+  and the model initialised (nothing written yet); the workdir is locked against a second
+  training run; a resume is checked against the saved config.json and restored; only then is
+  config.json (re)written. On resume, metrics.jsonl rows (and TensorBoard events) after the
+  restored step, left by a run that stopped before its next checkpoint, are dropped.
+
   Returns {'final': metrics of the last evaluation, 'best': best metrics, 'images_per_sec'}.
   Raises:
+    config_checks.ConfigError: an invalid config field (before anything is written), or a
+      resume whose config changes fields the checkpoints depend on (naming them).
+    checkpoints.WorkdirBusyError: another training run holds the workdir (its pid and host).
     checkpoints.WorkdirMismatchError: the workdir holds a different model's run.
+    checkpoints.CheckpointMismatchError: the workdir's checkpoint does not fit the model.
+    checkpoints.CheckpointDiskFullError: the disk filled up while a checkpoint was written
+      (rerunning resumes from the previous checkpoint).
     TrainingDivergedError: the loss became NaN/inf (the last good checkpoint is kept).
-    ValueError: batch size not divisible by the number of devices, bad config values.
   """
   workdir_path = pathlib.Path(workdir).absolute()
-  workdir_path.mkdir(parents=True, exist_ok=True)
-  checkpoints.save_config(workdir_path, config)
-  with _file_logging(workdir_path):
-    return _train_and_evaluate(config, workdir_path)
-
-
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: pathlib.Path
-                        ) -> dict[str, Any]:
-
   num_devices = jax.local_device_count()
-  if config.train.batch_size % (num_devices * jax.process_count()):
-    raise ValueError(f"train.batch_size={config.train.batch_size} is not divisible by the "
-                     f"{num_devices * jax.process_count()} devices")
-  process_batch = config.train.batch_size // jax.process_count()
-  pipeline.check_channels(config.dataset, config.model.in_channels)
-  info = pipeline.dataset_info(config.dataset)
+  info = config_checks.check_training_config(config, num_devices * jax.process_count())
   steps_per_epoch = info.num_examples[config.dataset.train_split] // config.train.batch_size
-  if steps_per_epoch == 0:
-    raise ValueError(f"train.batch_size={config.train.batch_size} exceeds the "
-                     f"{info.num_examples[config.dataset.train_split]} training images")
+  model = models.create_model(config.model, axis_name=AXIS)
+  tx, schedule = optim.create_optimizer(config.optim, steps_per_epoch, config.train.num_epochs)
+  crop = config.dataset.crop_size
+  try:
+    state = create_train_state(model, config, tx, (1, crop, crop, config.model.in_channels))
+  except (ValueError, TypeError, AttributeError, KeyError) as e:
+    message = (str(e).splitlines() or [type(e).__name__])[0]
+    raise config_checks.ConfigError(
+        f"model.* of {config.model.name!r} cannot be built: {message}") from e
+  with checkpoints.workdir_lock(workdir_path) as lock, _file_logging(workdir_path):
+    if lock.describe_takeover():
+      logging.warning("%s", lock.describe_takeover())
+    return _train_and_evaluate(config, workdir_path, info, model, schedule, state,
+                               steps_per_epoch)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: pathlib.Path,
+                        info: pipeline.DatasetInfo, model, schedule: optax.Schedule,
+                        state: TrainState, steps_per_epoch: int) -> dict[str, Any]:
+  num_devices = jax.local_device_count()
+  process_batch = config.train.batch_size // jax.process_count()
   num_epochs = config.train.num_epochs
   logging.info("%s on %s/%s: %d training images, %d steps/epoch, %d epochs, %d device(s)",
                config.model.name, info.name, info.builder_config,
                info.num_examples[config.dataset.train_split], steps_per_epoch, num_epochs,
                num_devices)
-
-  model = models.create_model(config.model, axis_name=AXIS)
-  tx, schedule = optim.create_optimizer(config.optim, steps_per_epoch, num_epochs)
-  crop = config.dataset.crop_size
-  state = create_train_state(model, config, tx, (1, crop, crop, config.model.in_channels))
   logging.info("parameters: %d", sum(x.size for x in jax.tree_util.tree_leaves(state.params)))
 
+  config_path = workdir_path / checkpoints.CONFIG_FILE
+  saved = checkpoints.read_saved_config(workdir_path)
+  if saved is not None:
+    checkpoints.check_same_model(saved, config, config_path)
+  for sub in ("checkpoints", "best"):   # unfinished saves of a crashed run (we hold the lock)
+    for path in checkpoints.remove_temporary_folders(workdir_path / sub):
+      logging.info("removed the unfinished checkpoint folder %s", path)
   store = checkpoints.CheckpointStore(workdir_path, keep=config.train.keep_checkpoints)
-  start_epoch = skip_steps = 0
-  if store.latest_step() is not None:
-    state, start_epoch = _restore_into(state, store.restore(_checkpoint_state(state, 0)))
-    # A run stopped by the time limit mid-epoch resumes inside that epoch: its batches are
-    # deterministic (seed, epoch), so the ones already trained on are drawn and skipped.
-    skip_steps = int(state.step) - start_epoch * steps_per_epoch
-    logging.info("resumed from %s at step %d (epoch %d%s)", store.latest.directory,
-                 int(state.step), start_epoch + 1 if skip_steps else start_epoch,
-                 f", step {skip_steps} of {steps_per_epoch}" if skip_steps else "")
+  try:
+    start_epoch = skip_steps = restored_step = 0
+    if store.latest_step() is not None:
+      if saved is not None:
+        config_checks.check_resumable(saved, config, str(config_path))
+      state, start_epoch = _restore_into(state, store.restore(_checkpoint_state(state, 0)))
+      restored_step = int(state.step)
+      if restored_step > num_epochs * steps_per_epoch:
+        raise config_checks.ConfigError(
+            f"train.num_epochs={num_epochs}: the checkpoint in {store.latest.directory} has "
+            f"already trained {start_epoch} epochs (step {restored_step}); use a larger "
+            "train.num_epochs or a new --workdir")
+      # A run stopped by the time limit mid-epoch resumes inside that epoch: its batches are
+      # deterministic (seed, epoch), so the ones already trained on are drawn and skipped.
+      skip_steps = restored_step - start_epoch * steps_per_epoch
+      logging.info("resumed from %s at step %d (epoch %d%s)", store.latest.directory,
+                   restored_step, start_epoch + 1 if skip_steps else start_epoch,
+                   f", step {skip_steps} of {steps_per_epoch}" if skip_steps else "")
+    checkpoints.save_config(workdir_path, config)   # accepted: the run's config from now on
+    store.sync_best_metrics_file()
+    _drop_records_after(workdir_path / METRICS_FILE, restored_step)
+    return _train_loop(config, workdir_path, model, schedule, state, store, start_epoch,
+                       skip_steps, steps_per_epoch, process_batch)
+  finally:
+    store.close()
 
+
+def _train_loop(config: ml_collections.ConfigDict, workdir_path: pathlib.Path, model,
+                schedule: optax.Schedule, state: TrainState, store: checkpoints.CheckpointStore,
+                start_epoch: int, skip_steps: int, steps_per_epoch: int, process_batch: int
+                ) -> dict[str, Any]:
+  num_devices = jax.local_device_count()
+  num_epochs = config.train.num_epochs
   train_step = make_train_step(model, config.train.loss, schedule)
   eval_step = make_eval_step(model, config.eval)
+  restored_step = int(state.step)
   state = replicate(state)
-  logger = RunLogger(workdir_path)
+  logger = RunLogger(workdir_path, purge_step=restored_step + 1)
   final: dict[str, float] = {}
+  if start_epoch >= num_epochs:
+    logging.info("the run in %s has trained its %d epochs (step %d): nothing to train; raise "
+                 "train.num_epochs to continue", workdir_path, num_epochs, restored_step)
+    final = _recorded(workdir_path / METRICS_FILE, config.dataset.eval_split, restored_step)
+    if final is None:
+      final = evaluate(eval_step, state, config, config.dataset.eval_split)
+      logger.write(config.dataset.eval_split, restored_step, num_epochs, final)
+    logger.close()
+    return {"final": final, "best": store.best_metrics(), "images_per_sec": float("nan")}
   throughput: list[float] = []
   deadline = (time.monotonic() + 60.0 * config.train.time_limit_minutes
               if config.train.get("time_limit_minutes") else math.inf)
@@ -388,7 +475,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: pathlib
   finally:
     progress.close()
     logger.close()
-    store.close()
   return {"final": final, "best": store.best_metrics(),
           "images_per_sec": float(np.median(throughput)) if throughput else float("nan")}
 
@@ -413,8 +499,23 @@ def evaluate_workdir(workdir: str, which: str = "best",
   writes the report (`report.write_report`: metrics.json, roc.png, pr.png, grid.png of the
   first `eval.grid_images` images) into `out_dir` (default `<workdir>/eval/<which>_<split>`).
   Eval options missing from an older workdir's saved config take the current defaults.
+  May run beside a training run of the same workdir (it only reads the checkpoints).
+
+  Raises:
+    FileNotFoundError: not a workdir (no config.json) or no such checkpoint.
+    checkpoints.WorkdirMismatchError: `config` is another model's than the workdir's run.
+    checkpoints.CheckpointMismatchError: the checkpoint does not fit the model (one line).
+    config_checks.ConfigError: an invalid model or eval field, or a split the dataset lacks.
   """
-  config = _with_eval_defaults(config or checkpoints.load_config(workdir))
+  saved = checkpoints.load_config(workdir)
+  if config is not None:   # another model's config: the refusal training gives, not Orbax's
+    checkpoints.check_same_model(checkpoints.read_saved_config(workdir), config,
+                                 pathlib.Path(workdir) / checkpoints.CONFIG_FILE)
+  config = _with_eval_defaults(config or saved)
+  config_checks.check_model(config)
+  config_checks.check_eval(config)
+  config_checks.check_split(config, pipeline.dataset_info(config.dataset),
+                            "--split" if split else "dataset.eval_split", split)
   split = split or config.dataset.eval_split
   pipeline.check_channels(config.dataset, config.model.in_channels)
   model = models.create_model(config.model, axis_name=AXIS)
