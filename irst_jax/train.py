@@ -7,7 +7,9 @@ psum-med (`losses.global_sum`), so a step on D devices equals a step on one devi
 the whole batch.
 
 A run is resumable: rerunning the same command continues from the latest checkpoint of the
-workdir (step, params, optimiser state, batch statistics, RNG, epoch).
+workdir (step, params, optimiser state, batch statistics, RNG, epoch). A workdir takes one
+training run at a time (`checkpoints.workdir_lock`); the config is validated before anything
+is written (`config_checks`).
 """
 from __future__ import annotations
 
@@ -296,8 +298,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   Order, so that a mistake costs one line and loses nothing: the whole config is validated
   and the model initialised (nothing written yet); the workdir is locked against a second
   training run; a resume is checked against the saved config.json and restored; only then is
-  config.json (re)written. On resume, metrics.jsonl rows (and TensorBoard events) after the
-  restored step, left by a run that stopped before its next checkpoint, are dropped.
+  config.json (re)written. A resume may change only `config_checks.SAFE_ON_RESUME` fields
+  (and train.num_epochs under a constant or multistep schedule), except from a step-0
+  checkpoint (imported weights), which any training settings may fine-tune. On resume,
+  metrics.jsonl rows (and TensorBoard events) after the restored step, left by a run that
+  stopped before its next checkpoint, are dropped. A rerun of a finished run trains nothing
+  and returns its last evaluation.
 
   Returns {'final': metrics of the last evaluation, 'best': best metrics, 'images_per_sec'}.
   Raises:
@@ -323,8 +329,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     message = (str(e).splitlines() or [type(e).__name__])[0]
     raise config_checks.ConfigError(
         f"model.* of {config.model.name!r} cannot be built: {message}") from e
-  with checkpoints.workdir_lock(workdir_path) as lock, _file_logging(workdir_path):
-    if lock.describe_takeover():
+  # One lock per run: with several JAX processes (one run), process 0 holds it for all.
+  locked = (checkpoints.workdir_lock(workdir_path) if jax.process_index() == 0
+            else contextlib.nullcontext(None))
+  with locked as lock, _file_logging(workdir_path):
+    if lock is not None and lock.describe_takeover():
       logging.warning("%s", lock.describe_takeover())
     return _train_and_evaluate(config, workdir_path, info, model, schedule, state,
                                steps_per_epoch)
@@ -346,15 +355,16 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: pathlib
   saved = checkpoints.read_saved_config(workdir_path)
   if saved is not None:
     checkpoints.check_same_model(saved, config, config_path)
-  for sub in ("checkpoints", "best"):   # unfinished saves of a crashed run (we hold the lock)
+  primary = jax.process_index() == 0   # the process that holds the lock and writes the logs
+  for sub in ("checkpoints", "best") if primary else ():   # unfinished saves of a crashed run
     for path in checkpoints.remove_temporary_folders(workdir_path / sub):
       logging.info("removed the unfinished checkpoint folder %s", path)
   store = checkpoints.CheckpointStore(workdir_path, keep=config.train.keep_checkpoints)
   try:
     start_epoch = skip_steps = restored_step = 0
     if store.latest_step() is not None:
-      if saved is not None:
-        config_checks.check_resumable(saved, config, str(config_path))
+      if saved is not None and store.latest_step() > 0:   # step 0 (imported weights): any
+        config_checks.check_resumable(saved, config, str(config_path))   # training settings
       state, start_epoch = _restore_into(state, store.restore(_checkpoint_state(state, 0)))
       restored_step = int(state.step)
       if restored_step > num_epochs * steps_per_epoch:
@@ -369,8 +379,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: pathlib
                    restored_step, start_epoch + 1 if skip_steps else start_epoch,
                    f", step {skip_steps} of {steps_per_epoch}" if skip_steps else "")
     checkpoints.save_config(workdir_path, config)   # accepted: the run's config from now on
-    store.sync_best_metrics_file()
-    _drop_records_after(workdir_path / METRICS_FILE, restored_step)
+    if primary:
+      store.sync_best_metrics_file()
+      _drop_records_after(workdir_path / METRICS_FILE, restored_step)
     return _train_loop(config, workdir_path, model, schedule, state, store, start_epoch,
                        skip_steps, steps_per_epoch, process_batch)
   finally:

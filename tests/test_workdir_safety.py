@@ -196,6 +196,23 @@ def test_resume_with_another_batch_size_is_refused(prepared_fake_nuaa, trained, 
   assert after == before   # config.json, checkpoints, metrics untouched
 
 
+def test_step_zero_checkpoint_takes_new_training_settings(prepared_fake_nuaa, trained, tmp_path):
+  """Imported weights (a step-0 checkpoint) are fine-tuned with any optimiser settings."""
+  workdir = _copy(trained, tmp_path)
+  store = checkpoints.CheckpointStore(workdir)
+  state = store.latest.restore(3)
+  state["step"], state["epoch"] = np.int32(0), np.int32(0)
+  store.save_latest(0, state)
+  store.latest.delete(3)
+  store.close()
+  (workdir / "metrics.jsonl").unlink()
+  config = _config(prepared_fake_nuaa)
+  config.optim.learning_rate = 1e-3
+  train.train_and_evaluate(config, str(workdir))
+  assert json.loads((workdir / "config.json").read_text())["optim"]["learning_rate"] == 1e-3
+  assert [(r["split"], r["step"]) for r in _records(workdir)] == [("train", 3), ("test", 3)]
+
+
 def test_resumable_fields():
   base = {"train": {"batch_size": 2, "num_epochs": 4, "seed": 1, "log_every_steps": 5},
           "optim": {"schedule": "multistep"}, "eval": {"threshold": 0.5},
