@@ -17,7 +17,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from irst_jax import malloc_tuning, train
+from irst_jax import errors, malloc_tuning, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]).",
                                           lock_config=True)
@@ -63,4 +63,4 @@ def main(argv):
 if __name__ == "__main__":
   malloc_tuning.restart_with_huge_pages()
   flags.mark_flag_as_required("workdir")
-  app.run(main)
+  errors.run_main(main)

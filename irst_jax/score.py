@@ -27,6 +27,7 @@ from absl import app, flags
 from PIL import Image
 
 from irst_jax import curves as curves_lib
+from irst_jax import errors
 from irst_jax import report
 from irst_jax.data import pipeline
 
@@ -146,10 +147,7 @@ def main(argv):
   eval_config = default.get_base_config().eval
   eval_config.threshold = _THRESHOLD.value
   data = dataset_config(_DATASET.value, _BUILDER_CONFIG.value, _DATA_DIR.value, _MANUAL_DIR.value)
-  try:
-    values, curves = score_folder(_PREDICTIONS.value, data, _SPLIT.value, eval_config)
-  except (ValueError, FileNotFoundError) as e:
-    raise app.UsageError(str(e)) from None
+  values, curves = score_folder(_PREDICTIONS.value, data, _SPLIT.value, eval_config)
   name = pathlib.Path(_PREDICTIONS.value).name
   print(f"{data.name}/{data.builder_config} {_SPLIT.value}: {int(values['images'])} images")
   print(report.table(values, name))
@@ -162,4 +160,4 @@ def main(argv):
 if __name__ == "__main__":
   _define_flags()
   flags.mark_flag_as_required("predictions")
-  app.run(main)
+  errors.run_main(main)

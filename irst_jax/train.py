@@ -31,15 +31,16 @@ from flax.training import train_state
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from irst_jax import checkpoints, losses, models, optim, report
+from irst_jax import checkpoints, errors, losses, models, optim, report
 from irst_jax import curves as curves_lib
 from irst_jax.data import pipeline
 
 AXIS = "batch"
 
 
-class TrainingDivergedError(RuntimeError):
-  """The loss became NaN or infinite; the last good checkpoint is kept."""
+class TrainingDivergedError(errors.UserError, RuntimeError):
+  """The loss became NaN or infinite; the last good checkpoint is kept (a user error: the
+  learning rate or the data need a change)."""
 
 
 class TrainState(train_state.TrainState):
