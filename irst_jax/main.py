@@ -7,7 +7,10 @@
   python -m irst_jax.main --mode=export --workdir=runs/acm_unet [--export_dir=DIR]
 
 `train` resumes from the workdir's latest checkpoint when there is one. `eval` uses the
-config saved in the workdir unless --config is given.
+config saved in the workdir unless --config is given, and the normalisation statistics the
+run trained with (normalization.json). A user error (bad flag, config value or file) is one
+line `error: ...` on stderr with exit status 2; --verbose adds the traceback
+(irst_jax.errors).
 """
 from __future__ import annotations
 
