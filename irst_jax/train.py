@@ -31,15 +31,16 @@ from flax.training import train_state
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from irst_jax import checkpoints, losses, models, optim, report
+from irst_jax import checkpoints, errors, losses, models, optim, report
 from irst_jax import curves as curves_lib
 from irst_jax.data import pipeline
 
 AXIS = "batch"
 
 
-class TrainingDivergedError(RuntimeError):
-  """The loss became NaN or infinite; the last good checkpoint is kept."""
+class TrainingDivergedError(errors.UserError, RuntimeError):
+  """The loss became NaN or infinite; the last good checkpoint is kept (a user error: the
+  learning rate or the data need a change)."""
 
 
 class TrainState(train_state.TrainState):
@@ -257,8 +258,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Trains `config` in `workdir` (resuming if it holds a checkpoint) and evaluates it.
 
   Returns {'final': metrics of the last evaluation, 'best': best metrics, 'images_per_sec'}.
+  Writes normalization.json at the start (the statistics it trains with); a resumed run
+  uses the stored ones.
+
   Raises:
     checkpoints.WorkdirMismatchError: the workdir holds a different model's run.
+    checkpoints.NormalizationMismatchError: a resume whose normalization kind changed.
     TrainingDivergedError: the loss became NaN/inf (the last good checkpoint is kept).
     ValueError: batch size not divisible by the number of devices, bad config values.
   """
@@ -271,7 +276,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: pathlib.Path
                         ) -> dict[str, Any]:
-
+  config = checkpoints.with_saved_normalization(config, workdir_path, missing_ok=True)  # resume
   num_devices = jax.local_device_count()
   if config.train.batch_size % (num_devices * jax.process_count()):
     raise ValueError(f"train.batch_size={config.train.batch_size} is not divisible by the "
@@ -279,6 +284,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: pathlib
   process_batch = config.train.batch_size // jax.process_count()
   pipeline.check_channels(config.dataset, config.model.in_channels)
   info = pipeline.dataset_info(config.dataset)
+  checkpoints.save_normalization(workdir_path, info)
   steps_per_epoch = info.num_examples[config.dataset.train_split] // config.train.batch_size
   if steps_per_epoch == 0:
     raise ValueError(f"train.batch_size={config.train.batch_size} exceeds the "
@@ -413,8 +419,11 @@ def evaluate_workdir(workdir: str, which: str = "best",
   writes the report (`report.write_report`: metrics.json, roc.png, pr.png, grid.png of the
   first `eval.grid_images` images) into `out_dir` (default `<workdir>/eval/<which>_<split>`).
   Eval options missing from an older workdir's saved config take the current defaults.
+  Images are normalised with the workdir's stored statistics (normalization.json,
+  `checkpoints.with_saved_normalization`), not those of the dataset copy found now.
   """
   config = _with_eval_defaults(config or checkpoints.load_config(workdir))
+  config = checkpoints.with_saved_normalization(config, workdir)   # the trained statistics
   split = split or config.dataset.eval_split
   pipeline.check_channels(config.dataset, config.model.in_channels)
   model = models.create_model(config.model, axis_name=AXIS)
