@@ -3,6 +3,9 @@
 Layout of a workdir:
   config.json          the run's full config (written once validated and accepted; compared
                        on resume)
+  normalization.json   the input normalisation it trained with: kind, mean, std (0..255
+                       scale), dataset and builder config (written with config.json; used by
+                       evaluation, export, predict and resumed training)
   .lock                pid and host of the training run using the workdir (`workdir_lock`)
   checkpoints/<step>/  latest training states (params, batch_stats, opt_state, step, epoch, rng)
   best/<step>/         the state with the best evaluation IoU, its metrics in the step's own
@@ -39,6 +42,7 @@ from absl import logging
 
 CONFIG_FILE = "config.json"
 BEST_METRICS_FILE = "best_metrics.json"
+NORMALIZATION_FILE = "normalization.json"
 LOCK_FILE = ".lock"
 #: Suffix of the folders Orbax writes a step into before renaming them (orbax-checkpoint 0.11+).
 ORBAX_TMP_SUFFIX = ".orbax-checkpoint-tmp"
@@ -63,6 +67,10 @@ class CheckpointDiskFullError(OSError):
   def __init__(self, message: str):
     super().__init__(message)
     self.errno = errno.ENOSPC
+
+
+class NormalizationMismatchError(ValueError):
+  """The workdir trained with other input statistics than the config / dataset now give."""
 
 
 def _to_host(tree: Any) -> Any:
@@ -488,3 +496,93 @@ def check_same_model(saved: dict, config: ml_collections.ConfigDict, path: pathl
         f"{path} holds a run of model {saved_model.get('name')!r} with a different model "
         f"configuration (differs in: {', '.join(diffs)}); the current config asks for "
         f"{current.get('name')!r}. Use a new --workdir, or the saved config.")
+
+
+def save_normalization(workdir: str | pathlib.Path, info: Any) -> None:
+  """Writes normalization.json (the statistics a run trains with) unless it exists.
+
+  Args:
+    info: a ``pipeline.DatasetInfo`` (its normalization kind, mean, std, name, builder_config).
+
+  Raises:
+    NormalizationMismatchError: the workdir's file holds another kind, mean or std (a resume
+      whose config or dataset changed them), naming both and the overrides that continue
+      with the stored statistics.
+  """
+  path = pathlib.Path(workdir) / NORMALIZATION_FILE
+  record = {"kind": info.normalization, "mean": info.mean, "std": info.std,
+            "dataset": info.name, "builder_config": info.builder_config,
+            "formula": "(x - mean) / std on the 0..255 grey scale"}
+  record = json.loads(json.dumps(record))   # tuples as lists, as read back
+  stored = load_normalization(workdir)
+  if stored is None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, path)
+    return
+  same = (stored.get("kind") == record["kind"]
+          and np.shape(stored.get("mean")) == np.shape(record["mean"])
+          and np.allclose(stored.get("mean"), record["mean"], rtol=1e-6)
+          and np.allclose(stored.get("std"), record["std"], rtol=1e-6))
+  if not same:
+    hint = (f"; to continue with them set --config.dataset.mean={stored.get('mean')} "
+            f"--config.dataset.std={stored.get('std')}"
+            if stored.get("kind") == record["kind"] and np.ndim(stored.get("mean")) == 0 else "")
+    raise NormalizationMismatchError(
+        f"{path}: the run trained with normalization {stored.get('kind')!r} mean "
+        f"{stored.get('mean')} std {stored.get('std')} ({stored.get('dataset')}/"
+        f"{stored.get('builder_config')}), but now gets {record['kind']!r} mean "
+        f"{record['mean']} std {record['std']} ({info.name}/{info.builder_config}){hint}; "
+        "or use a new --workdir")
+
+
+def load_normalization(workdir: str | pathlib.Path) -> Optional[dict[str, Any]]:
+  """The contents of a workdir's normalization.json, or None when it has none (older runs).
+
+  Raises ValueError naming the file when it is not readable JSON with kind, mean and std.
+  """
+  path = pathlib.Path(workdir) / NORMALIZATION_FILE
+  if not path.exists():
+    return None
+  try:
+    record = json.loads(path.read_text())
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ValueError(f"cannot read {path}: {e}") from e
+  if not isinstance(record, dict) or not {"kind", "mean", "std"} <= set(record):
+    raise ValueError(f"{path} holds no normalization record; expected the keys kind, mean, std")
+  return record
+
+
+def with_saved_normalization(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+                             missing_ok: bool = False) -> ml_collections.ConfigDict:
+  """A copy of `config` whose ``dataset.mean`` / ``dataset.std`` are the workdir's stored ones.
+
+  So evaluation, export, predict and a resumed run normalise as the run trained, whatever
+  copy of the dataset is found now. The config is returned unchanged when it sets
+  ``dataset.mean`` itself, when its normalization kind differs from the stored one (a
+  deliberate choice; logged), for ImageNet RGB constants (fixed), and when the workdir has
+  no normalization.json (a run from before the file: the dataset's statistics are used, with
+  a warning unless `missing_ok`).
+  """
+  stored = load_normalization(workdir)
+  kind = config.dataset.normalization
+  if config.dataset.get("mean") is not None or config.dataset.get("std") is not None:
+    return config
+  if stored is None:
+    if not missing_ok and kind == "dataset":
+      logging.warning("%s has no %s (a run from an older irst_jax): normalising with the "
+                      "statistics of the dataset copy found now, which may differ from those "
+                      "it trained with", workdir, NORMALIZATION_FILE)
+    return config
+  if stored["kind"] != kind:
+    logging.warning("%s: the run trained with normalization %r, the config asks for %r: "
+                    "using the config's", pathlib.Path(workdir) / NORMALIZATION_FILE,
+                    stored["kind"], kind)
+    return config
+  if np.ndim(stored["mean"]) != 0:
+    return config
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.dataset.mean = float(stored["mean"])
+  config.dataset.std = float(stored["std"])
+  return config

@@ -9,8 +9,8 @@ it takes the workdir's lock or writes config.json. `check_resumable` refuses a r
 config changes what the saved training state depends on (batch size, optimiser, data...),
 naming every such field; the safe ones (`SAFE_ON_RESUME`) may change.
 
-Errors are `ConfigError` (a ValueError) with a one-line message naming the field and value,
-e.g. `train.batch_size=0: expected an integer >= 1`.
+Errors are `ConfigError` (an `errors.UserError`, a ValueError) with a one-line message
+naming the field and value, e.g. `train.batch_size=0: expected an integer >= 1`.
 """
 from __future__ import annotations
 
@@ -21,12 +21,12 @@ from typing import Any, Optional
 import ml_collections
 import numpy as np
 
-from irst_jax import losses, models, optim
+from irst_jax import errors, losses, models, optim
 from irst_jax.data import builders, pipeline
 from irst_jax.models import attention, daea, dnanet
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.UserError):
   """A config value is invalid or not allowed here; the message names the field."""
 
 
@@ -228,7 +228,8 @@ def check_resumable(saved: dict, config: ml_collections.ConfigDict, path: str) -
   not depend on it (constant, multistep): training then continues to the new last epoch.
   With a cosine or poly schedule the learning rate of every step is a function of
   `train.num_epochs`, so changing it is refused. Model fields are checked first by
-  `checkpoints.check_same_model`. A field present on one side only counts as changed.
+  `checkpoints.check_same_model`. A field present on one side only counts as changed
+  unless the other side's value is None (an unset placeholder).
 
   Raises:
     ConfigError: naming every changed field with its saved and new value.
@@ -237,7 +238,8 @@ def check_resumable(saved: dict, config: ml_collections.ConfigDict, path: str) -
   new = _flatten(json.loads(config.to_json_best_effort()))
   changed = []
   for name in sorted(set(old) | set(new)):
-    if old.get(name, "<absent>") == new.get(name, "<absent>") or _safe(name):
+    # absent on one side and None (an unset placeholder) on the other: a field added since
+    if old.get(name) == new.get(name) or _safe(name):
       continue
     if name == "train.num_epochs" and new.get("optim.schedule") in _EPOCH_FREE_SCHEDULES:
       continue

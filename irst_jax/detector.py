@@ -221,11 +221,49 @@ def _checked_file(directory: pathlib.Path, manifest: dict, name: str) -> pathlib
   return path
 
 
+def _check_manifest(manifest: dict[str, Any], exported: Any, path: pathlib.Path) -> None:
+  """Checks the manifest fields the loader relies on against the deserialized module.
+
+  `threshold` must be a probability in (0, 1); `input.shape` (e.g. ``["b", "h", "w", 1]``)
+  and `input.dtype` must be the module's image argument (``exported.in_avals``: the first
+  rank-4 argument after the weights), whose channels must be the 1 grey channel that
+  :meth:`Detector.predict_batch` feeds.
+
+  Raises:
+    ArtifactError: naming the field, its value, `path` and what was expected.
+  """
+  threshold = manifest.get("threshold")
+  if (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+      or not 0.0 < threshold < 1.0):
+    raise ArtifactError(f"threshold {threshold!r} in {path}: expected a probability in (0, 1)")
+  args, _ = jax.tree_util.tree_unflatten(exported.in_tree, exported.in_avals)
+  images = next((a for a in args[1:] if len(getattr(a, "shape", ())) == 4), None)
+  if images is None:
+    raise ArtifactError(f"{path.parent / MODULE_FILE} takes no image argument [b, h, w, c]; "
+                        "expected a module written by irst_jax.export")
+  def dims(shape):
+    return [d if isinstance(d, int) else str(d) for d in shape]
+
+  module_shape = dims(images.shape)
+  spec = manifest.get("input") if isinstance(manifest.get("input"), dict) else {}
+  shape, dtype = spec.get("shape"), spec.get("dtype")
+  if not isinstance(shape, list) or dims(shape) != module_shape:
+    raise ArtifactError(f"input shape {shape!r} in {path} does not match the module's image "
+                        f"input {module_shape}")
+  if dtype != str(images.dtype):
+    raise ArtifactError(f"input dtype {dtype!r} in {path} does not match the module's image "
+                        f"input dtype {str(images.dtype)!r}")
+  if module_shape[-1] != 1:
+    raise ArtifactError(f"{path.parent / MODULE_FILE} takes images with {module_shape[-1]} "
+                        "channels; this loader feeds grey images [b, h, w, 1]")
+
+
 def load_export(path: str | pathlib.Path) -> tuple[Forward, dict[str, Any]]:
   """Loads an exported artifact (its directory or its manifest.json): (forward, manifest).
 
   Raises:
-    ArtifactError: missing/damaged files, checksum mismatch.
+    ArtifactError: missing/damaged files, checksum mismatch, manifest fields (threshold,
+      input shape and dtype) that do not fit the module (:func:`_check_manifest`).
     IncompatibleArtifactError: another format version, a module this JAX cannot
       deserialize (written by a newer JAX), or no lowering for this JAX backend.
   """
@@ -241,6 +279,7 @@ def load_export(path: str | pathlib.Path) -> tuple[Forward, dict[str, Any]]:
     raise IncompatibleArtifactError(
         f"cannot deserialize {module_path} (written with jax "
         f"{manifest.get('versions', {}).get('jax')}, this is jax {jax.__version__}): {e}") from e
+  _check_manifest(manifest, exported, directory / MANIFEST_FILE)
   backend = jax.default_backend()
   if backend not in exported.platforms:
     raise IncompatibleArtifactError(

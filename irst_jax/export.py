@@ -53,6 +53,10 @@ def load_workdir(workdir: str | pathlib.Path, checkpoint: str = "best", step: Op
                  ) -> tuple[ml_collections.ConfigDict, dict[str, Any], int]:
   """(config, {'params', 'batch_stats'} as numpy, step) of a workdir's checkpoint.
 
+  The config's ``dataset.mean`` / ``dataset.std`` are the statistics the run trained with
+  (its normalization.json, `checkpoints.with_saved_normalization`), so the export and
+  in-framework forward normalise as the training did.
+
   Args:
     checkpoint: 'best' (best test IoU) or 'latest'.
     step: a step of that kind to restore instead of the newest.
@@ -64,7 +68,7 @@ def load_workdir(workdir: str | pathlib.Path, checkpoint: str = "best", step: Op
   """
   if checkpoint not in ("best", "latest"):
     raise ValueError(f"checkpoint must be 'best' or 'latest', got {checkpoint!r}")
-  config = checkpoints.load_config(workdir)
+  config = checkpoints.with_saved_normalization(checkpoints.load_config(workdir), workdir)
   store = checkpoints.CheckpointStore(workdir, keep=config.train.keep_checkpoints)
   try:
     manager = store.best if checkpoint == "best" else store.latest

@@ -44,7 +44,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from irst_jax import checkpoints, convert, models, optim, train
+from irst_jax import checkpoints, convert, errors, models, optim, train
 from irst_jax.data import pipeline
 
 #: Keys under which a checkpoint dict may nest its state_dict, in the order tried.
@@ -61,7 +61,7 @@ def _torch():
   try:
     import torch
   except ImportError:
-    raise ImportError("reading .pth/.pth.tar weights needs PyTorch: pip install "
+    raise errors.MissingDependencyError("reading .pth/.pth.tar weights needs PyTorch: pip install "
                       "'irst_jax[torch]' (or pip install torch)") from None
   return torch
 
@@ -95,10 +95,10 @@ def load_torch_file(path: str | pathlib.Path) -> tuple[dict[str, np.ndarray], di
     ValueError: the file holds no state_dict (names the top-level keys found), or cannot be
       read with weights_only=True (the file's own error, e.g. a class it needs).
   """
-  torch = _torch()
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"weight file {path} not found")
+  torch = _torch()
   try:
     with torch.serialization.safe_globals(_numpy_safe_globals(torch, path)):
       data = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -231,4 +231,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  errors.run_main(main)

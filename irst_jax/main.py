@@ -7,7 +7,10 @@
   python -m irst_jax.main --mode=export --workdir=runs/acm_unet [--export_dir=DIR]
 
 `train` resumes from the workdir's latest checkpoint when there is one. `eval` uses the
-config saved in the workdir unless --config is given.
+config saved in the workdir unless --config is given, and the normalisation statistics the
+run trained with (normalization.json). A user error (bad flag, config value or file) is one
+line `error: ...` on stderr with exit status 2; --verbose adds the traceback
+(irst_jax.errors).
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from irst_jax import malloc_tuning, train
+from irst_jax import errors, malloc_tuning, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]).",
                                           lock_config=True)
@@ -63,4 +66,4 @@ def main(argv):
 if __name__ == "__main__":
   malloc_tuning.restart_with_huge_pages()
   flags.mark_flag_as_required("workdir")
-  app.run(main)
+  errors.run_main(main)

@@ -38,6 +38,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from irst_jax import detector as detector_lib
+from irst_jax import errors
 
 SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg")
 _EIGHT_BIT_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "La")
@@ -258,4 +259,4 @@ def main(argv) -> Optional[int]:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  errors.run_main(main)

@@ -6,10 +6,12 @@
 ``DIR`` holds one PNG per image of the split, named as the dataset names it
 (``Misc_1.png`` for NUAA-SIRST, ``000001.png`` for NUDT-SIRST, ``00000.png`` for the
 MDvsFA-cGAN test set), at the image's original size: binary masks (0/255, or 0/1 for the
-whole folder, or mode "1") or 8-bit score maps 0..255 (read as score = value / 255; a
-folder whose largest value is 1 is read as 0/1 masks). Grey PNGs are read as they are;
-RGB/RGBA/palette PNGs are converted to grey (Pillow "L"). Prediction at the operating
-point: ``score > threshold`` (default 0.5, i.e. value >= 128).
+whole folder, or mode "1") or score maps, 8-bit 0..255 (score = value / 255) or 16-bit grey
+0..65535 (score = value / 65535); a folder whose largest value is 1 is read as 0/1 masks.
+Grey PNGs are read as they are; RGB/RGBA/palette PNGs are converted to grey (Pillow "L");
+16-bit colour and other modes are refused, naming the file (:func:`read_score_map`).
+Prediction at the operating point: ``score > threshold`` (default 0.5, i.e. 8-bit value
+>= 128, 16-bit value >= 32768).
 
 Prints the table of IoU, nIoU, Pd, Fa (x1e-6), AUC, AP, F-measure, F-area (same code as
 ``--mode=eval``: :mod:`irst_jax.curves`, :mod:`irst_jax.metrics`) and, with ``--out_dir``,
@@ -27,10 +29,11 @@ from absl import app, flags
 from PIL import Image
 
 from irst_jax import curves as curves_lib
+from irst_jax import errors
 from irst_jax import report
 from irst_jax.data import pipeline
 
-__all__ = ["score_folder", "read_predictions", "dataset_config"]
+__all__ = ["score_folder", "read_predictions", "read_score_map", "dataset_config"]
 
 
 def dataset_config(name: str, builder_config: str | None = None, data_dir: str | None = None,
@@ -60,13 +63,72 @@ def _names_and_sizes(source) -> dict[str, tuple[int, int]]:
   return out
 
 
+#: PIL modes of 8-bit images, read as grey 0..255 (colour and palette through convert('L')).
+_EIGHT_BIT_MODES = ("L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBX")
+#: PIL modes of 16-bit grey images, read as 0..65535.
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def read_score_map(path) -> tuple[np.ndarray, float]:
+  """(values float32 [H, W], full scale) of one prediction file; score = values / full scale.
+
+  Full scale by depth: 1 for mode "1" (bilevel), 255 for 8-bit grey, palette and colour
+  images (colour converted with PIL ``convert('L')``), 65535 for 16-bit grey (PIL mode
+  ``I;16``, or ``I`` with every value in 0..65535), and 1 for float images (mode ``F``,
+  values must lie in [0, 1]).
+
+  Raises:
+    ValueError: naming the file: unreadable, 16-bit colour, integer values outside
+      0..65535, float values outside [0, 1], or another mode (e.g. CMYK).
+  """
+  path = pathlib.Path(path)
+  try:
+    with Image.open(path) as img:
+      mode = img.mode
+      sixteen_bit_colour = mode in _EIGHT_BIT_MODES and any(
+          ";16" in str(getattr(tile, "args", "")) for tile in img.tile)
+      img.load()
+      if mode in _EIGHT_BIT_MODES and mode != "L":
+        img = img.convert("L")
+      values = np.asarray(img)
+  except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, ... for bad files
+    raise ValueError(f"cannot read {path}: {e}") from None
+  if sixteen_bit_colour:
+    raise ValueError(f"{path} is a 16-bit colour image; expected a grey score map (8- or "
+                     "16-bit) or a binary mask")
+  if mode == "1":
+    return values.astype(np.float32), 1.0
+  if mode in _EIGHT_BIT_MODES:
+    return values.astype(np.float32), 255.0
+  if mode in _SIXTEEN_BIT_MODES:
+    return values.astype(np.float32), 65535.0
+  if mode == "I":
+    low, high = int(values.min()), int(values.max())
+    if low < 0 or high > 65535:
+      raise ValueError(f"{path} holds 32-bit integer values {low}..{high}; expected a 16-bit "
+                       "score map (0..65535) or an 8-bit one (0..255)")
+    return values.astype(np.float32), 65535.0
+  if mode == "F":
+    values = values.astype(np.float32)
+    if not np.all(np.isfinite(values)) or values.min() < 0.0 or values.max() > 1.0:
+      raise ValueError(f"{path} holds float values {np.nanmin(values):g}..{np.nanmax(values):g}; "
+                       "expected scores in [0, 1] (or an 8-bit / 16-bit score map)")
+    return values, 1.0
+  raise ValueError(f"{path} has image mode {mode!r}; expected a binary mask, an 8-bit "
+                   "(0..255) or 16-bit (0..65535) grey score map, or float scores in [0, 1]")
+
+
 def read_predictions(folder, sizes: dict[str, tuple[int, int]]) -> dict[str, np.ndarray]:
   """Reads ``<folder>/<name>.png`` for every name of `sizes` as float32 scores in [0, 1].
 
+  Each file is read at its own depth (:func:`read_score_map`: 8-bit as value / 255, 16-bit
+  as value / 65535), except that a folder whose largest value is 1 holds 0/1 masks and is
+  read as it is.
+
   Raises:
     FileNotFoundError: the folder does not exist.
-    ValueError: missing files, PNGs not in the split, unreadable files, or sizes that
-      differ from the images' (all named).
+    ValueError: missing files, PNGs not in the split, unreadable files or unsupported image
+      modes, or sizes that differ from the images' (all named).
   """
   folder = pathlib.Path(folder)
   if not folder.is_dir():
@@ -86,20 +148,15 @@ def read_predictions(folder, sizes: dict[str, tuple[int, int]]) -> dict[str, np.
                      + f" (expected one <name>.png for each of the {len(sizes)} images)")
   raw, wrong = {}, []
   for name, (h, w) in sizes.items():
-    try:
-      with Image.open(present[name]) as img:
-        img = img if img.mode in ("1", "L") else img.convert("L")
-        arr = np.asarray(img, dtype=np.float32)
-    except OSError as e:
-      raise ValueError(f"cannot read {present[name]}: {e}") from None
+    arr, full_scale = read_score_map(present[name])
     if arr.shape != (h, w):
       wrong.append(f"{present[name].name} is {arr.shape[1]}x{arr.shape[0]}, image is {w}x{h}")
-    raw[name] = arr
+    raw[name] = (arr, full_scale)
   if wrong:
     raise ValueError(f"{folder}: {len(wrong)} prediction(s) of the wrong size (width x "
                      "height): " + "; ".join(wrong[:10]))
-  scale = 1.0 if max(float(a.max()) for a in raw.values()) <= 1.0 else 255.0
-  return {name: a / scale for name, a in raw.items()}
+  binary = max(float(a.max()) for a, _ in raw.values()) <= 1.0
+  return {name: a if binary else a / np.float32(scale) for name, (a, scale) in raw.items()}
 
 
 def score_folder(predictions, data_config: ml_collections.ConfigDict, split: str,
@@ -146,10 +203,7 @@ def main(argv):
   eval_config = default.get_base_config().eval
   eval_config.threshold = _THRESHOLD.value
   data = dataset_config(_DATASET.value, _BUILDER_CONFIG.value, _DATA_DIR.value, _MANUAL_DIR.value)
-  try:
-    values, curves = score_folder(_PREDICTIONS.value, data, _SPLIT.value, eval_config)
-  except (ValueError, FileNotFoundError) as e:
-    raise app.UsageError(str(e)) from None
+  values, curves = score_folder(_PREDICTIONS.value, data, _SPLIT.value, eval_config)
   name = pathlib.Path(_PREDICTIONS.value).name
   print(f"{data.name}/{data.builder_config} {_SPLIT.value}: {int(values['images'])} images")
   print(report.table(values, name))
@@ -162,4 +216,4 @@ def main(argv):
 if __name__ == "__main__":
   _define_flags()
   flags.mark_flag_as_required("predictions")
-  app.run(main)
+  errors.run_main(main)

@@ -33,15 +33,16 @@ from flax.training import train_state
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from irst_jax import checkpoints, config_checks, losses, models, optim, report
+from irst_jax import checkpoints, config_checks, errors, losses, models, optim, report
 from irst_jax import curves as curves_lib
 from irst_jax.data import pipeline
 
 AXIS = "batch"
 
 
-class TrainingDivergedError(RuntimeError):
-  """The loss became NaN or infinite; the last good checkpoint is kept."""
+class TrainingDivergedError(errors.UserError, RuntimeError):
+  """The loss became NaN or infinite; the last good checkpoint is kept (a user error: the
+  learning rate or the data need a change)."""
 
 
 class TrainState(train_state.TrainState):
@@ -306,6 +307,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   and returns its last evaluation.
 
   Returns {'final': metrics of the last evaluation, 'best': best metrics, 'images_per_sec'}.
+  Writes normalization.json with config.json (the statistics it trains with); a resumed run
+  uses the stored ones.
+
   Raises:
     config_checks.ConfigError: an invalid config field (before anything is written), or a
       resume whose config changes fields the checkpoints depend on (naming them).
@@ -314,11 +318,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     checkpoints.CheckpointMismatchError: the workdir's checkpoint does not fit the model.
     checkpoints.CheckpointDiskFullError: the disk filled up while a checkpoint was written
       (rerunning resumes from the previous checkpoint).
+    checkpoints.NormalizationMismatchError: a resume whose normalization kind changed.
     TrainingDivergedError: the loss became NaN/inf (the last good checkpoint is kept).
   """
   workdir_path = pathlib.Path(workdir).absolute()
+  # A resume normalises with the statistics it trained with (normalization.json), whatever
+  # copy of the dataset is found now; config.json keeps the config as given.
+  trained_config = checkpoints.with_saved_normalization(config, workdir_path, missing_ok=True)
   num_devices = jax.local_device_count()
-  info = config_checks.check_training_config(config, num_devices * jax.process_count())
+  info = config_checks.check_training_config(trained_config, num_devices * jax.process_count())
   steps_per_epoch = info.num_examples[config.dataset.train_split] // config.train.batch_size
   model = models.create_model(config.model, axis_name=AXIS)
   tx, schedule = optim.create_optimizer(config.optim, steps_per_epoch, config.train.num_epochs)
@@ -335,13 +343,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   with locked as lock, _file_logging(workdir_path):
     if lock is not None and lock.describe_takeover():
       logging.warning("%s", lock.describe_takeover())
-    return _train_and_evaluate(config, workdir_path, info, model, schedule, state,
-                               steps_per_epoch)
+    return _train_and_evaluate(config, trained_config, workdir_path, info, model, schedule,
+                               state, steps_per_epoch)
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: pathlib.Path,
-                        info: pipeline.DatasetInfo, model, schedule: optax.Schedule,
-                        state: TrainState, steps_per_epoch: int) -> dict[str, Any]:
+def _train_and_evaluate(given: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
+                        workdir_path: pathlib.Path, info: pipeline.DatasetInfo, model,
+                        schedule: optax.Schedule, state: TrainState, steps_per_epoch: int
+                        ) -> dict[str, Any]:
+  """The locked part of `train_and_evaluate`: `given` is the config as given (saved as
+  config.json, compared on resume), `config` the one trained with (stored normalisation)."""
   num_devices = jax.local_device_count()
   process_batch = config.train.batch_size // jax.process_count()
   num_epochs = config.train.num_epochs
@@ -354,7 +365,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: pathlib
   config_path = workdir_path / checkpoints.CONFIG_FILE
   saved = checkpoints.read_saved_config(workdir_path)
   if saved is not None:
-    checkpoints.check_same_model(saved, config, config_path)
+    checkpoints.check_same_model(saved, given, config_path)
   primary = jax.process_index() == 0   # the process that holds the lock and writes the logs
   for sub in ("checkpoints", "best") if primary else ():   # unfinished saves of a crashed run
     for path in checkpoints.remove_temporary_folders(workdir_path / sub):
@@ -364,7 +375,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: pathlib
     start_epoch = skip_steps = restored_step = 0
     if store.latest_step() is not None:
       if saved is not None and store.latest_step() > 0:   # step 0 (imported weights): any
-        config_checks.check_resumable(saved, config, str(config_path))   # training settings
+        config_checks.check_resumable(saved, given, str(config_path))   # training settings
       state, start_epoch = _restore_into(state, store.restore(_checkpoint_state(state, 0)))
       restored_step = int(state.step)
       if restored_step > num_epochs * steps_per_epoch:
@@ -378,7 +389,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: pathlib
       logging.info("resumed from %s at step %d (epoch %d%s)", store.latest.directory,
                    restored_step, start_epoch + 1 if skip_steps else start_epoch,
                    f", step {skip_steps} of {steps_per_epoch}" if skip_steps else "")
-    checkpoints.save_config(workdir_path, config)   # accepted: the run's config from now on
+    checkpoints.save_normalization(workdir_path, info)   # refuses changed statistics
+    checkpoints.save_config(workdir_path, given)   # accepted: the run's config from now on
     if primary:
       store.sync_best_metrics_file()
       _drop_records_after(workdir_path / METRICS_FILE, restored_step)
@@ -511,6 +523,8 @@ def evaluate_workdir(workdir: str, which: str = "best",
   first `eval.grid_images` images) into `out_dir` (default `<workdir>/eval/<which>_<split>`).
   Eval options missing from an older workdir's saved config take the current defaults.
   May run beside a training run of the same workdir (it only reads the checkpoints).
+  Images are normalised with the workdir's stored statistics (normalization.json,
+  `checkpoints.with_saved_normalization`), not those of the dataset copy found now.
 
   Raises:
     FileNotFoundError: not a workdir (no config.json) or no such checkpoint.
@@ -523,6 +537,7 @@ def evaluate_workdir(workdir: str, which: str = "best",
     checkpoints.check_same_model(checkpoints.read_saved_config(workdir), config,
                                  pathlib.Path(workdir) / checkpoints.CONFIG_FILE)
   config = _with_eval_defaults(config or saved)
+  config = checkpoints.with_saved_normalization(config, workdir)   # the trained statistics
   config_checks.check_model(config)
   config_checks.check_eval(config)
   config_checks.check_split(config, pipeline.dataset_info(config.dataset),

@@ -273,3 +273,58 @@ def test_loader_needs_only_jax_and_numpy(setup, exported, tmp_path):
   np.testing.assert_allclose(np.load(tmp_path / "score.npy"), expected.score, atol=1e-6)
 
 
+
+
+def tiny_artifact(directory: pathlib.Path, channels: int = 1, **manifest_fields) -> pathlib.Path:
+  """An artifact of a trivial module, forward(weights, images, t) -> (images - bias, labels
+  of images - bias > t), with a valid manifest (threshold 0.5) updated by `manifest_fields`."""
+  from irst_jax import detector
+
+  def forward(weights, images, logit_threshold):
+    logits = images[..., :1] - weights["params/bias"]
+    return logits, (logits[..., 0] > logit_threshold).astype(jnp.int32)
+
+  scope = jax.export.SymbolicScope(["h <= 16384", "w <= 16384"])
+  b, h, w = jax.export.symbolic_shape("b, h, w", scope=scope)
+  exported = jax.export.export(jax.jit(forward), platforms=("cpu",))(
+      {"params/bias": jax.ShapeDtypeStruct((), jnp.float32)},
+      jax.ShapeDtypeStruct((b, h, w, channels), jnp.float32), jax.ShapeDtypeStruct((), jnp.float32))
+  directory.mkdir(parents=True, exist_ok=True)
+  (directory / detector.MODULE_FILE).write_bytes(exported.serialize())
+  np.savez(directory / detector.WEIGHTS_FILE, **{"params/bias": np.float32(128.0)})
+  manifest = {"format": detector.FORMAT_NAME, "format_version": detector.FORMAT_VERSION,
+              "threshold": 0.5, "model": {"name": "tiny", "in_channels": 1},
+              "input": {"layout": "NHWC", "shape": ["b", "h", "w", 1], "dtype": "float32"},
+              "files": {name: {"sha256": detector.sha256(directory / name)}
+                        for name in (detector.MODULE_FILE, detector.WEIGHTS_FILE)}}
+  manifest.update(manifest_fields)
+  (directory / detector.MANIFEST_FILE).write_text(json.dumps(manifest))
+  return directory
+
+
+def test_manifest_fields_are_checked_against_the_module(tmp_path):
+  # a valid tiny artifact predicts: score sigmoid(x - 128) > 0.5 exactly where x > 128
+  tiny = Detector.from_export(tiny_artifact(tmp_path / "ok"))
+  result = tiny(np.array([[0, 128, 129, 255]], np.uint8))
+  assert result.mask.tolist() == [[False, False, True, True]] and tiny.threshold == 0.5
+  np.testing.assert_allclose(result.score, 1 / (1 + np.exp(-np.array([[-128, 0, 1, 127.0]]))),
+                             rtol=1e-6, atol=1e-30)
+  for name, fields, message in [
+      ("threshold", {"threshold": 1.5}, r"threshold 1\.5 in .*threshold/manifest\.json: expected "
+                                        r"a probability in \(0, 1\)"),
+      ("no_threshold", {"threshold": None}, r"threshold None in .*no_threshold/manifest\.json"),
+      ("text", {"threshold": "0.5"}, r"threshold '0\.5' in .*text/manifest\.json"),
+      ("shape", {"input": {"shape": ["b", "h", "w", 3], "dtype": "float32"}},
+       r"input shape \['b', 'h', 'w', 3\] in .*shape/manifest\.json does not match the module's "
+       r"image input \['b', 'h', 'w', 1\]"),
+      ("dtype", {"input": {"shape": ["b", "h", "w", 1], "dtype": "uint8"}},
+       r"input dtype 'uint8' in .*dtype/manifest\.json does not match the module's image input "
+       r"dtype 'float32'"),
+  ]:
+    with pytest.raises(ArtifactError, match=message):
+      Detector.from_export(tiny_artifact(tmp_path / name, **fields))
+  rgb = tiny_artifact(tmp_path / "rgb", channels=3, input={"shape": ["b", "h", "w", 3],
+                                                           "dtype": "float32"})
+  with pytest.raises(ArtifactError, match=r"rgb/model\.jaxexport takes images with 3 channels; "
+                     r"this loader feeds grey images \[b, h, w, 1\]"):
+    Detector.from_export(rgb)

@@ -119,7 +119,7 @@ def test_not_found_lists_searched_dirs(tmp_path, monkeypatch, no_download):
   work.mkdir(parents=True)
   monkeypatch.chdir(work)
   with pytest.raises(sources.DatasetNotFoundError) as e:
-    _prepare(tmp_path / "nowhere", tmp_path / "tfds")
+    _prepare(None, tmp_path / "tfds")   # no manual dir: searched everywhere else
   msg = str(e.value)
   assert str(tmp_path / "env" / "NUAA-SIRST") in msg
   assert str(tmp_path / "shared" / "datasets" / "NUAA-SIRST") in msg
@@ -152,3 +152,71 @@ def test_real_dataset(tmp_path, no_download):
   test = b.as_data_source("test")
   ex = next(test[i] for i in range(len(test)) if test[i]["name"] == b"Misc_111")
   assert ex["image"].shape == ex["mask"].shape == (220, 325, 1) and ex["mask"].any()
+
+
+def test_manual_dir_that_does_not_exist_is_named(tmp_path, no_download):
+  with pytest.raises(sources.DatasetNotFoundError,
+                     match=rf"manual_dir {tmp_path / 'nowhere'} does not exist; expected the "
+                           r"NUAA-SIRST folder \(holding images/\)"):
+    _prepare(tmp_path / "nowhere", tmp_path / "tfds")
+  (tmp_path / "elsewhere" / "other").mkdir(parents=True)
+  with pytest.raises(sources.DatasetNotFoundError,
+                     match=rf"manual_dir {tmp_path / 'elsewhere'} holds no NUAA-SIRST data: "
+                           rf"expected images/ in {tmp_path / 'elsewhere'} or in "
+                           rf"{tmp_path / 'elsewhere' / 'NUAA-SIRST'}"):
+    _prepare(tmp_path / "elsewhere", tmp_path / "tfds")
+  # the parent of the dataset folder is accepted, as before
+  write_fake_nuaa_sirst(tmp_path / "parent")
+  assert _prepare(tmp_path / "parent", tmp_path / "tfds").info.splits["train"].num_examples == 6
+
+
+def test_empty_split_file_is_named(tmp_path, no_download):
+  raw = write_fake_nuaa_sirst(tmp_path / "raw")
+  (raw / "idx_427" / "val.txt").write_text("\n  \n")
+  with pytest.raises(sources.InvalidSourceError,
+                     match=r"Split file .*idx_427/val\.txt is empty; expected one image name a line"):
+    _prepare(raw, tmp_path / "tfds", "acm")
+
+
+def test_download_that_hangs_is_abandoned(tmp_path, monkeypatch):
+  """Offline, the download is given up after the time limit (here 0.5 s) and the error says
+  where to put the files; the hanging call is released when the test ends."""
+  import threading
+  import time
+
+  release = threading.Event()
+  calls = []
+
+  def hang(self, dl_manager):
+    calls.append(self.builder_config.name)
+    release.wait(60)
+    raise OSError("released")
+
+  monkeypatch.setattr(nuaa_sirst.NuaaSirst, "_download_source", hang)
+  monkeypatch.setattr(sources, "REPO_ROOT", tmp_path / "repo")
+  monkeypatch.delenv(sources.DATA_DIR_ENV, raising=False)
+  monkeypatch.setenv(sources.DOWNLOAD_TIMEOUT_ENV, "0.5")
+  (tmp_path / "work" / "cwd").mkdir(parents=True)
+  monkeypatch.chdir(tmp_path / "work" / "cwd")
+  start = time.monotonic()
+  try:
+    with pytest.raises(sources.DatasetNotFoundError) as e:
+      _prepare(None, tmp_path / "tfds", "acm")
+  finally:
+    release.set()
+  elapsed = time.monotonic() - start
+  assert calls == ["acm"] and elapsed < 20, elapsed
+  msg = str(e.value)
+  assert "download failed: TimeoutError: the download did not finish within 0.5 s" in msg
+  assert sources.DOWNLOAD_TIMEOUT_ENV in msg and "idx_427/{train,val,test}.txt" in msg
+  monkeypatch.setenv(sources.DOWNLOAD_TIMEOUT_ENV, "soon")
+  with pytest.raises(ValueError, match=r"IRST_JAX_DOWNLOAD_TIMEOUT_S='soon': expected a positive"):
+    sources.download_timeout()
+  monkeypatch.delenv(sources.DOWNLOAD_TIMEOUT_ENV)
+  assert sources.download_timeout() == sources.DOWNLOAD_TIMEOUT_S == 30.0
+
+
+def test_call_with_timeout_returns_and_reraises():
+  assert sources.call_with_timeout(lambda: 7, 5.0, "sum") == 7
+  with pytest.raises(KeyError, match="boom"):
+    sources.call_with_timeout(lambda: {}["boom"], 5.0, "lookup")

@@ -79,7 +79,7 @@ def test_not_found_says_where_to_get_it(tmp_path, monkeypatch):
   (tmp_path / "work" / "cwd").mkdir(parents=True)
   monkeypatch.chdir(tmp_path / "work" / "cwd")
   with pytest.raises(sources.DatasetNotFoundError) as e:
-    _prepare(tmp_path / "nowhere", tmp_path / "tfds")
+    _prepare(None, tmp_path / "tfds")   # no manual dir: searched everywhere else
   msg = str(e.value)
   assert str(tmp_path / "env" / "NUDT-SIRST") in msg
   assert str(tmp_path / "shared" / "datasets" / "NUDT-SIRST") in msg

@@ -231,3 +231,29 @@ def test_imagenet_rgb_normalisation(cfg):
         np.testing.assert_allclose(got[:h, :w][grey == value], np.tile(expected, (
             int((grey == value).sum()), 1)), atol=1e-6)
   assert seen == {0, 255}
+
+
+def test_mean_std_override(cfg):
+  """dataset.mean / dataset.std replace the dataset's statistics in both iterators."""
+  cfg.mean, cfg.std = 100.0, 20.0
+  info = pipeline.dataset_info(cfg)
+  assert (info.mean, info.std, info.normalization) == (100.0, 20.0, "dataset")
+  source = _source(cfg, "test")
+  originals = {source[i]["name"].decode(): source[i]["image"][..., 0] for i in range(len(source))}
+  for b in _eval(cfg, batch_size=1, num_devices=1):
+    name = str(b["name"][0, 0])
+    h, w = originals[name].shape
+    # by hand: grey 100 -> 0, grey 120 -> 1, grey 0 -> -5
+    np.testing.assert_allclose(b["image"][0, 0, :h, :w, 0],
+                               (originals[name].astype(np.float32) - 100.0) / 20.0, rtol=1e-6)
+  train_images = np.concatenate([b["image"][0] for b in _train(cfg, batch_size=2, num_devices=1)])
+  grey = train_images * 20.0 + 100.0   # back to grey levels: integers 0..255 (or 100: padding)
+  np.testing.assert_allclose(grey, np.round(grey), atol=1e-3)
+  assert grey.min() >= 0 and grey.max() <= 255 and np.unique(np.round(grey)).size > 50
+  cfg.std = None
+  with pytest.raises(ValueError, match=r"dataset\.mean=100\.0 and dataset\.std=None: expected "
+                     r"both set"):
+    pipeline.dataset_info(cfg)
+  cfg.std, cfg.normalization = 20.0, "imagenet_rgb"
+  with pytest.raises(ValueError, match=r"not 'imagenet_rgb'; unset them"):
+    pipeline.dataset_info(cfg)

@@ -95,3 +95,88 @@ def test_command_prints_table(prepared_fake_nuaa, tmp_path):
   assert out.returncode == 0, out.stderr[-2000:]
   assert "| pred | 1.0000 | 1.0000 | 1.0000 | 0.00 | 1.0000 | 1.0000 | 1.0000 | 1.0000 |" in out.stdout
   assert (tmp_path / "report" / "roc.png").exists() and (tmp_path / "report" / "pr.png").exists()
+
+
+def _png_16_bit_rgb(path: pathlib.Path, h: int, w: int):
+  """A 16-bit RGB PNG written byte by byte (PIL reads it as 8-bit "RGB", dropping bits)."""
+  import struct
+  import zlib
+
+  def chunk(kind, data):
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+  rows = b"".join(b"\x00" + bytes(6 * w) for _ in range(h))
+  path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                   + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def test_16_bit_score_maps_are_read_at_their_own_range(prepared_fake_nuaa, tmp_path):
+  """The same scores written as 8-bit and 16-bit PNGs give the same metrics, equal to the
+  hand count; read through convert('L'), the 16-bit maps were all 255 (every pixel a target)."""
+  raw, _ = prepared_fake_nuaa
+  names = FAKE_SPLITS["50_50"]["test"]
+  masks = _masks(raw, names)
+  predicted = {n: np.roll(m, 1, axis=1) for n, m in masks.items()}   # shifted right by 1 px
+  predicted[names[0]][0, 0] = True                                   # and one false alarm
+  # 128 / 255 = 0.50196 > 0.5 on the predicted pixels, 127 / 255 = 0.49804 elsewhere; the same
+  # scores in 16 bits are 257 x those values (128 * 257 / 65535 == 128 / 255).
+  levels = {n: np.where(p, 128, 127) for n, p in predicted.items()}
+  _write(tmp_path / "eight", levels)
+  (tmp_path / "sixteen").mkdir()
+  (tmp_path / "boundary").mkdir()
+  for n, v in levels.items():
+    Image.fromarray((v * 257).astype(np.uint16)).save(tmp_path / "sixteen" / f"{n}.png")
+    # the 16-bit levels either side of 0.5: 32768 / 65535 > 0.5 > 32767 / 65535
+    Image.fromarray(np.where(predicted[n], 32768, 32767).astype(np.uint16)).save(
+        tmp_path / "boundary" / f"{n}.png")
+  assert Image.open(tmp_path / "sixteen" / f"{names[0]}.png").mode == "I;16"
+  eight, _ = _score(tmp_path / "eight", prepared_fake_nuaa)
+  sixteen, _ = _score(tmp_path / "sixteen", prepared_fake_nuaa)
+  boundary, _ = _score(tmp_path / "boundary", prepared_fake_nuaa)
+  assert sixteen == eight
+  inter = sum((predicted[n] & masks[n]).sum() for n in names)
+  union = sum((predicted[n] | masks[n]).sum() for n in names)
+  for values in (eight, boundary):
+    assert values["IoU"] == pytest.approx(inter / (EPS + union), rel=1e-12)
+    assert values["nIoU"] == pytest.approx(np.mean([
+        (predicted[n] & masks[n]).sum() / (EPS + (predicted[n] | masks[n]).sum()) for n in names]))
+    assert values["Pd"] == 1.0
+  assert 0.1 < eight["IoU"] < 0.9   # a real overlap, neither perfect nor all-255 (~0.003)
+
+
+def test_bilevel_and_8_bit_masks_in_one_folder(prepared_fake_nuaa, tmp_path):
+  """Mode "1" masks (0/1) beside 0/255 masks: each is read at its own depth (perfect scores)."""
+  raw, _ = prepared_fake_nuaa
+  names = FAKE_SPLITS["50_50"]["test"]
+  masks = _masks(raw, names)
+  _write(tmp_path / "mixed", {n: masks[n] * 255 for n in names[:3]}, mode="1")
+  _write(tmp_path / "mixed", {n: masks[n] * 255 for n in names[3:]})
+  values, _ = _score(tmp_path / "mixed", prepared_fake_nuaa)
+  assert values["IoU"] == pytest.approx(1.0, abs=1e-9) and values["Fa"] == 0.0
+
+
+def test_read_score_map_depths_and_refusals(tmp_path):
+  values = np.array([[0, 1, 32768, 65535]], np.uint16)
+  Image.fromarray(values).save(tmp_path / "sixteen.png")
+  array, scale = score.read_score_map(tmp_path / "sixteen.png")
+  assert scale == 65535.0 and array.tolist() == [[0, 1, 32768, 65535]]
+  Image.fromarray(np.array([[0, 70000]], np.int32)).save(tmp_path / "int32.tif")
+  (tmp_path / "int32.tif").rename(tmp_path / "int32.png")   # PIL reads by content: mode "I"
+  with pytest.raises(ValueError, match=r"int32\.png holds 32-bit integer values 0\.\.70000; "
+                     r"expected a 16-bit score map \(0\.\.65535\)"):
+    score.read_score_map(tmp_path / "int32.png")
+  Image.fromarray(np.array([[0.0, 0.25, 1.0]], np.float32)).save(tmp_path / "float.tif")
+  array, scale = score.read_score_map(tmp_path / "float.tif")
+  assert scale == 1.0 and array.tolist() == [[0.0, 0.25, 1.0]]
+  Image.fromarray(np.array([[0.0, 2.5]], np.float32)).save(tmp_path / "float2.tif")
+  with pytest.raises(ValueError, match=r"float2\.tif holds float values 0\.\.2\.5; expected "
+                     r"scores in \[0, 1\]"):
+    score.read_score_map(tmp_path / "float2.tif")
+  _png_16_bit_rgb(tmp_path / "rgb16.png", 2, 3)
+  with pytest.raises(ValueError, match=r"rgb16\.png is a 16-bit colour image"):
+    score.read_score_map(tmp_path / "rgb16.png")
+  Image.new("CMYK", (3, 2)).save(tmp_path / "cmyk.jpg")
+  with pytest.raises(ValueError, match=r"cmyk\.jpg has image mode 'CMYK'; expected a binary mask"):
+    score.read_score_map(tmp_path / "cmyk.jpg")
+  (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+  with pytest.raises(ValueError, match=r"cannot read .*broken\.png"):
+    score.read_score_map(tmp_path / "broken.png")

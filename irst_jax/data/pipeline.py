@@ -40,6 +40,11 @@ pads with the mean):
   NUAA-SIRST's 427 images, by up to 47 levels in Misc_68 / Misc_72); elsewhere the network
   sees PIL's luma ``convert('L')`` in all three channels instead of the colour channels.
 
+``dataset_config.mean`` / ``dataset_config.std``, when set, replace the grey statistics of
+``'dataset'`` and ``'basicirstd'``: a workdir evaluates, exports and resumes with the
+statistics it was trained with (stored in its ``normalization.json``), whatever copy of the
+dataset is found later.
+
 ``dataset_config`` is an ``ml_collections.ConfigDict``; see :func:`default_dataset_config`.
 """
 
@@ -86,6 +91,11 @@ def default_dataset_config() -> ml_collections.ConfigDict:
       train_split="train",
       eval_split="test",
       normalization="dataset",
+      # Grey mean / std (0..255 scale) used instead of those of `normalization` when set
+      # (both or neither): how a workdir's stored statistics (normalization.json) are
+      # applied to its evaluation, export and resumed training.
+      mean=ml_collections.config_dict.placeholder(float),
+      std=ml_collections.config_dict.placeholder(float),
       crop_size=256,
       center_on_target_prob=0.5,
       augment=True,
@@ -102,9 +112,10 @@ class DatasetInfo:
   ``mean``/``std`` are the normalisation actually used (0..255 scale), i.e. the builder's
   train statistics for ``normalization='dataset'``, BasicIRSTD's constants for
   ``normalization='basicirstd'`` (floats), or 255 x ImageNet's per-channel RGB values for
-  ``normalization='imagenet_rgb'`` (3-tuples); ``channels`` is the channel count of the
-  images the iterators yield (1, or 3 for ``imagenet_rgb``), which must equal the model's
-  ``in_channels`` (:func:`check_channels`).
+  ``normalization='imagenet_rgb'`` (3-tuples), or ``dataset.mean`` / ``dataset.std`` when
+  the config sets them; ``channels`` is the channel count of the images the iterators yield
+  (1, or 3 for ``imagenet_rgb``), which must equal the model's ``in_channels``
+  (:func:`check_channels`); ``normalization`` is the config's kind.
   """
 
   name: str
@@ -113,6 +124,7 @@ class DatasetInfo:
   mean: float | tuple[float, ...]
   std: float | tuple[float, ...]
   channels: int = 1
+  normalization: str = "dataset"
 
 
 # -- builder -----------------------------------------------------------------------------
@@ -152,8 +164,22 @@ def _is_prepared(builder) -> bool:
 
 
 def _mean_std(dataset_config, builder) -> tuple[Any, Any]:
-  """(mean, std) on the 0..255 scale: floats (grey) or 3-tuples (``imagenet_rgb``)."""
+  """(mean, std) on the 0..255 scale: floats (grey) or 3-tuples (``imagenet_rgb``).
+
+  ``dataset.mean`` / ``dataset.std``, when set, replace the grey statistics of
+  ``normalization='dataset'`` or ``'basicirstd'`` (ValueError: only one of them set, a
+  non-positive std, or set with ``'imagenet_rgb'``, whose constants are fixed).
+  """
   norm = dataset_config.normalization
+  mean, std = dataset_config.get("mean"), dataset_config.get("std")
+  if mean is not None or std is not None:
+    if mean is None or std is None or not float(std) > 0:
+      raise ValueError(f"dataset.mean={mean} and dataset.std={std}: expected both set, with "
+                       "std > 0 (grey statistics on the 0..255 scale), or neither")
+    if norm not in ("dataset", "basicirstd"):
+      raise ValueError(f"dataset.mean / dataset.std replace the grey statistics of "
+                       f"normalization 'dataset' or 'basicirstd', not {norm!r}; unset them")
+    return float(mean), float(std)
   if norm == "imagenet_rgb":
     return (tuple(255.0 * m for m in IMAGENET_MEAN), tuple(255.0 * s for s in IMAGENET_STD))
   if norm == "dataset":
@@ -188,6 +214,7 @@ def dataset_info(dataset_config) -> DatasetInfo:
       mean=mean,
       std=std,
       channels=int(np.size(mean)),
+      normalization=dataset_config.normalization,
   )
 
 

@@ -13,9 +13,13 @@ Source lookup order (see :func:`find_source_dir`):
    holds the ``irst_jax`` package), then the same path relative to the current working
    directory.
 
-If none matches, a builder may try to download the data (only ``nuaa_sirst`` can); when that
-also fails it raises
-:class:`DatasetNotFoundError`, whose message lists every directory searched.
+A manual dir that is given but does not exist, or holds no copy of the dataset, is an error
+naming it (:meth:`irst_jax.data.builders.base.IrstdBuilder._source_dir`), not skipped.
+
+If none matches, a builder may try to download the data (only ``nuaa_sirst`` can), giving up
+after :func:`download_timeout` seconds (30 by default, ``$IRST_JAX_DOWNLOAD_TIMEOUT_S``);
+when that also fails it raises :class:`DatasetNotFoundError`, whose message lists every
+directory searched.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from __future__ import annotations
 import inspect
 import os
 import pathlib
-from typing import Callable, Iterable, Sequence
+import threading
+from typing import Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -38,6 +43,13 @@ DATA_DIR_ENV = "IRST_DATA_DIR"
 
 #: Repository root: the parent of the directory of the ``irst_jax`` package.
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+#: Seconds a builder waits for a download before it gives up and says where to put the files
+#: (offline, TFDS's downloader retries for minutes); ``$IRST_JAX_DOWNLOAD_TIMEOUT_S`` overrides.
+DOWNLOAD_TIMEOUT_S = 30.0
+DOWNLOAD_TIMEOUT_ENV = "IRST_JAX_DOWNLOAD_TIMEOUT_S"
+
+_T = TypeVar("_T")
 
 
 class CodePathMixin:
@@ -63,6 +75,51 @@ class DatasetNotFoundError(FileNotFoundError):
 
 class InvalidSourceError(ValueError):
   """A raw file of a dataset is missing, unreadable or inconsistent with its pair."""
+
+
+def download_timeout() -> float:
+  """The download time limit in seconds: ``$IRST_JAX_DOWNLOAD_TIMEOUT_S`` or
+  :data:`DOWNLOAD_TIMEOUT_S`. Raises ValueError naming the variable for a non-positive or
+  non-numeric value."""
+  value = os.environ.get(DOWNLOAD_TIMEOUT_ENV)
+  if value is None:
+    return float(DOWNLOAD_TIMEOUT_S)
+  try:
+    seconds = float(value)
+  except ValueError:
+    seconds = float("nan")
+  if not seconds > 0:
+    raise ValueError(f"{DOWNLOAD_TIMEOUT_ENV}={value!r}: expected a positive number of seconds")
+  return seconds
+
+
+def call_with_timeout(fn: Callable[[], _T], timeout_s: float, what: str) -> _T:
+  """``fn()``, run in a daemon thread and abandoned after `timeout_s` seconds.
+
+  For calls that cannot be given a timeout of their own (TFDS's download manager). An
+  abandoned call keeps running in the background until it ends or the process exits.
+
+  Raises:
+    TimeoutError: `fn` did not return within `timeout_s` (the message names `what`).
+    Whatever `fn` raised, re-raised in the caller's thread.
+  """
+  outcome: dict[str, object] = {}
+
+  def target():
+    try:
+      outcome["value"] = fn()
+    except BaseException as e:  # pylint: disable=broad-except  # re-raised in the caller
+      outcome["error"] = e
+
+  thread = threading.Thread(target=target, name=f"irst_jax {what}", daemon=True)
+  thread.start()
+  thread.join(timeout_s)
+  if thread.is_alive():
+    raise TimeoutError(f"{what} did not finish within {timeout_s:g} s (offline? set "
+                       f"{DOWNLOAD_TIMEOUT_ENV} to wait longer)")
+  if "error" in outcome:
+    raise outcome["error"]
+  return outcome["value"]
 
 
 def candidate_dirs(folder: str, manual_dir: PathLike | None = None) -> list[pathlib.Path]:

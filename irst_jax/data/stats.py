@@ -43,6 +43,8 @@ import numpy as np
 from absl import app, flags
 from skimage import measure
 
+from irst_jax import errors
+
 #: Target area, as % of the image, at or below which ACM counts a target as tiny.
 TINY_AREA_PERCENT = 0.02
 
@@ -303,4 +305,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  errors.run_main(main)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import abc
 import collections
 import dataclasses
+import os
 import pathlib
 from typing import Iterator, Mapping, Sequence
 
@@ -73,9 +74,12 @@ def specs_from_split_file(
     resize_mask_to_image: names whose mask is resized to the image (known defects).
 
   Raises:
-    InvalidSourceError: the split file is missing or lists a name twice.
+    InvalidSourceError: the split file is missing, empty, or lists a name twice.
   """
   names = sources.read_split_file(split_file)
+  if not names:
+    raise sources.InvalidSourceError(
+        f"Split file {split_file} is empty; expected one image name a line (no extension).")
   dup = [n for n, c in collections.Counter(names).items() if c > 1]
   if dup:
     raise sources.InvalidSourceError(
@@ -153,7 +157,26 @@ class IrstdBuilder(
       manual = getattr(dl_manager, "_manual_dir", None)  # Still listed as searched.
     return sources.find_source_dir(self.FOLDER, self._has_layout, manual_dir=manual)
 
+  def _check_manual_dir(self, dl_manager) -> None:
+    """Raises DatasetNotFoundError naming the manual dir when one is given but does not
+    exist or holds no copy of the dataset (it is not silently skipped)."""
+    manual = getattr(dl_manager, "_manual_dir", None)
+    download_dir = getattr(dl_manager, "download_dir", None)
+    if manual is None or (download_dir is not None and os.fspath(manual) == os.fspath(
+        pathlib.Path(os.fspath(download_dir)) / "manual")):
+      return   # none given: TFDS's default <data_dir>/downloads/manual, searched if present
+    path = pathlib.Path(os.fspath(manual)).expanduser()
+    if not path.is_dir():
+      raise sources.DatasetNotFoundError(
+          f"manual_dir {path} does not exist; expected the {self.TITLE} folder (holding "
+          f"{self.LAYOUT_HINT}) or a folder holding {self.FOLDER}/")
+    if not (self._has_layout(path) or self._has_layout(path / self.FOLDER)):
+      raise sources.DatasetNotFoundError(
+          f"manual_dir {path} holds no {self.TITLE} data: expected {self.LAYOUT_HINT} in "
+          f"{path} or in {path / self.FOLDER}\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+
   def _source_dir(self, dl_manager) -> pathlib.Path:
+    self._check_manual_dir(dl_manager)
     root, searched = self._local_source(dl_manager)
     if root is not None:
       return root

@@ -34,7 +34,8 @@ Raw data lookup: ``download_config.manual_dir`` (holding ``images/``), then
 repository root and to the working directory; otherwise the files are downloaded from
 GitHub (YimianDai/sirst: ``images.zip``, ``masks.zip``, ``idx_427/*.txt``; only the
 ``acm`` config can be built from the download, as the 50_50 lists are not published
-there). If all fails, :class:`~irst_jax.data.sources.DatasetNotFoundError` is raised.
+there; the download is abandoned after ``sources.download_timeout()`` seconds, 30 by
+default). If all fails, :class:`~irst_jax.data.sources.DatasetNotFoundError` is raised.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import pathlib
 
 import tensorflow_datasets as tfds
 
+from irst_jax.data import sources
 from irst_jax.data.builders import base
 
 FOLDER = "NUAA-SIRST"
@@ -151,7 +153,8 @@ class NuaaSirst(base.IrstdBuilder):
     if not self.ALLOW_DOWNLOAD:
       return None, f"and GitHub ({_GITHUB_RAW}): download disabled."
     try:
-      return self._download_source(dl_manager), ""
+      return sources.call_with_timeout(lambda: self._download_source(dl_manager),
+                                       sources.download_timeout(), "the download"), ""
     except Exception as e:  # Network errors come in many types.
       return None, f"and GitHub ({_GITHUB_RAW}): download failed: {type(e).__name__}: {e}."
 
