@@ -186,10 +186,11 @@ def test_manifest_and_checkpoint_choice(setup):
       "irst_detector.py", "manifest.json", "model.jaxexport", "weights.npz"]
   manifest = json.loads((artifact / "manifest.json").read_text())
   info = pipeline.dataset_info(config.dataset)
-  assert manifest["format_version"] == 1 and manifest["model"]["name"] == "acm_unet"
+  assert manifest["format_version"] == 2 and manifest["model"]["name"] == "acm_unet"
   assert manifest["checkpoint"]["step"] == 3 and manifest["checkpoint"]["kind"] == "best"
   assert manifest["normalization"]["mean"] == info.mean and manifest["threshold"] == 0.5
-  assert manifest["input"]["shape"] == ["b", "h", "w", 1] and "32" in manifest["input"]["divisibility"]
+  assert manifest["input"]["shape"] == ["b", "H", "W", 1] and "32" in manifest["input"]["divisibility"]
+  assert manifest["input"]["pad_multiple"] == 32 and "int32 [b, 2]" in manifest["input"]["sizes"]
   assert set(manifest["platforms"]) == {"cpu", "cuda"} and manifest["versions"]["jax"] == jax.__version__
   expected = export.flatten(best)
   with np.load(artifact / "weights.npz") as weights:
@@ -222,11 +223,19 @@ def test_bad_artifacts_are_named(setup, tmp_path):
 
   newer = copy("newer")
   manifest = json.loads((newer / "manifest.json").read_text())
-  manifest["format_version"] = 2
+  manifest["format_version"] = 3
   (newer / "manifest.json").write_text(json.dumps(manifest))
   with pytest.raises(IncompatibleArtifactError, match=r"newer/manifest\.json: artifact format "
-                     r"version 2 .* reads version 1"):
+                     r"version 3 .* reads version 2"):
     Detector.from_export(newer)
+
+  older = copy("older")  # version 1: a module without per-image sizes
+  manifest = json.loads((older / "manifest.json").read_text())
+  manifest["format_version"] = 1
+  (older / "manifest.json").write_text(json.dumps(manifest))
+  with pytest.raises(IncompatibleArtifactError, match=r"older/manifest\.json: artifact format "
+                     r"version 1 .* reads version 2\. Re-export the workdir"):
+    Detector.from_export(older)
 
   garbage = copy("garbage")
   (garbage / "model.jaxexport").write_bytes(b"not a module")
