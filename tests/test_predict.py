@@ -6,11 +6,14 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
 
+from irst_jax import detector as detector_lib
 from irst_jax import predict
+from irst_jax.data import canvas
 from tests.test_export import SIZES, exported_detector, shared
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -86,6 +89,61 @@ def test_predict_formats_outputs_and_failures(detector, tmp_path):
     assert [int(r["target_id"]) for r in mine] == [d.target_id for d in result.detections]
     assert [int(r["area"]) for r in mine] == [d.area for d in result.detections]
     assert (record["height"], record["width"]) == image.shape
+
+
+_LOWERING = "/jax/core/compile/jaxpr_to_mlir_module_duration"
+
+
+def test_many_sizes_compile_at_most_four_programs(tmp_path_factory, prepared_fake_nuaa, tmp_path):
+  _, artifact, _, _ = shared(tmp_path_factory, prepared_fake_nuaa)
+  sizes = [(20, 45), (17, 30), (33, 64), (40, 20), (70, 33), (10, 90), (64, 64), (50, 50),
+           (20, 45), (96, 96)]
+  assert len(set(sizes)) == 9
+  rng = np.random.default_rng(9)
+  images = [rng.integers(0, 256, size, dtype=np.uint8) for size in sizes]
+  (tmp_path / "in").mkdir()
+  for k, image in enumerate(images):
+    Image.fromarray(image).save(tmp_path / "in" / f"{k:02d}.png")
+  fresh = detector_lib.Detector.from_export(artifact)   # an empty jit cache
+  shapes = []
+
+  def recording(batch, batch_sizes, threshold):
+    shapes.append(batch.shape)
+    return fresh.forward(batch, batch_sizes, threshold)
+
+  detector = detector_lib.Detector(recording, fresh.manifest, threshold=0.45)
+  lowerings = []
+
+  def listener(event, duration, **kwargs):
+    if event == _LOWERING:
+      lowerings.append(duration)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    report = predict.run(detector, [str(tmp_path / "in")], tmp_path / "out", batch_size=3,
+                         show_progress=False)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  planned = canvas.plan_canvases(sizes, 32)
+  assert 1 < len(planned) <= 4 and len(set(shapes)) == len(planned) == len(lowerings)
+  groups = {c: [s for s in sizes if canvas.assign(s, planned) == c] for c in planned}
+  # one batch size per canvas: --batch_size, or all of the canvas's images when fewer
+  assert set(shapes) == {(min(3, len(g)), *c, 1) for c, g in groups.items()}
+  assert len(shapes) == sum(-(-len(g) // 3) for g in groups.values())
+  # each image's outputs are those of the image alone on its canvas (same program)
+  rows = list(csv.DictReader((tmp_path / "out" / "detections.csv").open()))
+  assert [r["image"] for r in report.images] == [str(tmp_path / "in" / f"{k:02d}.png")
+                                                 for k in range(len(sizes))]
+  expected_rows = []
+  for k, (image, record) in enumerate(zip(images, report.images)):
+    c = canvas.assign(image.shape, planned)
+    alone = detector.predict_batch([image], canvas=c, batch_size=min(3, len(groups[c])))[0]
+    mask = np.asarray(Image.open(tmp_path / "out" / "masks" / f"{k:02d}.png"))
+    np.testing.assert_array_equal(mask, alone.mask.astype(np.uint8) * 255)
+    assert record["detections"] == [d.as_dict() for d in alone.detections]
+    expected_rows += [(record["image"], str(d.target_id)) for d in alone.detections]
+  assert len({image for image, _ in expected_rows}) >= 3   # the threshold gives detections
+  assert [(r["image"], r["target_id"]) for r in rows] == expected_rows   # input order
 
 
 def test_read_image_modes(tmp_path):
