@@ -99,9 +99,12 @@ def valid_mask(sizes: jax.Array, height, width) -> jax.Array:
 
   `sizes` int32 [b, 2]; `height`, `width` may be symbolic dimensions.
   """
-  rows = jax.lax.broadcasted_iota(jnp.int32, (sizes.shape[0], height, width), 1)
-  cols = jax.lax.broadcasted_iota(jnp.int32, (sizes.shape[0], height, width), 2)
-  return (rows < sizes[:, 0, None, None]) & (cols < sizes[:, 1, None, None])
+  shape = (sizes.shape[0], height, width)
+  rows = jax.lax.broadcasted_iota(jnp.int32, shape, 1)
+  cols = jax.lax.broadcasted_iota(jnp.int32, shape, 2)
+  # lax.slice_in_dim, not sizes[:, 0]: indexing with a symbolic batch would be a gather
+  h, w = (jax.lax.slice_in_dim(sizes, k, k + 1, axis=1)[:, :, None] for k in (0, 1))
+  return (rows < h) & (cols < w)
 
 
 def label_components(logits: jax.Array, sizes: jax.Array, logit_threshold) -> jax.Array:
@@ -112,7 +115,7 @@ def label_components(logits: jax.Array, sizes: jax.Array, logit_threshold) -> ja
   (the evaluation's components, ``metrics.connected_components``, on the valid pixels).
   """
   _, h, w, _ = logits.shape
-  mask = (logits[..., 0] > logit_threshold) & valid_mask(sizes, h, w)
+  mask = (jax.lax.squeeze(logits, (3,)) > logit_threshold) & valid_mask(sizes, h, w)
   return jax.vmap(metrics.connected_components)(mask)
 
 
@@ -142,7 +145,9 @@ def make_forward(config: ml_collections.ConfigDict, mean: float, std: float
     pad_h = multiple * ((h + multiple - 1) // multiple) - h
     pad_w = multiple * ((w + multiple - 1) // multiple) - w
     x = jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
-    logits = models.final_logits(model.apply(variables, x, train=False))[:, :h, :w]
+    logits = models.final_logits(model.apply(variables, x, train=False))
+    # lax.slice: numpy-style cropping with symbolic h, w would be a gather
+    logits = jax.lax.slice(logits, (0, 0, 0, 0), (logits.shape[0], h, w, logits.shape[3]))
     return logits, label_components(logits, sizes, logit_threshold)
 
   return forward
