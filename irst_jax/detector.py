@@ -364,7 +364,8 @@ class Detector:
     predictions = []
     for g, lg, lab in zip(grey, logits, labels):
       h, w = g.shape
-      score = (1.0 / (1.0 + np.exp(-lg[:h, :w].astype(np.float64)))).astype(np.float32)
+      with np.errstate(over="ignore"):  # exp(-logit) = inf for logits below -709: score 0
+        score = (1.0 / (1.0 + np.exp(-lg[:h, :w].astype(np.float64)))).astype(np.float32)
       lab = lab[:h, :w]
       predictions.append(Prediction(score=score, mask=lab > 0,
                                     detections=find_detections(lab, score)))

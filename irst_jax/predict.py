@@ -249,43 +249,46 @@ def run(detector: detector_lib.Detector, inputs: Iterable[str], output: str | pa
 
   progress = tqdm(total=len(files), desc="predict", unit="image", disable=not show_progress)
   progress.update(len(files) - len(sizes))
-  # One thread writes a batch's files while the next batch is read and predicted.
-  writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="predict-write")
-  writing: Optional[concurrent.futures.Future] = None
+
+  def read(i: int) -> Optional[np.ndarray]:
+    try:
+      grey = detector_lib.to_grey(read_image(files[i]), detector.uint16_scaling)
+      if grey.shape != sizes[i]:
+        raise ImageReadError(f"{files[i]}: decoded size {grey.shape} differs from the "
+                             f"header's {sizes[i]}")
+      return grey
+    except ValueError as e:
+      fail(i, e)
+      progress.update(1)
+      return None
 
   def write_all(chunk, predictions):
     for (i, grey), prediction in zip(chunk, predictions):
       _write(out, names[i], grey, prediction, save_scores)
     progress.update(len(chunk))
 
-  for shape, indices in sorted(groups.items()):
-    batch = _batch_size(len(indices), batch_size)  # constant per canvas: one compiled program
-    for start in range(0, len(indices), batch):
-      chunk = []
-      for i in indices[start:start + batch]:
-        try:
-          grey = detector_lib.to_grey(read_image(files[i]), detector.uint16_scaling)
-          if grey.shape != sizes[i]:
-            raise ImageReadError(f"{files[i]}: decoded size {grey.shape} differs from the "
-                                 f"header's {sizes[i]}")
-        except ValueError as e:
-          fail(i, e)
-          progress.update(1)
+  # One thread writes a batch's files while the next batch is read and predicted; at most
+  # one batch waits for its files (memory stays bounded), and write errors are raised here.
+  with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="predict-write") as pool:
+    writing: Optional[concurrent.futures.Future] = None
+    for shape, indices in sorted(groups.items()):
+      batch = _batch_size(len(indices), batch_size)  # constant per canvas: one program
+      for start in range(0, len(indices), batch):
+        chunk = [(i, grey) for i in indices[start:start + batch]
+                 if (grey := read(i)) is not None]
+        if not chunk:
           continue
-        chunk.append((i, grey))
-      if not chunk:
-        continue
-      predictions = detector.predict_batch([grey for _, grey in chunk], canvas=shape,
-                                           batch_size=batch)
-      for (i, grey), prediction in zip(chunk, predictions):
-        results[i] = {"image": str(files[i]), "height": grey.shape[0], "width": grey.shape[1],
-                      "detections": [d.as_dict() for d in prediction.detections]}
-      if writing is not None:
-        writing.result()  # at most one batch in memory awaiting its files; raises its errors
-      writing = writer.submit(write_all, chunk, predictions)
-  if writing is not None:
-    writing.result()
-  writer.shutdown()
+        predictions = detector.predict_batch([grey for _, grey in chunk], canvas=shape,
+                                             batch_size=batch)
+        for (i, grey), prediction in zip(chunk, predictions):
+          results[i] = {"image": str(files[i]), "height": grey.shape[0],
+                        "width": grey.shape[1],
+                        "detections": [d.as_dict() for d in prediction.detections]}
+        if writing is not None:
+          writing.result()
+        writing = pool.submit(write_all, chunk, predictions)
+    if writing is not None:
+      writing.result()
   progress.close()
   failures = failures + [(str(files[i]), file_failures[i]) for i in sorted(file_failures)]
 

@@ -149,6 +149,20 @@ def test_many_sizes_compile_at_most_four_programs(tmp_path_factory, prepared_fak
   assert [(r["image"], r["target_id"]) for r in rows] == expected_rows   # input order
 
 
+def test_oversized_and_unreadable_headers_are_failures(detector, tmp_path):
+  (tmp_path / "in").mkdir()
+  Image.fromarray(np.zeros((1, 16385), np.uint8)).save(tmp_path / "in" / "wide.png")
+  (tmp_path / "in" / "junk.png").write_bytes(b"not a png")
+  report = predict.run(detector, [str(tmp_path / "in")], tmp_path / "out", show_progress=False)
+  assert report.images == [] and report.failures == [
+      (str(tmp_path / "in" / "junk.png"),
+       f"{tmp_path / 'in' / 'junk.png'}: cannot read the image (UnidentifiedImageError: "
+       f"cannot identify image file '{tmp_path / 'in' / 'junk.png'}')"),
+      (str(tmp_path / "in" / "wide.png"),
+       f"{tmp_path / 'in' / 'wide.png'}: image of 1x16385 pixels: sides above 16384 are not "
+       "supported")]
+
+
 def test_batch_sizes_split_evenly():
   # (images of a canvas, --batch_size) -> the canvas's batch: fewest batches, fewest dummies
   cases = {(1, 8): 1, (5, 8): 5, (8, 8): 8, (9, 8): 5, (10, 8): 5, (17, 8): 6, (31, 8): 8,
