@@ -56,7 +56,8 @@ def main(argv):
   for batch, h, w in SHAPES:
     x = rng.uniform(0, 255, (batch, h, w, 1)).astype(np.float32)
     padded = jax.device_put(((x - 100.0) / 30.0).astype(np.float32))  # h, w multiples of 32
-    calls = [functools.partial(d.forward, x, threshold) for d in (exported, in_framework)]
+    sizes = np.full((batch, 2), (h, w), np.int32)  # every image fills its canvas
+    calls = [functools.partial(d.forward, x, sizes, threshold) for d in (exported, in_framework)]
     calls.append(functools.partial(apply, variables, padded))
     rates = [_images_per_sec(call, batch, _STEPS.value) for call in calls]
     print(f"| {h} x {w} | {batch} | " + " | ".join(f"{r:.1f}" for r in rates) + " |")

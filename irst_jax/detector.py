@@ -11,12 +11,21 @@ an exported artifact (:mod:`irst_jax.export`; a copy of this file is written int
 :meth:`Detector.from_workdir` alone imports :mod:`irst_jax.export` (Flax, the models).
 
 The network function both constructors wrap is the one of :func:`irst_jax.export.make_forward`:
-grey images ``[B, H, W, 1]`` float32 on the 0..255 scale in; it normalises them with the
-training set's mean/std, zero-pads them bottom/right to the model's multiple of 32 (every
-model of irst_jax needs H and W divisible by 32), runs the network, crops back to H x W and
-labels the 8-connected components of ``logits > logit(threshold)`` with
-:func:`irst_jax.metrics.connected_components`, exactly as the evaluation does
-(``irst_jax.train.make_eval_step``), so detections are the components that Pd/Fa count.
+grey images ``[B, H, W, 1]`` float32 on the 0..255 scale, each in the top-left ``(h, w)``
+corner of the canvas given by ``sizes`` int32 ``[B, 2]``, in; it normalises them with the
+training set's mean/std, sets the padding to 0 (after normalisation, as the evaluation pads),
+zero-pads further bottom/right to the model's multiple of 32 (every model of irst_jax needs H
+and W divisible by 32), runs the network, crops back to H x W and labels the 8-connected
+components of ``(logits > logit(threshold)) & valid`` with
+:func:`irst_jax.metrics.connected_components`, as the evaluation does, so detections are the
+components that Pd/Fa count and never include or connect through padding.
+
+Every distinct input shape is one compilation of the network (seconds to tens of seconds on a
+CPU), so :meth:`Detector.predict_batch` pads images of any sizes on the host to a canvas and
+can complete the batch with dummy images to a fixed batch size; ``irst_jax.predict`` plans at
+most four canvases for a whole folder (:mod:`irst_jax.data.canvas`). Scores of an image are
+those of the network on the canvas it was padded to: networks with global pooling (ACM's
+global attention) give slightly different scores on different canvases, as in the evaluation.
 """
 from __future__ import annotations
 
@@ -30,19 +39,23 @@ from typing import Any, Callable, Optional, Sequence
 import jax
 import numpy as np
 
-#: Version of the artifact layout written by irst_jax.export and read here.
-FORMAT_VERSION = 1
+#: Version of the artifact layout written by irst_jax.export and read here (2: the module
+#: takes per-image valid sizes; version 1 modules took images of one size without them).
+FORMAT_VERSION = 2
 FORMAT_NAME = "irst_jax.export"
 MODULE_FILE = "model.jaxexport"
 WEIGHTS_FILE = "weights.npz"
 MANIFEST_FILE = "manifest.json"
 #: Largest image side the exported module accepts (int32 component labels).
 MAX_SIDE = 16384
+#: Canvas sides are multiples of this unless the manifest says otherwise (every model's 32).
+PAD_MULTIPLE = 32
 UINT16_SCALINGS = ("full_range", "min_max")
 
-#: forward(images [B, H, W, 1] float32 0..255, logit_threshold float32 scalar)
-#:   -> (logits [B, H, W, 1] float32, labels [B, H, W] int32, 0 = background)
-Forward = Callable[[np.ndarray, np.ndarray], tuple[Any, Any]]
+#: forward(images [B, H, W, 1] float32 0..255, sizes [B, 2] int32 (h, w of each image in the
+#:   top-left corner), logit_threshold float32 scalar)
+#:   -> (logits [B, H, W, 1] float32, labels [B, H, W] int32, 0 = background and padding)
+Forward = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[Any, Any]]
 
 
 class ArtifactError(ValueError):
@@ -288,7 +301,7 @@ def load_export(path: str | pathlib.Path) -> tuple[Forward, dict[str, Any]]:
   with np.load(weights_path) as data:
     weights = jax.device_put({k: data[k] for k in data.files})
   call = jax.jit(exported.call)
-  return (lambda images, threshold: call(weights, images, threshold)), manifest
+  return (lambda images, sizes, threshold: call(weights, images, sizes, threshold)), manifest
 
 
 class Detector:
@@ -328,25 +341,71 @@ class Detector:
     from irst_jax import export
     return cls(*export.workdir_forward(workdir, checkpoint, step), **kwargs)
 
+  @property
+  def pad_multiple(self) -> int:
+    """Side multiple of default canvases: the manifest's ``input.pad_multiple`` (32)."""
+    return int(self.manifest.get("input", {}).get("pad_multiple", PAD_MULTIPLE))
+
   def __call__(self, image: np.ndarray) -> Prediction:
     """Predicts one image of any size (see :func:`to_grey` for shapes and dtypes)."""
     return self.predict_batch([image])[0]
 
-  def predict_batch(self, images: Sequence[np.ndarray]) -> list[Prediction]:
-    """Predicts images of one size in one network call.
+  def predict_batch(self, images: Sequence[np.ndarray], canvas: Optional[tuple[int, int]] = None,
+                    batch_size: Optional[int] = None) -> list[Prediction]:
+    """Predicts images of any sizes in one network call on one padded canvas.
+
+    Each image is placed in the top-left corner of a `canvas` (H, W) and the module is told
+    its size, so padding never enters its mask or detections; results are cropped back to
+    each image's size. One compilation serves every call with the same canvas and batch.
+
+    Args:
+      images: arrays accepted by :func:`to_grey`, of any sizes.
+      canvas: (H, W) holding every image; default: the smallest multiple of
+        :attr:`pad_multiple` holding them all.
+      batch_size: when given, the batch is completed with dummy images (zeros of size 1 x 1)
+        to this many, so that batches of fewer images reuse the same compiled program.
+
+    Returns:
+      One Prediction per image, in order.
 
     Raises:
-      ValueError: images of different sizes, sides above MAX_SIDE, bad arrays (to_grey).
+      ValueError: sides above MAX_SIDE, a canvas that does not hold an image or is not
+        positive, more images than batch_size, bad arrays (to_grey).
     """
     grey = [to_grey(image, self.uint16_scaling) for image in images]
-    shapes = {g.shape for g in grey}
-    if len(shapes) != 1:
-      raise ValueError(f"predict_batch needs images of one size, got {sorted(shapes)}")
-    (h, w), = shapes
-    if max(h, w) > MAX_SIDE:
-      raise ValueError(f"image of {h}x{w} pixels: sides above {MAX_SIDE} are not supported")
-    logits, labels = self.forward(np.stack(grey)[..., None], self.logit_threshold)
-    logits, labels = np.asarray(logits)[..., 0], np.asarray(labels)
-    score = (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
-    return [Prediction(score=s, mask=lab > 0, detections=find_detections(lab, s))
-            for s, lab in zip(score, labels)]
+    if not grey:
+      return []
+    for g in grey:
+      if max(g.shape) > MAX_SIDE:
+        raise ValueError(f"image of {g.shape[0]}x{g.shape[1]} pixels: sides above {MAX_SIDE} "
+                         "are not supported")
+    if canvas is None:
+      m = self.pad_multiple
+      canvas = (max(-(-g.shape[0] // m) * m for g in grey),
+                max(-(-g.shape[1] // m) * m for g in grey))
+    height, width = (int(side) for side in canvas)
+    if min(height, width) < 1 or max(height, width) > MAX_SIDE:
+      raise ValueError(f"canvas must be (H, W) with 1 <= H, W <= {MAX_SIDE}, got {canvas}")
+    too_big = [g.shape for g in grey if g.shape[0] > height or g.shape[1] > width]
+    if too_big:
+      raise ValueError(f"canvas {height}x{width} does not hold an image of "
+                       f"{too_big[0][0]}x{too_big[0][1]} pixels")
+    count = len(grey) if batch_size is None else int(batch_size)
+    if count < len(grey):
+      raise ValueError(f"{len(grey)} images do not fit in a batch of {batch_size}")
+    batch = np.zeros((count, height, width, 1), np.float32)
+    sizes = np.ones((count, 2), np.int32)  # dummies: a 1 x 1 image of zeros
+    for i, g in enumerate(grey):
+      batch[i, :g.shape[0], :g.shape[1], 0] = g
+      sizes[i] = g.shape
+    logits, labels = self.forward(batch, sizes, self.logit_threshold)
+    logits, labels = np.asarray(logits)[:len(grey), ..., 0], np.asarray(labels)[:len(grey)]
+    predictions = []
+    for g, lg, lab in zip(grey, logits, labels):
+      h, w = g.shape
+      with np.errstate(over="ignore"):  # exp(-logit) = inf for logits below -709: score 0
+        score = (1.0 / (1.0 + np.exp(-lg[:h, :w].astype(np.float64)))).astype(np.float32)
+      lab = lab[:h, :w]
+      predictions.append(Prediction(score=score, mask=lab > 0,
+                                    detections=find_detections(lab, score)))
+    return predictions

@@ -7,12 +7,14 @@ Artifact (a directory; read by :func:`irst_jax.detector.load_export`, which need
 and numpy):
 
   model.jaxexport   serialized ``jax.export`` module (StableHLO, lowered for cpu and cuda)
-                    of ``forward(weights, images, logit_threshold) -> (logits, labels)``:
-                    weights {'params/...', 'batch_stats/...': array}; images float32
-                    [b, h, w, 1] grey on the 0..255 scale with symbolic b, h, w (1 <= h, w
-                    <= 16384); logits float32 [b, h, w, 1]; labels int32 [b, h, w], the
-                    8-connected components of ``logits > logit_threshold``
-                    (metrics.connected_components), 0 = background.
+                    of ``forward(weights, images, sizes, logit_threshold) -> (logits,
+                    labels)``: weights {'params/...', 'batch_stats/...': array}; images
+                    float32 [b, H, W, 1] grey on the 0..255 scale, each image in the top-left
+                    (h_i, w_i) corner of the H x W canvas (symbolic b, H, W; 1 <= H, W <=
+                    16384); sizes int32 [b, 2], the (h_i, w_i) of each image; logits float32
+                    [b, H, W, 1] (meaningful inside each image only); labels int32 [b, H, W],
+                    the 8-connected components of ``(logits > logit_threshold) & valid``
+                    (metrics.connected_components, valid = inside the image), 0 = background.
   weights.npz       the variables, flattened with '/'-joined keys.
   manifest.json     format and version, model and full training config, checkpoint (step,
                     metrics), normalisation, threshold, input layout and the divisibility
@@ -20,11 +22,18 @@ and numpy):
   irst_detector.py  a copy of irst_jax/detector.py: ``from irst_detector import Detector;
                     Detector.from_export(dir)`` without irst_jax installed.
 
-Divisibility: every irst_jax model needs H and W divisible by 32 (five stride-2 stages in
-DNA-Net; ACM-U-Net / FPN need 16). The module takes any h, w and pads inside, with symbolic
-arithmetic, exactly as the evaluation pipeline does (``data/pipeline.py``: normalise, zero-pad
-bottom/right to ``dataset.pad_multiple`` = 32, crop the output back), so an exported model
-reproduces the evaluated numbers.
+Divisibility and padding: every irst_jax model needs H and W divisible by 32 (five stride-2
+stages in DNA-Net; ACM-U-Net / FPN need 16). The module treats every pixel outside an image's
+(h_i, w_i) as padding, exactly as the evaluation pipeline does (``data/pipeline.py``:
+normalise, then zero padding bottom/right, with a validity mask): the padding is set to 0
+after normalisation, the canvas is zero-padded further (symbolic arithmetic) to a multiple of
+``dataset.pad_multiple`` = 32 when H or W is not one, and the mask is restricted to the valid
+pixels before labelling, so no detection includes or connects through padding. Callers
+(:meth:`irst_jax.detector.Detector.predict_batch`, ``predict``) pad images of different sizes on
+the host to a few canvases, so that one compiled program serves many sizes. The logits of an
+image depend on its canvas only through networks with global pooling (ACM's global
+attention), as in the evaluation, whose canvases are planned the same way
+(:mod:`irst_jax.data.canvas`).
 """
 from __future__ import annotations
 
@@ -89,32 +98,61 @@ def flatten(variables: dict[str, Any]) -> dict[str, np.ndarray]:
   return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(variables, sep="/").items()}
 
 
+def valid_mask(sizes: jax.Array, height, width) -> jax.Array:
+  """bool [b, height, width]: True inside each image's top-left (h, w) = sizes[i] corner.
+
+  `sizes` int32 [b, 2]; `height`, `width` may be symbolic dimensions.
+  """
+  shape = (sizes.shape[0], height, width)
+  rows = jax.lax.broadcasted_iota(jnp.int32, shape, 1)
+  cols = jax.lax.broadcasted_iota(jnp.int32, shape, 2)
+  # lax.slice_in_dim, not sizes[:, 0]: indexing with a symbolic batch would be a gather
+  h, w = (jax.lax.slice_in_dim(sizes, k, k + 1, axis=1)[:, :, None] for k in (0, 1))
+  return (rows < h) & (cols < w)
+
+
+def label_components(logits: jax.Array, sizes: jax.Array, logit_threshold) -> jax.Array:
+  """int32 [b, H, W] labels of the 8-connected components of ``(logits > t) & valid``.
+
+  `logits` [b, H, W, 1]; `sizes` int32 [b, 2] as in :func:`valid_mask`. Pixels outside each
+  image are background, so no component includes padding or connects two targets through it
+  (the evaluation's components, ``metrics.connected_components``, on the valid pixels).
+  """
+  _, h, w, _ = logits.shape
+  mask = (jax.lax.squeeze(logits, (3,)) > logit_threshold) & valid_mask(sizes, h, w)
+  return jax.vmap(metrics.connected_components)(mask)
+
+
 def make_forward(config: ml_collections.ConfigDict, mean: float, std: float
-                 ) -> Callable[[dict, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
+                 ) -> Callable[[dict, jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
   """The inference function of `config`'s model (traceable with symbolic shapes).
 
-  forward(weights, images, logit_threshold) -> (logits, labels), see the module docstring:
-  images float32 [B, H, W, 1] on the 0..255 scale are normalised ``(x - mean) / std``,
+  forward(weights, images, sizes, logit_threshold) -> (logits, labels), see the module
+  docstring: images float32 [B, H, W, 1] on the 0..255 scale are normalised
+  ``(x - mean) / std``, set to 0 outside each image's (h, w) = sizes[i] (int32 [B, 2]),
   repeated to ``model.in_channels``, zero-padded bottom/right to a multiple of
   ``dataset.pad_multiple`` (32), run through the network in inference mode (BatchNorm
   running statistics, no dropout), cropped back to H x W (``models.final_logits`` under deep
-  supervision); labels are ``metrics.connected_components`` of ``logits > logit_threshold``.
+  supervision); labels are :func:`label_components` of the logits.
   """
   model = models.create_model(config.model)
   multiple = int(config.dataset.pad_multiple)
   mean, std = np.float32(mean), np.float32(std)
   in_channels = int(config.model.in_channels)
 
-  def forward(weights, images, logit_threshold):
+  def forward(weights, images, sizes, logit_threshold):
     variables = traverse_util.unflatten_dict(weights, sep="/")
     _, h, w, _ = images.shape
-    x = jnp.repeat((images - mean) / std, in_channels, axis=-1)
+    valid = valid_mask(sizes, h, w)[..., None]
+    x = jnp.where(valid, (images - mean) / std, jnp.float32(0.0))
+    x = jnp.repeat(x, in_channels, axis=-1)
     pad_h = multiple * ((h + multiple - 1) // multiple) - h
     pad_w = multiple * ((w + multiple - 1) // multiple) - w
     x = jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
-    logits = models.final_logits(model.apply(variables, x, train=False))[:, :h, :w]
-    labels = jax.vmap(metrics.connected_components)(logits[..., 0] > logit_threshold)
-    return logits, labels
+    logits = models.final_logits(model.apply(variables, x, train=False))
+    # lax.slice: numpy-style cropping with symbolic h, w would be a gather
+    logits = jax.lax.slice(logits, (0, 0, 0, 0), (logits.shape[0], h, w, logits.shape[3]))
+    return logits, label_components(logits, sizes, logit_threshold)
 
   return forward
 
@@ -134,40 +172,46 @@ def _manifest(config: ml_collections.ConfigDict, workdir: pathlib.Path, checkpoi
                         "formula": "(x - mean) / std on the 0..255 grey scale"},
       "threshold": float(config.eval.threshold),
       "input": {
-          "layout": "NHWC", "shape": ["b", "h", "w", 1], "dtype": "float32",
+          "layout": "NHWC", "shape": ["b", "H", "W", 1], "dtype": "float32",
           "values": "grey, 0..255 scale, not normalised",
+          "sizes": ("int32 [b, 2], (h, w) of each image, placed in the top-left corner of "
+                    "the H x W canvas; the other pixels are padding"),
           "max_side": detector.MAX_SIDE,
+          "pad_multiple": int(config.dataset.pad_multiple),
           "divisibility": (f"the network needs H and W divisible by "
-                           f"{int(config.dataset.pad_multiple)}; the module zero-pads "
-                           "bottom/right after normalisation and crops the output back"),
+                           f"{int(config.dataset.pad_multiple)}; the module sets padding to "
+                           "0 after normalisation, zero-pads the canvas bottom/right to that "
+                           "multiple and crops the output back"),
       },
-      "outputs": {"logits": "float32 [b, h, w, 1], pre-sigmoid",
-                  "labels": "int32 [b, h, w], 8-connected components of logits > "
-                            "logit_threshold (second argument), 0 = background"},
+      "outputs": {"logits": "float32 [b, H, W, 1], pre-sigmoid (meaningful inside each image)",
+                  "labels": "int32 [b, H, W], 8-connected components of (logits > "
+                            "logit_threshold (third argument)) inside each image, "
+                            "0 = background and padding"},
   }
 
 
 def workdir_forward(workdir: str | pathlib.Path, checkpoint: str = "best",
                     step: Optional[int] = None):
-  """(jit-compiled in-framework forward(images, logit_threshold), manifest) of a workdir."""
+  """(jit-compiled in-framework forward(images, sizes, logit_threshold), manifest) of a
+  workdir (the signature of :func:`irst_jax.detector.load_export`'s forward)."""
   workdir = pathlib.Path(workdir).absolute()
   config, variables, step = load_workdir(workdir, checkpoint, step)
   info = pipeline.dataset_info(config.dataset)
   weights = jax.device_put(flatten(variables))
   forward = jax.jit(make_forward(config, info.mean, info.std))
   manifest = _manifest(config, workdir, checkpoint, step, info)
-  return (lambda images, threshold: forward(weights, images, threshold)), manifest
+  return (lambda images, sizes, threshold: forward(weights, images, sizes, threshold)), manifest
 
 
 def export_forward(forward: Callable, weights: dict[str, np.ndarray],
                    platforms: Sequence[str] = DEFAULT_PLATFORMS) -> jax.export.Exported:
-  """jax.export of `forward` with symbolic batch, height and width (1 <= h, w <= MAX_SIDE)."""
+  """jax.export of `forward` with symbolic batch, height and width (1 <= H, W <= MAX_SIDE)."""
   scope = jax.export.SymbolicScope([f"h <= {detector.MAX_SIDE}", f"w <= {detector.MAX_SIDE}"])
   b, h, w = jax.export.symbolic_shape("b, h, w", scope=scope)
   specs = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in weights.items()}
   return jax.export.export(jax.jit(forward), platforms=tuple(platforms))(
       specs, jax.ShapeDtypeStruct((b, h, w, 1), jnp.float32),
-      jax.ShapeDtypeStruct((), jnp.float32))
+      jax.ShapeDtypeStruct((b, 2), jnp.int32), jax.ShapeDtypeStruct((), jnp.float32))
 
 
 def export_workdir(workdir: str | pathlib.Path, output: Optional[str | pathlib.Path] = None,

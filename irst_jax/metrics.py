@@ -88,7 +88,9 @@ def _neighbourhood_min(labels: jax.Array, fg: jax.Array) -> jax.Array:
         for dx in range(3):
             if dy == 1 and dx == 1:
                 continue
-            out = jnp.minimum(out, padded[dy:dy + h, dx:dx + w])
+            # lax.slice: the same slice as padded[dy:dy + h, dx:dx + w], also for the
+            # symbolic h, w of the exported detector (where indexing would be a gather).
+            out = jnp.minimum(out, jax.lax.slice(padded, (dy, dx), (dy + h, dx + w)))
     return jnp.where(fg, out, 0)
 
 

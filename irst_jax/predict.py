@@ -7,8 +7,14 @@
 --model is an exported artifact (irst_jax.export; needs only jax + numpy) or a training
 workdir (its --checkpoint, in-framework). Inputs: PNG, BMP, TIFF, JPEG; 1-bit, 8-bit grey,
 palette, RGB(A), 16-bit grey (``I;16``) and 32-bit integer / float grey (TIFF) of any size;
-folders are read non-recursively, globs may use ``**``. Images of the same size are batched
-(up to --batch_size); every image is predicted at its own size.
+folders are read non-recursively, globs may use ``**``. Every image's size is read from its
+header first; at most four padded shapes ("canvases", multiples of the model's 32) are planned
+for all inputs (:func:`irst_jax.data.canvas.plan_canvases`), each image goes to the smallest
+canvas holding it, and the images of a canvas are predicted in batches of a fixed size
+(--batch_size, or fewer when the canvas has fewer images; the last batch is completed with
+dummy images), so a folder of any mix of sizes compiles at most four programs. The padding
+never enters masks or detections (see :meth:`irst_jax.detector.Detector.predict_batch`).
+Images are decoded one batch at a time.
 
 Written into --output:
   masks/<name>.png       binary mask, 0 / 255 (L)
@@ -25,6 +31,7 @@ the failures are listed at the end and the exit code is 1.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import csv
 import dataclasses
 import glob
@@ -39,6 +46,7 @@ from tqdm import tqdm
 
 from irst_jax import detector as detector_lib
 from irst_jax import errors
+from irst_jax.data import canvas as canvas_lib
 
 SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg")
 _EIGHT_BIT_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "La")
@@ -49,6 +57,21 @@ CSV_FIELDS = ("image", "target_id", "x", "y", "area", "x_min", "y_min", "x_max",
 
 class ImageReadError(ValueError):
   """An input file is unreadable, truncated or of an unsupported image mode."""
+
+
+def read_size(path: str | pathlib.Path) -> tuple[int, int]:
+  """(H, W) of an image file from its header (the pixels are not decoded).
+
+  Raises:
+    ImageReadError: naming the file: not an image PIL can open.
+  """
+  path = pathlib.Path(path)
+  try:
+    with Image.open(path) as img:
+      width, height = img.size
+  except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
+    raise ImageReadError(f"{path}: cannot read the image ({type(e).__name__}: {e})") from e
+  return int(height), int(width)
 
 
 def read_image(path: str | pathlib.Path) -> np.ndarray:
@@ -159,55 +182,116 @@ class Report:
   failures: list[tuple[str, str]]
 
 
+#: zlib level of the written PNGs: 1 writes them several times faster than PIL's default 6,
+#: for files about a third larger (masks and overlays compress well either way).
+PNG_COMPRESS_LEVEL = 1
+
+
 def _write(out: pathlib.Path, name: str, grey: np.ndarray, prediction: detector_lib.Prediction,
            save_scores: bool) -> None:
-  Image.fromarray(prediction.mask.astype(np.uint8) * 255, "L").save(out / "masks" / f"{name}.png")
-  overlay(grey, prediction).save(out / "overlays" / f"{name}.png")
+  Image.fromarray(prediction.mask.astype(np.uint8) * 255, "L").save(
+      out / "masks" / f"{name}.png", compress_level=PNG_COMPRESS_LEVEL)
+  overlay(grey, prediction).save(out / "overlays" / f"{name}.png",
+                                 compress_level=PNG_COMPRESS_LEVEL)
   if save_scores:
     np.save(out / "scores" / f"{name}.npy", prediction.score)
 
 
+def _batch_size(count: int, batch_size: int) -> int:
+  """The batch of a canvas with `count` images: at most `batch_size`, as few batches as that
+  allows, split evenly so that the last batch needs the fewest dummy images."""
+  return -(-count // -(-count // batch_size))
+
+
 def run(detector: detector_lib.Detector, inputs: Iterable[str], output: str | pathlib.Path, *,
-        save_scores: bool = False, batch_size: int = 8, show_progress: bool = True) -> Report:
+        save_scores: bool = False, batch_size: int = 8, show_progress: bool = True,
+        max_canvases: int = canvas_lib.MAX_CANVASES) -> Report:
   """Predicts every image of `inputs` (files, folders, globs) and writes the outputs.
 
+  Sizes come from the image headers; `max_canvases` canvases (multiples of the detector's
+  pad_multiple) are planned for all of them; the images of each canvas are decoded and
+  predicted `batch_size` at a time (one compiled program per canvas). Outputs, records and
+  detections.csv rows keep the input order.
+
   Raises:
-    ValueError: batch_size < 1.
+    ValueError: batch_size or max_canvases < 1.
   """
-  if batch_size < 1:
-    raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+  if batch_size < 1 or max_canvases < 1:
+    raise ValueError(f"batch_size and max_canvases must be at least 1, got {batch_size}, "
+                     f"{max_canvases}")
   out = pathlib.Path(output)
   for sub in ("masks", "overlays") + (("scores",) if save_scores else ()):
     (out / sub).mkdir(parents=True, exist_ok=True)
   files, failures = collect_inputs(inputs)
   names = output_names(files)
   results: dict[int, dict] = {}
-  pending: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}
+  file_failures: dict[int, str] = {}
 
-  def flush(shape):
-    batch = pending.pop(shape)
-    predictions = detector.predict_batch([grey for _, grey in batch])
-    progress.update(len(batch))
-    for (i, grey), prediction in zip(batch, predictions):
-      _write(out, names[i], grey, prediction, save_scores)
-      results[i] = {"image": str(files[i]), "height": grey.shape[0], "width": grey.shape[1],
-                    "detections": [d.as_dict() for d in prediction.detections]}
+  def fail(i: int, error: Exception) -> None:
+    path = str(files[i])
+    file_failures[i] = str(error) if path in str(error) else f"{path}: {error}"
 
-  progress = tqdm(total=len(files), desc="predict", unit="image", disable=not show_progress)
+  sizes: dict[int, tuple[int, int]] = {}
   for i, path in enumerate(files):
     try:
-      grey = detector_lib.to_grey(read_image(path), detector.uint16_scaling)
+      sizes[i] = read_size(path)
     except ValueError as e:
-      progress.update(1)
-      failures.append((str(path), str(e) if str(path) in str(e) else f"{path}: {e}"))
+      fail(i, e)
       continue
-    shape = grey.shape
-    pending.setdefault(shape, []).append((i, grey))
-    if len(pending[shape]) == batch_size:
-      flush(shape)
-  for shape in list(pending):
-    flush(shape)
+    if max(sizes[i]) > detector_lib.MAX_SIDE:
+      fail(i, ValueError(f"image of {sizes[i][0]}x{sizes[i][1]} pixels: sides above "
+                         f"{detector_lib.MAX_SIDE} are not supported"))
+      del sizes[i]
+  groups: dict[tuple[int, int], list[int]] = {}
+  if sizes:
+    canvases = canvas_lib.plan_canvases(list(sizes.values()), detector.pad_multiple, max_canvases)
+    for i, size in sizes.items():  # input order within each canvas
+      groups.setdefault(canvas_lib.assign(size, canvases), []).append(i)
+
+  progress = tqdm(total=len(files), desc="predict", unit="image", disable=not show_progress)
+  progress.update(len(files) - len(sizes))
+
+  def read(i: int) -> Optional[np.ndarray]:
+    try:
+      grey = detector_lib.to_grey(read_image(files[i]), detector.uint16_scaling)
+      if grey.shape != sizes[i]:
+        raise ImageReadError(f"{files[i]}: decoded size {grey.shape} differs from the "
+                             f"header's {sizes[i]}")
+      return grey
+    except ValueError as e:
+      fail(i, e)
+      progress.update(1)
+      return None
+
+  def write_all(chunk, predictions):
+    for (i, grey), prediction in zip(chunk, predictions):
+      _write(out, names[i], grey, prediction, save_scores)
+    progress.update(len(chunk))
+
+  # One thread writes a batch's files while the next batch is read and predicted; at most
+  # one batch waits for its files (memory stays bounded), and write errors are raised here.
+  with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="predict-write") as pool:
+    writing: Optional[concurrent.futures.Future] = None
+    for shape, indices in sorted(groups.items()):
+      batch = _batch_size(len(indices), batch_size)  # constant per canvas: one program
+      for start in range(0, len(indices), batch):
+        chunk = [(i, grey) for i in indices[start:start + batch]
+                 if (grey := read(i)) is not None]
+        if not chunk:
+          continue
+        predictions = detector.predict_batch([grey for _, grey in chunk], canvas=shape,
+                                             batch_size=batch)
+        for (i, grey), prediction in zip(chunk, predictions):
+          results[i] = {"image": str(files[i]), "height": grey.shape[0],
+                        "width": grey.shape[1],
+                        "detections": [d.as_dict() for d in prediction.detections]}
+        if writing is not None:
+          writing.result()
+        writing = pool.submit(write_all, chunk, predictions)
+    if writing is not None:
+      writing.result()
   progress.close()
+  failures = failures + [(str(files[i]), file_failures[i]) for i in sorted(file_failures)]
 
   report = Report(images=[results[i] for i in sorted(results)], failures=failures)
   with (out / "detections.csv").open("w", newline="") as f:
@@ -234,7 +318,7 @@ def define_flags() -> None:
                     "Checkpoint used when --model is a workdir.")
   flags.DEFINE_float("threshold", None, "Probability threshold (default: the model's, 0.5).")
   flags.DEFINE_bool("save_scores", False, "Also write scores/<name>.npy.")
-  flags.DEFINE_integer("batch_size", 8, "Images of one size per network call.")
+  flags.DEFINE_integer("batch_size", 8, "Images per network call (of one padded shape).")
   flags.DEFINE_enum("uint16_scaling", "full_range", list(detector_lib.UINT16_SCALINGS),
                     "How 16-bit images map to the 0..255 training scale.")
   flags.mark_flags_as_required(["model", "input", "output"])

@@ -1,6 +1,7 @@
 """Exported artifact: equal to in-framework inference, self-contained, checked on load."""
 import json
 import os
+import re
 import pathlib
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ from skimage import measure
 
 from irst_jax import checkpoints, export, metrics, models
 from irst_jax.data import pipeline
+from irst_jax.models import cpu_convolution, layers
 from irst_jax.detector import (
   ArtifactError,
   Detector,
@@ -94,12 +96,13 @@ def _images(b, h, w, seed=0):
   return np.random.default_rng(seed).integers(0, 256, (b, h, w), dtype=np.uint8)
 
 
-def _eval_logits(config, variables, images):
+def _eval_logits(config, variables, images, canvas=None):
   """Logits as the evaluation computes them: pipeline normalisation, zero padding to a
-  multiple of 32, model.apply, crop (written independently of export.make_forward)."""
+  multiple of 32 (or to `canvas`), model.apply, crop (written independently of
+  export.make_forward)."""
   info = pipeline.dataset_info(config.dataset)
   b, h, w = images.shape
-  hp, wp = -(-h // 32) * 32, -(-w // 32) * 32
+  hp, wp = canvas or (-(-h // 32) * 32, -(-w // 32) * 32)
   x = np.zeros((b, hp, wp, 1), np.float32)
   x[:, :h, :w, 0] = (images.astype(np.float32) - np.float32(info.mean)) / np.float32(info.std)
   model = models.create_model(config.model)
@@ -147,6 +150,109 @@ def test_detections_are_the_components_the_evaluation_counts(exported):
                                  [r.intensity_max, r.intensity_mean], rtol=1e-6)
 
 
+def test_components_never_connect_through_padding_by_hand():
+  # two canvases 4 x 6: image 0 is 3 x 4 (row 3 and columns 4, 5 are padding), image 1 fills
+  # its canvas. Logits are high at (0, 3) and (2, 3), which touch only through (1, 4), and at
+  # (3, 0).
+  logits = np.full((2, 4, 6, 1), -5.0, np.float32)
+  for r, c in [(0, 3), (2, 3), (1, 4), (3, 0)]:
+    logits[:, r, c] = 5.0
+  sizes = jnp.asarray([[3, 4], [4, 6]], jnp.int32)
+  valid = np.asarray(export.valid_mask(sizes, 4, 6))
+  np.testing.assert_array_equal(valid[0], np.pad(np.ones((3, 4), bool), ((0, 1), (0, 2))))
+  assert valid[1].all()
+  labels = np.asarray(export.label_components(jnp.asarray(logits), sizes, 0.0))
+  expected = np.zeros((2, 4, 6), np.int32)
+  expected[0, 0, 3] = 4          # label = raster index (row * 6 + col) of the first pixel + 1
+  expected[0, 2, 3] = 16         # a second target: the bridge (1, 4) is padding
+  expected[1, 0, 3] = expected[1, 1, 4] = expected[1, 2, 3] = 4   # one target through (1, 4)
+  expected[1, 3, 0] = 19
+  np.testing.assert_array_equal(labels, expected)
+
+
+def test_padding_stays_out_of_the_exported_labels(exported):
+  """The module's labels equal the components of the image's own mask, at a threshold where
+  the network's output on the padding would join some of them."""
+  images = _images(2, 20, 45, seed=10).astype(np.float32)
+  batch = np.zeros((2, 32, 64, 1), np.float32)   # the canvas and batch of SIZES[0]
+  batch[:, :20, :45, 0] = images
+  sizes = np.array([[20, 45], [20, 45]], np.int32)
+  logits = np.asarray(exported.forward(batch, sizes, np.float32(0.0))[0])[0, ..., 0]
+  threshold = np.float32(np.quantile(logits, 0.5))
+  through_padding = measure.label(logits > threshold, connectivity=2)[:20, :45]
+  own = measure.label(logits[:20, :45] > threshold, connectivity=2)
+  assert len(np.unique(through_padding[through_padding > 0])) < own.max()  # padding joins some
+  labels = np.asarray(exported.forward(batch, sizes, threshold)[1])[0]
+  assert not labels[20:].any() and not labels[:, 45:].any()
+  inside = labels[:20, :45]
+  np.testing.assert_array_equal(inside > 0, own > 0)
+  pairs = {(a, b) for a, b in zip(inside[own > 0], own[own > 0])}   # the same partition
+  assert len(pairs) == own.max() == len(np.unique(inside[inside > 0]))
+
+
+def test_mixed_sizes_batch_slots_and_canvases(setup, exported):
+  _, _, config, best = setup
+  shapes = []
+
+  def recording(images, sizes, threshold):
+    shapes.append((images.shape, sizes.tolist()))
+    return exported.forward(images, sizes, threshold)
+
+  detector = Detector(recording, exported.manifest)
+  a = _images(1, 20, 45, seed=3)[0]
+  b = _images(1, 17, 30, seed=4)[0]
+  ab, ba = detector.predict_batch([a, b]), detector.predict_batch([b, a])
+  alone = detector.predict_batch([a], batch_size=2)   # completed with a dummy image
+  # default canvas: the smallest multiple of 32 holding both; dummies are 1 x 1
+  assert shapes == [((2, 32, 64, 1), [[20, 45], [17, 30]]), ((2, 32, 64, 1), [[17, 30], [20, 45]]),
+                    ((2, 32, 64, 1), [[20, 45], [1, 1]])]
+  for p in (ba[1], alone[0]):   # bitwise equal in every batch slot, beside any other image
+    np.testing.assert_array_equal(p.score, ab[0].score)
+    np.testing.assert_array_equal(p.mask, ab[0].mask)
+    assert p.detections == ab[0].detections
+  np.testing.assert_array_equal(ba[0].score, ab[1].score)
+  assert ab[0].score.shape == (20, 45) and ab[1].score.shape == (17, 30)
+  # b on the 32 x 64 canvas is the evaluation's b zero-padded (after normalisation) to it
+  logits = _eval_logits(config, best, b[None], canvas=(32, 64))[0]
+  np.testing.assert_allclose(ab[1].score, 1 / (1 + np.exp(-logits.astype(np.float64))), atol=1e-5)
+  np.testing.assert_array_equal(ab[1].mask, logits > 0)
+  for kwargs, match in [(dict(canvas=(32, 32)), "canvas 32x32 does not hold an image of 20x45"),
+                        (dict(batch_size=1), "2 images do not fit in a batch of 1"),
+                        (dict(canvas=(0, 64)), "canvas must be")]:
+    with pytest.raises(ValueError, match=match):
+      detector.predict_batch([a, b], **kwargs)
+  assert detector.predict_batch([]) == [] and len(shapes) == 3
+
+
+def test_symbolic_shapes_lower_to_slices_not_gathers():
+  """The module takes any H, W, and numpy-style slicing of arrays with symbolic shapes lowers
+  to gathers (the stride-2 max pool and shortcut, the FCN head's channel slice, the crop and
+  the components' neighbourhood: ACM-U-Net 25 instead of 18 CPU ms an image); these use
+  lax.slice, so the exported module has the gathers of the static-shape program only."""
+  rng = np.random.default_rng(0)
+  nhwc = ("NHWC", "HWIO", "NHWC")
+  k1, k3 = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in [(1, 1, 4, 8), (3, 3, 4, 4)])
+  cases = {
+      "max pool": layers.max_pool_3x3_s2,
+      "strided 1x1": lambda x: cpu_convolution.conv_general_dilated(
+          x, k1, (2, 2), ((0, 0), (0, 0)), dimension_numbers=nhwc),
+      "narrow 3x3": lambda x: cpu_convolution.conv_general_dilated(
+          x, k3, (1, 1), ((1, 1), (1, 1)), dimension_numbers=nhwc),
+      "labels": lambda x: export.label_components(
+          jax.lax.slice_in_dim(x, 0, 1, axis=3), jnp.full((x.shape[0], 2), 5, jnp.int32), 0.0),
+  }
+  scope = jax.export.SymbolicScope(["h <= 16384", "w <= 16384"])   # as export_forward's
+  b, h, w = jax.export.symbolic_shape("b, h, w", scope=scope)
+  x = rng.normal(size=(2, 8, 12, 4)).astype(np.float32)
+  for name, fn in cases.items():
+    exported = jax.export.export(jax.jit(fn))(jax.ShapeDtypeStruct((b, h, w, 4), jnp.float32))
+    static = jax.jit(fn).lower(x).as_text()
+    gathers = [len(re.findall(r"stablehlo\.(?:dynamic_)?gather", text))
+               for text in (exported.mlir_module(), static)]
+    assert gathers[0] == gathers[1] and (gathers[1] == 0 or name == "labels"), (name, gathers)
+    np.testing.assert_allclose(exported.call(x), jax.jit(fn)(x), rtol=1e-6, atol=1e-6)
+
+
 def test_find_detections_by_hand():
   labels = np.zeros((5, 6), np.int32)
   labels[0, 4:6] = 5          # a 2-pixel component whose first pixel is (0, 4)
@@ -186,10 +292,11 @@ def test_manifest_and_checkpoint_choice(setup):
       "irst_detector.py", "manifest.json", "model.jaxexport", "weights.npz"]
   manifest = json.loads((artifact / "manifest.json").read_text())
   info = pipeline.dataset_info(config.dataset)
-  assert manifest["format_version"] == 1 and manifest["model"]["name"] == "acm_unet"
+  assert manifest["format_version"] == 2 and manifest["model"]["name"] == "acm_unet"
   assert manifest["checkpoint"]["step"] == 3 and manifest["checkpoint"]["kind"] == "best"
   assert manifest["normalization"]["mean"] == info.mean and manifest["threshold"] == 0.5
-  assert manifest["input"]["shape"] == ["b", "h", "w", 1] and "32" in manifest["input"]["divisibility"]
+  assert manifest["input"]["shape"] == ["b", "H", "W", 1] and "32" in manifest["input"]["divisibility"]
+  assert manifest["input"]["pad_multiple"] == 32 and "int32 [b, 2]" in manifest["input"]["sizes"]
   assert set(manifest["platforms"]) == {"cpu", "cuda"} and manifest["versions"]["jax"] == jax.__version__
   expected = export.flatten(best)
   with np.load(artifact / "weights.npz") as weights:
@@ -222,11 +329,19 @@ def test_bad_artifacts_are_named(setup, tmp_path):
 
   newer = copy("newer")
   manifest = json.loads((newer / "manifest.json").read_text())
-  manifest["format_version"] = 2
+  manifest["format_version"] = 3
   (newer / "manifest.json").write_text(json.dumps(manifest))
   with pytest.raises(IncompatibleArtifactError, match=r"newer/manifest\.json: artifact format "
-                     r"version 2 .* reads version 1"):
+                     r"version 3 .* reads version 2"):
     Detector.from_export(newer)
+
+  older = copy("older")  # version 1: a module without per-image sizes
+  manifest = json.loads((older / "manifest.json").read_text())
+  manifest["format_version"] = 1
+  (older / "manifest.json").write_text(json.dumps(manifest))
+  with pytest.raises(IncompatibleArtifactError, match=r"older/manifest\.json: artifact format "
+                     r"version 1 .* reads version 2\. Re-export the workdir"):
+    Detector.from_export(older)
 
   garbage = copy("garbage")
   (garbage / "model.jaxexport").write_bytes(b"not a module")

@@ -6,11 +6,14 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
 
+from irst_jax import detector as detector_lib
 from irst_jax import predict
+from irst_jax.data import canvas
 from tests.test_export import SIZES, exported_detector, shared
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -86,6 +89,85 @@ def test_predict_formats_outputs_and_failures(detector, tmp_path):
     assert [int(r["target_id"]) for r in mine] == [d.target_id for d in result.detections]
     assert [int(r["area"]) for r in mine] == [d.area for d in result.detections]
     assert (record["height"], record["width"]) == image.shape
+
+
+_LOWERING = "/jax/core/compile/jaxpr_to_mlir_module_duration"
+
+
+def test_many_sizes_compile_at_most_four_programs(tmp_path_factory, prepared_fake_nuaa, tmp_path):
+  _, artifact, _, _ = shared(tmp_path_factory, prepared_fake_nuaa)
+  sizes = [(20, 45), (17, 30), (33, 64), (40, 20), (70, 33), (10, 90), (64, 64), (50, 50),
+           (20, 45), (96, 96), (60, 40)]
+  assert len(set(sizes)) == 10
+  rng = np.random.default_rng(9)
+  images = [rng.integers(0, 256, size, dtype=np.uint8) for size in sizes]
+  (tmp_path / "in").mkdir()
+  for k, image in enumerate(images):
+    Image.fromarray(image).save(tmp_path / "in" / f"{k:02d}.png")
+  fresh = detector_lib.Detector.from_export(artifact)   # an empty jit cache
+  shapes = []
+
+  def recording(batch, batch_sizes, threshold):
+    shapes.append(batch.shape)
+    return fresh.forward(batch, batch_sizes, threshold)
+
+  detector = detector_lib.Detector(recording, fresh.manifest, threshold=0.45)
+  lowerings = []
+
+  def listener(event, duration, **kwargs):
+    if event == _LOWERING:
+      lowerings.append(duration)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    report = predict.run(detector, [str(tmp_path / "in")], tmp_path / "out", batch_size=3,
+                         show_progress=False)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  planned = canvas.plan_canvases(sizes, 32)
+  assert planned == [(32, 64), (32, 96), (64, 64), (96, 96)]
+  groups = {c: [s for s in sizes if canvas.assign(s, planned) == c] for c in planned}
+  assert [len(groups[c]) for c in planned] == [3, 1, 5, 2]
+  # one program a canvas: batches of at most 3, split evenly (5 images: 3 + 2 and a dummy)
+  assert shapes == [(3, 32, 64, 1), (1, 32, 96, 1), (3, 64, 64, 1), (3, 64, 64, 1),
+                    (2, 96, 96, 1)]
+  assert len(lowerings) == 4
+  # each image's outputs are those of the image alone on its canvas (same program)
+  rows = list(csv.DictReader((tmp_path / "out" / "detections.csv").open()))
+  assert [r["image"] for r in report.images] == [str(tmp_path / "in" / f"{k:02d}.png")
+                                                 for k in range(len(sizes))]
+  expected_rows = []
+  for k, (image, record) in enumerate(zip(images, report.images)):
+    c = canvas.assign(image.shape, planned)
+    batch = {(32, 64): 3, (32, 96): 1, (64, 64): 3, (96, 96): 2}[c]
+    alone = detector.predict_batch([image], canvas=c, batch_size=batch)[0]
+    mask = np.asarray(Image.open(tmp_path / "out" / "masks" / f"{k:02d}.png"))
+    np.testing.assert_array_equal(mask, alone.mask.astype(np.uint8) * 255)
+    assert record["detections"] == [d.as_dict() for d in alone.detections]
+    expected_rows += [(record["image"], str(d.target_id)) for d in alone.detections]
+  assert len({image for image, _ in expected_rows}) >= 3   # the threshold gives detections
+  assert [(r["image"], r["target_id"]) for r in rows] == expected_rows   # input order
+
+
+def test_oversized_and_unreadable_headers_are_failures(detector, tmp_path):
+  (tmp_path / "in").mkdir()
+  Image.fromarray(np.zeros((1, 16385), np.uint8)).save(tmp_path / "in" / "wide.png")
+  (tmp_path / "in" / "junk.png").write_bytes(b"not a png")
+  report = predict.run(detector, [str(tmp_path / "in")], tmp_path / "out", show_progress=False)
+  assert report.images == [] and report.failures == [
+      (str(tmp_path / "in" / "junk.png"),
+       f"{tmp_path / 'in' / 'junk.png'}: cannot read the image (UnidentifiedImageError: "
+       f"cannot identify image file '{tmp_path / 'in' / 'junk.png'}')"),
+      (str(tmp_path / "in" / "wide.png"),
+       f"{tmp_path / 'in' / 'wide.png'}: image of 1x16385 pixels: sides above 16384 are not "
+       "supported")]
+
+
+def test_batch_sizes_split_evenly():
+  # (images of a canvas, --batch_size) -> the canvas's batch: fewest batches, fewest dummies
+  cases = {(1, 8): 1, (5, 8): 5, (8, 8): 8, (9, 8): 5, (10, 8): 5, (17, 8): 6, (31, 8): 8,
+           (116, 8): 8, (57, 8): 8, (7, 1): 1}
+  assert {k: predict._batch_size(*k) for k in cases} == cases
 
 
 def test_read_image_modes(tmp_path):

@@ -79,7 +79,7 @@ def _narrow_output_padded(lhs, rhs, strides, padding):
     return None
   wide = jnp.pad(rhs, ((0, 0), (0, 0), (0, 0), (0, _MIN_XNNPACK_FEATURES - features)))
   out = jax.lax.conv_general_dilated(lhs, wide, strides, padding, dimension_numbers=_NHWC)
-  return out[..., :features]
+  return jax.lax.slice_in_dim(out, 0, features, axis=3)  # a slice also for symbolic shapes
 
 
 def _strided_1x1_as_subsampled(lhs, rhs, strides, padding):
@@ -90,8 +90,8 @@ def _strided_1x1_as_subsampled(lhs, rhs, strides, padding):
   if (rhs.shape[:2] != (1, 1) or tuple(strides) == (1, 1)
       or any(tuple(p) != (0, 0) for p in padding)):
     return None
-  return _xnnpack_form(lhs[:, ::strides[0], ::strides[1]], rhs, (1, 1), ((0, 0), (0, 0)),
-                       dimension_numbers=_NHWC)
+  subsampled = jax.lax.slice(lhs, (0, 0, 0, 0), lhs.shape, (1, strides[0], strides[1], 1))
+  return _xnnpack_form(subsampled, rhs, (1, 1), ((0, 0), (0, 0)), dimension_numbers=_NHWC)
 
 
 def _is_3x3_stride2_pad1(lhs, rhs, strides, padding):

@@ -229,7 +229,11 @@ def _pool_taps(x):
   _, h, w, _ = x.shape
   ho, wo = -(-h // 2), -(-w // 2)
   padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
-  return [padded[:, dy:dy + 2 * ho - 1:2, dx:dx + 2 * wo - 1:2, :]
+  n, _, _, c = padded.shape
+  # lax.slice, not strided indexing: the same slice for static shapes, and a slice rather
+  # than a gather for jax.export's symbolic ones (the exported detector takes any H, W).
+  return [jax.lax.slice(padded, (0, dy, dx, 0), (n, dy + 2 * ho - 1, dx + 2 * wo - 1, c),
+                        (1, 2, 2, 1))
           for dy in range(3) for dx in range(3)]
 
 
