@@ -278,6 +278,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: pathlib
                      f"{num_devices * jax.process_count()} devices")
   process_batch = config.train.batch_size // jax.process_count()
   pipeline.check_channels(config.dataset, config.model.in_channels)
+  pipeline.max_eval_canvases(config.dataset)   # validated before any training
   info = pipeline.dataset_info(config.dataset)
   steps_per_epoch = info.num_examples[config.dataset.train_split] // config.train.batch_size
   if steps_per_epoch == 0:
