@@ -37,6 +37,7 @@ from absl import app, flags
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from irst_jax import compilation_cache
 from irst_jax import detector as detector_lib
 
 SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg")
@@ -242,6 +243,7 @@ def define_flags() -> None:
 def main(argv) -> Optional[int]:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  compilation_cache.enable()
   f = flags.FLAGS
   detector = load_detector(f.model, f.checkpoint, threshold=f.threshold,
                            uint16_scaling=f.uint16_scaling)
