@@ -76,7 +76,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.optim.power = 0.9
 
   config.eval = ml_collections.ConfigDict()
-  config.eval.batch_size = 1                # images per device; images are bucketed by size
+  config.eval.batch_size = 1                # images per device; images grouped by canvas
   config.eval.threshold = 0.5               # on sigmoid probabilities
   config.eval.distance_threshold = 3.0      # Pd centroid distance, pixels
   config.eval.max_targets = 32              # true targets per image handled by Pd matching
