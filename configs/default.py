@@ -44,7 +44,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   # name, builder_config ('50_50' or 'acm' for NUAA-SIRST, '50_50' for NUDT-SIRST, 'official'
   # for MDvsFA-cGAN), data_dir, manual_dir, splits,
   # normalization ('dataset' or 'basicirstd'), crop_size, center_on_target_prob, augment,
-  # pad_multiple, num_workers, shuffle: see irst_jax/data/pipeline.py.
+  # pad_multiple, max_eval_canvases (at most this many padded shapes, i.e. compilations, per
+  # evaluated split; default 4), num_workers, shuffle: see irst_jax/data/pipeline.py.
   config.dataset = pipeline.default_dataset_config()
 
   config.train = ml_collections.ConfigDict()
@@ -75,7 +76,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.optim.power = 0.9
 
   config.eval = ml_collections.ConfigDict()
-  config.eval.batch_size = 1                # images per device; images are bucketed by size
+  config.eval.batch_size = 1                # images per device; images grouped by canvas
   config.eval.threshold = 0.5               # on sigmoid probabilities
   config.eval.distance_threshold = 3.0      # Pd centroid distance, pixels
   config.eval.max_targets = 32              # true targets per image handled by Pd matching

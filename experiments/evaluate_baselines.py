@@ -3,8 +3,10 @@
   python experiments/evaluate_baselines.py [--dataset=nuaa_sirst] [--builder_config=50_50] \
       [--split=test] [--rule=dnanet] [--out=experiments/results/baselines_nuaa_sirst.md]
 
-Images bucketed by size padded to a multiple of 128 (the padding filled by edge replication
-and excluded from the metrics and the thresholds), batches of 4; operating point = the adaptive
+Images on at most ``dataset.max_eval_canvases`` (4) padded shapes, multiples of 128 (for the
+NUAA-SIRST 50_50 test split these are its 4 sizes padded to 128, as before the canvases; the
+padding filled by edge replication and excluded from the metrics and the thresholds), batches
+of 4; operating point = the adaptive
 threshold of DNA-Net eq. 14 (``--rule=eaau_net``: EAAU-Net eq. 17); curves on G / max(G)
 (pixel ROC / PR from histograms; the target-level Pd-Fa sweep only with ``--target_roc``).
 Prints the table and writes it to ``--out``.
@@ -47,7 +49,7 @@ def _edge_padded(batch) -> np.ndarray:
 
 
 def evaluate(data_config, split: str, eval_config, rule: str) -> dict[str, dict[str, float]]:
-  """{baseline: table numbers} on a split (images bucketed by padded size, edge padding)."""
+  """{baseline: table numbers} on a split (images on the eval canvases, edge padding)."""
   evaluations = {name: curves.Evaluation(eval_config) for name in baselines.BASELINES}
   for i, batch in enumerate(pipeline.create_eval_iterator(data_config, split=split, batch_size=4,
                                                           num_devices=1)):

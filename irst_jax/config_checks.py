@@ -190,6 +190,10 @@ def check_training_config(config: ml_collections.ConfigDict, num_devices: int
   if not _is_int(crop) or crop <= 0 or crop % 32:
     raise ConfigError(f"dataset.crop_size={crop!r}: expected a positive multiple of 32")
   _positive_int(config, "dataset.pad_multiple")
+  try:
+    pipeline.max_eval_canvases(dataset)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   _positive_int(config, "dataset.num_workers", minimum=0)
   _probability(config, "dataset.center_on_target_prob", closed=True)
   _choice(config, "dataset.normalization", list(pipeline._NORMALIZATIONS))

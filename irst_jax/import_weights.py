@@ -44,7 +44,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from irst_jax import checkpoints, convert, errors, models, optim, train
+from irst_jax import checkpoints, compilation_cache, convert, errors, models, optim, train
 from irst_jax.data import pipeline
 
 #: Keys under which a checkpoint dict may nest its state_dict, in the order tried.
@@ -223,6 +223,7 @@ def define_flags() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  compilation_cache.enable()
   f = flags.FLAGS
   record = import_weights(f.config, f.weights, f.workdir)
   print(json.dumps(record, indent=2, default=str))

@@ -20,7 +20,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from irst_jax import errors, malloc_tuning, train
+from irst_jax import compilation_cache, errors, malloc_tuning, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]).",
                                           lock_config=True)
@@ -40,6 +40,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   malloc_tuning.apply()   # before JAX starts its threads (first use below)
+  compilation_cache.enable()   # before the first compilation
   logging.info("JAX %s, devices: %s", jax.__version__, jax.local_devices())
   if _MODE.value == "train":
     if _CONFIG.value is None:

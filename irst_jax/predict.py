@@ -44,6 +44,7 @@ from absl import app, flags
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from irst_jax import compilation_cache
 from irst_jax import detector as detector_lib
 from irst_jax import errors
 from irst_jax.data import canvas as canvas_lib
@@ -327,6 +328,7 @@ def define_flags() -> None:
 def main(argv) -> Optional[int]:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  compilation_cache.enable()
   f = flags.FLAGS
   detector = load_detector(f.model, f.checkpoint, threshold=f.threshold,
                            uint16_scaling=f.uint16_scaling)

@@ -28,6 +28,7 @@ import numpy as np
 from absl import app, flags
 from PIL import Image
 
+from irst_jax import compilation_cache
 from irst_jax import curves as curves_lib
 from irst_jax import errors
 from irst_jax import report
@@ -198,6 +199,7 @@ def _define_flags() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  compilation_cache.enable()
   from configs import default
 
   eval_config = default.get_base_config().eval

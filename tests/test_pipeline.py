@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import collections
 
+import ml_collections
 import numpy as np
 import pytest
 
-from irst_jax.data import pipeline
+from irst_jax.data import canvas, pipeline
 from irst_jax.data.builders import nuaa_sirst
 from tests.conftest import FAKE_SPLITS
 
@@ -143,17 +144,38 @@ def _eval(cfg, split="test", batch_size=4, num_devices=2):
   )
 
 
-@pytest.mark.parametrize("batch_size, num_devices", [(4, 2), (1, 1), (3, 1)])
-def test_eval_iterator(cfg, batch_size, num_devices):
+def _sizes(source) -> dict[str, tuple[int, int]]:
+  return {source[i]["name"].decode(): source[i]["image"].shape[:2] for i in range(len(source))}
+
+
+@pytest.mark.parametrize("batch_size, num_devices, max_canvases",
+                         [(4, 2, 4), (1, 1, 1), (3, 1, 2), (2, 1, 100)])
+def test_eval_iterator(cfg, batch_size, num_devices, max_canvases):
+  cfg.max_eval_canvases = max_canvases
   info = pipeline.dataset_info(cfg)
   source = _source(cfg, "test")
   originals = {}
   for i in range(len(source)):
     ex = source[i]
     originals[ex["name"].decode()] = ex
+  sizes = _sizes(source)
+  own = {name: (-(-h // 32) * 32, -(-w // 32) * 32) for name, (h, w) in sizes.items()}
+  assert len(set(own.values())) >= 3   # the fake split needs more shapes than 1 or 2
+  if max_canvases == 1:       # by hand: the largest padded height by the largest padded width
+    expected = {name: (max(h for h, _ in own.values()), max(w for _, w in own.values()))
+                for name in own}
+  elif max_canvases == 100:   # a budget above the sizes: each image on its own padded size
+    expected = own
+  else:
+    plan = canvas.plan_canvases(list(sizes.values()), 32, max_canvases)
+    expected = {name: canvas.assign(size, plan) for name, size in sizes.items()}
   seen = collections.Counter()
+  order = []                  # (canvas, name) of the real examples, in yield order
   per_device = batch_size // num_devices
-  for b in _eval(cfg, batch_size=batch_size, num_devices=num_devices):
+  batches = _eval(cfg, batch_size=batch_size, num_devices=num_devices)
+  shapes = {b["image"].shape[2:4] for b in batches}
+  assert len(shapes) <= max_canvases and shapes == set(expected.values())
+  for b in batches:
     hp, wp = b["image"].shape[2:4]
     assert hp % 32 == 0 and wp % 32 == 0
     for k in ("image", "mask", "valid"):
@@ -167,18 +189,56 @@ def test_eval_iterator(cfg, batch_size, num_devices):
           assert not valid.any() and not b["image"][d, j].any() and not b["mask"][d, j].any()
           continue
         seen[name] += 1
+        order.append(((hp, wp), name))
         ex = originals[name]
         h, w = ex["image"].shape[:2]
-        # Bucketing: padded only to the image's own multiple of 32.
-        assert (hp, wp) == (-(-h // 32) * 32, -(-w // 32) * 32)
+        assert (hp, wp) == expected[name]
+        # Top-left placement: the valid area is the image, at [:h, :w].
         assert valid.sum() == h * w and valid[:h, :w].all()
-        expected = (ex["image"].astype(np.float32) - np.float32(info.mean)) / np.float32(
+        expected_image = (ex["image"].astype(np.float32) - np.float32(info.mean)) / np.float32(
             info.std
         )
-        np.testing.assert_allclose(b["image"][d, j, :h, :w], expected, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(b["image"][d, j, :h, :w], expected_image, rtol=1e-6,
+                                   atol=1e-6)
         assert not b["image"][d, j, h:].any() and not b["image"][d, j, :, w:].any()
         np.testing.assert_array_equal(b["mask"][d, j, :h, :w], ex["mask"].astype(np.float32))
+        assert b["mask"][d, j].sum() == (ex["mask"] > 0).sum()   # nothing in the padding
   assert dict(seen) == {n: 1 for n in FAKE_SPLITS["50_50"]["test"]}
+  assert order == sorted(order)   # canvases by (Hc, Wc), names sorted within a canvas
+
+
+def test_eval_iterator_multi_process(cfg, monkeypatch):
+  """Two processes: the same number of batches of each canvas, each image in exactly one."""
+  import jax
+
+  cfg.max_eval_canvases = 2
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  per_process = []
+  for proc in (0, 1):
+    monkeypatch.setattr(jax, "process_index", lambda proc=proc: proc)
+    per_process.append(_eval(cfg, batch_size=2, num_devices=1))
+  a, b = ([x["image"].shape for x in batches] for batches in per_process)
+  assert a == b and len({s[2:4] for s in a}) <= 2
+  names = [str(n) for batches in per_process for x in batches for n in x["name"].ravel() if n]
+  assert sorted(names) == sorted(FAKE_SPLITS["50_50"]["test"])
+
+
+def test_eval_max_canvases_config(cfg):
+  assert pipeline.default_dataset_config().max_eval_canvases == 4
+  for bad in (0, -1):
+    cfg.max_eval_canvases = bad
+    with pytest.raises(ValueError, match=f"dataset.max_eval_canvases must be an integer >= 1.*"
+                       f"got {bad!r}"):
+      _eval(cfg)
+  for bad in (2.5, "4", True, None):    # e.g. from a hand-edited config.json
+    with pytest.raises(ValueError, match=f"max_eval_canvases must be an integer.*got {bad!r}"):
+      pipeline.max_eval_canvases(ml_collections.ConfigDict({"max_eval_canvases": bad}))
+  cfg.max_eval_canvases = 4
+  # The saved config of a run before the field existed evaluates with the default (4).
+  old = ml_collections.ConfigDict({k: v for k, v in cfg.items() if k != "max_eval_canvases"})
+  assert "max_eval_canvases" not in old and pipeline.max_eval_canvases(old) == 4
+  assert sorted(str(n) for x in _eval(old) for n in x["name"].ravel() if n) == sorted(
+      FAKE_SPLITS["50_50"]["test"])
 
 
 def test_eval_deterministic_and_other_splits(cfg):

@@ -13,14 +13,27 @@ the same examples with the same augmentations and identical batches run to run, 
 grouped into batches differently than with ``num_workers=0``; on a 2-core machine
 ``num_workers=0`` is faster (worker start-up costs seconds per epoch).
 
-Eval (:func:`create_eval_iterator`): whole images at their original size, zero-padded
-bottom/right to a multiple of ``pad_multiple``, grouped into buckets of equal padded shape
-(so an image never sees more padding than its own), with a ``valid`` mask (1 on real
-pixels) and the image ``name``. The last batch of a bucket is completed with dummy
-examples (all-zero ``valid``, name ``''``). Deterministic order: buckets by (Hp, Wp),
-images by name within a bucket. Each bucket is a distinct input shape for a jitted step
-(NUAA-SIRST 50_50 test: 214 images in 34 shapes). The bucket layout of a split is computed
-once per process (one pass over the split) and cached.
+Eval (:func:`create_eval_iterator`): whole images at their original size, each placed at the
+top-left of a zero-filled canvas (zero after normalisation, i.e. padding with the mean), with a
+``valid`` mask (1 on the image's pixels) and the image ``name``. The canvases are at most
+``max_eval_canvases`` shapes (default 4; multiples of ``pad_multiple``) planned from the split's
+size distribution by :func:`irst_jax.data.canvas.plan_canvases`; each image goes to the
+smallest canvas that holds it (:func:`irst_jax.data.canvas.assign`), and a batch holds images
+of one canvas. The last batch of a canvas is completed with dummy examples (all-zero ``valid``,
+name ``''``). Deterministic order: canvases by (Hc, Wc), images by name within a canvas. The
+plan of a split is computed once per process (one pass over the split) and cached.
+
+Why canvases: each shape is one XLA compilation of the eval step (network and metrics), and
+padding every image only to its own multiple of 32 gave one shape per size (NUAA-SIRST 50_50
+test: 34 shapes for 214 images, minutes of compiling on a CPU); with 4 canvases the test split
+compiles 4 programs. The metrics are unchanged by the extra padding: the ``valid`` mask is
+multiplied into prediction and ground truth, so padding counts in no IoU, nIoU, Pd or Fa
+(:mod:`irst_jax.metrics`). What can change is the network's output on the image's own pixels:
+near the bottom/right border its receptive field reaches further into padding (whose deeper
+features are not the zeros of a convolution's own border padding), and networks with global
+pooling (e.g. the ACM modules' global context) average over more mean-valued padding; hence
+small metric differences against per-size padding. ``max_eval_canvases`` large enough gives
+every padded size its own canvas again (the previous behaviour).
 
 Normalisation (``dataset_config.normalization``; zero padding is applied after it, so it
 pads with the mean):
@@ -51,7 +64,6 @@ dataset is found later.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Iterator
 
 import grain.python as grain
@@ -61,7 +73,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import flags
 
-from irst_jax.data import builders
+from irst_jax.data import builders, canvas
 
 #: Per-dataset grey normalisation published by BasicIRSTD (0..255 scale), REFERENCE.md §1.
 BASICIRSTD_MEAN_STD = {
@@ -100,6 +112,9 @@ def default_dataset_config() -> ml_collections.ConfigDict:
       center_on_target_prob=0.5,
       augment=True,
       pad_multiple=32,
+      # Whole-image evaluation: at most this many padded shapes per split (see the module
+      # docstring; each shape is one compilation of the eval step).
+      max_eval_canvases=canvas.MAX_CANVASES,
       num_workers=0,
       shuffle=True,
   ))
@@ -269,6 +284,20 @@ def _check_multiple(name: str, value: Any, multiple: int = 32) -> int:
   return int(value)
 
 
+def max_eval_canvases(dataset_config) -> int:
+  """``dataset_config.max_eval_canvases`` (absent from the saved configs of older runs: the
+  default, 4), validated.
+
+  Raises:
+    ValueError: not an integer >= 1.
+  """
+  value = dataset_config.get("max_eval_canvases", canvas.MAX_CANVASES)
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    raise ValueError(f"dataset.max_eval_canvases must be an integer >= 1 (the number of padded "
+                     f"shapes evaluation compiles per split), got {value!r}.")
+  return int(value)
+
+
 # -- train -------------------------------------------------------------------------------
 
 
@@ -409,53 +438,57 @@ def host_zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
   return buffer[start:start + nbytes].view(dtype).reshape(shape)
 
 
-def _padded(n: int, multiple: int) -> int:
-  return int(math.ceil(n / multiple) * multiple)
-
-
-def _bucket_indices(source, multiple: int) -> list[tuple[tuple[int, int], list[int]]]:
+def _canvas_indices(source, multiple: int, max_canvases: int
+                    ) -> list[tuple[tuple[int, int], list[int]]]:
+  """[((Hc, Wc), record indices sorted by name)] of a split, canvases sorted; [] if empty."""
   entries = []
   for i in range(len(source)):
     ex = source[i]
-    h, w = ex["image"].shape[:2]
     name = ex["name"]
     name = name.decode("utf-8") if isinstance(name, bytes) else str(name)
-    entries.append(((_padded(h, multiple), _padded(w, multiple)), name, i))
+    entries.append((tuple(int(v) for v in ex["image"].shape[:2]), name, i))
+  if not entries:
+    return []
+  canvases = canvas.plan_canvases([size for size, _, _ in entries], multiple, max_canvases)
   buckets: dict[tuple[int, int], list[tuple[str, int]]] = {}
-  for shape, name, i in entries:
-    buckets.setdefault(shape, []).append((name, i))
-  return [
-      (shape, [i for _, i in sorted(buckets[shape])]) for shape in sorted(buckets)
-  ]
+  for size, name, i in entries:
+    buckets.setdefault(canvas.assign(size, canvases), []).append((name, i))
+  return [(shape, [i for _, i in sorted(buckets[shape])]) for shape in sorted(buckets)]
 
 
-_BUCKET_CACHE: dict[tuple[str, str, int], list] = {}
+_CANVAS_CACHE: dict[tuple[str, str, int, int], list] = {}
 
 
 def create_eval_iterator(
     dataset_config, *, split: str, batch_size: int, num_devices: int
 ) -> Iterator[dict[str, np.ndarray]]:
-  """Whole images, padded to a multiple of ``pad_multiple`` and bucketed by padded shape.
+  """Whole images on at most ``max_eval_canvases`` padded shapes (canvases), see the module doc.
 
   Yields:
-    {'image': f32 [D, b, Hp, Wp, C] normalised (0 on padding; C = :func:`image_channels`),
-     'mask': f32 [D, b, Hp, Wp, 1] in {0, 1},
-     'valid': f32 [D, b, Hp, Wp, 1], 1 on the original pixels, 0 on padding/dummies,
+    {'image': f32 [D, b, Hc, Wc, C] normalised, the image at the top-left [:H, :W], 0 on
+     padding (C = :func:`image_channels`),
+     'mask': f32 [D, b, Hc, Wc, 1] in {0, 1},
+     'valid': f32 [D, b, Hc, Wc, 1], 1 on the original pixels, 0 on padding/dummies,
      'name': str array [D, b], '' for dummy examples},
-    with D = num_devices and b = batch_size // D. All examples of a batch share (Hp, Wp).
-    With several JAX processes, every process yields the same number of batches of each
-    shape (its share of the images, the rest dummies).
+    with D = num_devices and b = batch_size // D. All examples of a batch share the canvas
+    (Hc, Wc), multiples of ``pad_multiple``. With several JAX processes, every process yields
+    the same number of batches of each canvas (its share of the images, the rest dummies).
+
+  Raises:
+    ValueError: batch_size not a multiple of num_devices, pad_multiple not a positive
+      integer, max_eval_canvases not an integer >= 1, unknown dataset or normalization.
   """
   per_device = _check_batch(batch_size, num_devices)
   multiple = _check_multiple("pad_multiple", dataset_config.pad_multiple, multiple=1)
+  max_canvases = max_eval_canvases(dataset_config)
   builder = load_builder(dataset_config)
   mean, std = _normalization_arrays(dataset_config, builder)
   source = builder.as_data_source(split=split)
 
-  key = (str(builder.data_path), split, multiple)
-  if key not in _BUCKET_CACHE:
-    _BUCKET_CACHE[key] = _bucket_indices(source, multiple)
-  buckets = _BUCKET_CACHE[key]
+  key = (str(builder.data_path), split, multiple, max_canvases)
+  if key not in _CANVAS_CACHE:
+    _CANVAS_CACHE[key] = _canvas_indices(source, multiple, max_canvases)
+  buckets = _CANVAS_CACHE[key]
 
   n_proc, proc = jax.process_count(), jax.process_index()
   global_batch = batch_size * n_proc

@@ -295,6 +295,8 @@ def compute(dataset: str, builder_config: str | None = None, data_dir: str | Non
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from irst_jax import compilation_cache  # pylint: disable=import-outside-toplevel
+  compilation_cache.enable()   # every command uses the persistent cache
   config, stats = compute(_DATASET.value, _BUILDER_CONFIG.value, _DATA_DIR.value,
                           _MANUAL_DIR.value)
   prefix = f"{_DATASET.value}_{config}"
