@@ -44,8 +44,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   # name, builder_config ('50_50' or 'acm' for NUAA-SIRST, '50_50' for NUDT-SIRST, 'official'
   # for MDvsFA-cGAN), data_dir, manual_dir, splits,
   # normalization ('dataset' or 'basicirstd'), crop_size, center_on_target_prob, augment,
-  # pad_multiple, max_eval_canvases (at most this many padded shapes, i.e. compilations, per
-  # evaluated split; default 4), num_workers, shuffle: see irst_jax/data/pipeline.py.
+  # pad_multiple, max_eval_canvases (at most this many padded shapes, i.e. compilations of the
+  # metrics, per evaluated split; default 4), eval_network_padding ('own': the network on each
+  # image's own padded size, the published protocol; 'canvas': on the canvas, fewer compilations,
+  # numbers move a little), num_workers, shuffle: see irst_jax/data/pipeline.py.
   config.dataset = pipeline.default_dataset_config()
 
   config.train = ml_collections.ConfigDict()
@@ -118,4 +120,5 @@ def apply_arg(config: ml_collections.ConfigDict, arg: str | None,
     config.train.log_every_steps = 1
     config.dataset.crop_size = 64
     config.optim.milestones = (1,)
+    config.dataset.eval_network_padding = "canvas"   # at most 4 programs; numbers move a little
   return config

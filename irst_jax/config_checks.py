@@ -51,6 +51,7 @@ SAFE_ON_RESUME = (
     "train.time_limit_minutes", "train.log_every_steps", "train.eval_every_epochs",
     "train.checkpoint_every_epochs", "train.keep_checkpoints",
     "dataset.num_workers", "dataset.data_dir", "dataset.manual_dir", "dataset.pad_multiple",
+    "dataset.max_eval_canvases", "dataset.eval_network_padding",
 )
 
 #: Schedules that do not depend on `train.num_epochs` (multistep's milestones are epochs).
@@ -192,6 +193,7 @@ def check_training_config(config: ml_collections.ConfigDict, num_devices: int
   _positive_int(config, "dataset.pad_multiple")
   try:
     pipeline.max_eval_canvases(dataset)
+    pipeline.eval_network_padding(dataset)
   except ValueError as e:
     raise ConfigError(str(e)) from None
   _positive_int(config, "dataset.num_workers", minimum=0)

@@ -94,26 +94,46 @@ def make_train_step(model, loss_name: str, schedule: optax.Schedule,
 
 def make_eval_step(model, eval_config: ml_collections.ConfigDict, curves: bool = False
                    ) -> Callable:
-  """pmapped step: (replicated state, sharded eval batch) -> `curves.evaluation_outputs`.
+  """Step: (replicated state, sharded eval batch) -> `curves.evaluation_outputs`.
 
-  With `curves`, also the score histograms, the target-level sweep and the sigmoid
-  `scores` [D, b, H, W, 1] (for the qualitative grid).
+  Two pmapped programs: the network on the batch's images [D, b, Hn, Wn, C], its logits padded
+  to the canvas of `mask` / `valid` [D, b, Hc, Wc, 1] (a very negative logit: no detection,
+  and `valid` keeps it out of every count), then the metrics on the canvas. So the network
+  compiles once per image shape and the costlier metrics once per canvas
+  (`pipeline.create_eval_iterator`). With `curves`, also the score histograms, the target-level
+  sweep and the sigmoid `scores` [D, b, Hc, Wc, 1] (for the qualitative grid).
   """
   p = eval_config.threshold
   logit_threshold = float(math.log(p / (1.0 - p)))
 
-  def eval_step(state: TrainState, batch: dict) -> dict:
+  def forward(state: TrainState, image: jax.Array, canvas: tuple[int, int]) -> jax.Array:
     outputs = model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                          batch["image"], train=False)
+                          image, train=False)
     logits = models.final_logits(outputs)
+    pad = ((0, 0), (0, canvas[0] - logits.shape[1]), (0, canvas[1] - logits.shape[2]), (0, 0))
+    return jnp.pad(logits, pad, constant_values=_PADDING_LOGIT)
+
+  def evaluation(logits: jax.Array, mask: jax.Array, valid: jax.Array) -> dict:
     scores = jax.nn.sigmoid(logits)
-    out = curves_lib.evaluation_outputs(logits, logit_threshold, scores, batch["mask"],
-                                        batch["valid"], eval_config, curves=curves)
+    out = curves_lib.evaluation_outputs(logits, logit_threshold, scores, mask, valid,
+                                        eval_config, curves=curves)
     if curves:
       out["scores"] = scores
     return out
 
-  return jax.pmap(eval_step, axis_name=AXIS)
+  forward_step = jax.pmap(forward, axis_name=AXIS, static_broadcasted_argnums=(2,))
+  evaluation_step = jax.pmap(evaluation, axis_name=AXIS)
+
+  def eval_step(state: TrainState, batch: dict) -> dict:
+    canvas = tuple(int(v) for v in np.shape(batch["mask"])[2:4])
+    logits = forward_step(state, batch["image"], canvas)
+    return evaluation_step(logits, batch["mask"], batch["valid"])
+
+  return eval_step
+
+
+#: Logit given to the canvas beyond the network's output (sigmoid 0 in float32).
+_PADDING_LOGIT = -1e4
 
 
 def evaluate(eval_step: Callable, state: TrainState, config: ml_collections.ConfigDict,
@@ -131,7 +151,7 @@ def evaluate(eval_step: Callable, state: TrainState, config: ml_collections.Conf
   kept: list[dict] = []
   batches = pipeline.create_eval_iterator(
       config.dataset, split=split, batch_size=config.eval.batch_size * num_devices,
-      num_devices=num_devices)
+      num_devices=num_devices, network_padding=pipeline.eval_network_padding(config.dataset))
   with_curves = False
   total = pipeline.dataset_info(config.dataset).num_examples[split] // jax.process_count()
   progress = tqdm(total=total, desc=f"eval {split}", unit="img", dynamic_ncols=True,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import acm_fpn, acm_unet
-from irst_jax import checkpoints, losses, train
+from irst_jax import checkpoints, losses, models, optim, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -125,3 +125,31 @@ def test_main_command_trains_and_evaluates(prepared_fake_nuaa, tmp_path):
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   best = json.loads((workdir / checkpoints.BEST_METRICS_FILE).read_text())
   assert f"IoU {best['IoU']:.4f}" in evaluated.stdout
+
+
+def test_eval_network_on_own_size_equals_per_size_evaluation(prepared_fake_nuaa):
+  """With `eval_network_padding='own'`, a single canvas gives the numbers and score maps of
+  per-size evaluation (one canvas per padded size) exactly; the network on the canvas does not."""
+  def evaluate(max_canvases, network_padding):
+    config = _tiny_config(prepared_fake_nuaa)
+    config.dataset.pad_multiple = 32          # the fake test images fall into several sizes
+    config.dataset.max_eval_canvases = max_canvases
+    config.dataset.eval_network_padding = network_padding
+    config.eval.threshold = 0.3
+    model = models.create_model(config.model, axis_name=train.AXIS)
+    tx, _ = optim.create_optimizer(config.optim, 1, 1)
+    state = train.create_train_state(model, config, tx, (1, 32, 32, 1))
+    values, _, kept = train.evaluate(train.make_eval_step(model, config.eval, curves=True),
+                                     train.replicate(state), config, "test", keep_images=6)
+    return values, {k["name"]: k["score"] for k in kept}
+
+  per_size, per_size_scores = evaluate(100, "canvas")
+  own, own_scores = evaluate(1, "own")
+  canvas_values, canvas_scores = evaluate(1, "canvas")
+  assert per_size == own
+  assert per_size_scores.keys() == own_scores.keys() and len(own_scores) >= 5
+  for name, score in per_size_scores.items():
+    assert 0.0 < score.min() < score.max() < 1.0   # not saturated: the comparison means something
+    np.testing.assert_array_equal(own_scores[name], score)
+  # The check can fail: on the one canvas the network sees more padding and its scores move.
+  assert max(float(np.abs(canvas_scores[n] - s).max()) for n, s in per_size_scores.items()) > 1e-6

@@ -317,3 +317,32 @@ def test_mean_std_override(cfg):
   cfg.std, cfg.normalization = 20.0, "imagenet_rgb"
   with pytest.raises(ValueError, match=r"not 'imagenet_rgb'; unset them"):
     pipeline.dataset_info(cfg)
+
+
+def test_eval_iterator_own_network_padding(cfg):
+  """'own': images at their own padded size, mask and valid on the canvas (one here)."""
+  cfg.max_eval_canvases = 1
+  sizes = _sizes(_source(cfg, "test"))
+  own = {name: canvas.padded_size(size, 32) for name, size in sizes.items()}
+  largest = (max(h for h, _ in own.values()), max(w for _, w in own.values()))
+  by_canvas = {str(n): b for b in _eval(cfg, batch_size=1, num_devices=1) for n in b["name"].ravel() if n}
+  batches = list(pipeline.create_eval_iterator(cfg, split="test", batch_size=1, num_devices=1,
+                                               network_padding="own"))
+  names = [str(b["name"][0, 0]) for b in batches]
+  assert sorted(names) == sorted(FAKE_SPLITS["50_50"]["test"])
+  assert [own[n] for n in names] == sorted(own[n] for n in names)   # grouped by padded size
+  for name, b in zip(names, batches):
+    assert b["image"].shape[2:4] == own[name]
+    assert b["mask"].shape[2:4] == b["valid"].shape[2:4] == largest
+    hn, wn = own[name]
+    # Same pixels as on the canvas: the canvas image cropped to the padded size.
+    np.testing.assert_array_equal(b["image"], by_canvas[name]["image"][:, :, :hn, :wn])
+    np.testing.assert_array_equal(b["valid"], by_canvas[name]["valid"])
+    np.testing.assert_array_equal(b["mask"], by_canvas[name]["mask"])
+  with pytest.raises(ValueError, match="network_padding='edge'"):
+    next(pipeline.create_eval_iterator(cfg, split="test", batch_size=1, num_devices=1,
+                                       network_padding="edge"))
+  for bad in ("edge", None):
+    with pytest.raises(ValueError, match="dataset.eval_network_padding"):
+      pipeline.eval_network_padding(ml_collections.ConfigDict({"eval_network_padding": bad}))
+  assert pipeline.eval_network_padding(ml_collections.ConfigDict({})) == "own"

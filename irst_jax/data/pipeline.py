@@ -23,17 +23,28 @@ of one canvas. The last batch of a canvas is completed with dummy examples (all-
 name ``''``). Deterministic order: canvases by (Hc, Wc), images by name within a canvas. The
 plan of a split is computed once per process (one pass over the split) and cached.
 
-Why canvases: each shape is one XLA compilation of the eval step (network and metrics), and
-padding every image only to its own multiple of 32 gave one shape per size (NUAA-SIRST 50_50
-test: 34 shapes for 214 images, minutes of compiling on a CPU); with 4 canvases the test split
-compiles 4 programs. The metrics are unchanged by the extra padding: the ``valid`` mask is
+Why canvases: each shape is one XLA compilation, and padding every image only to its own
+multiple of 32 gave one shape per size (NUAA-SIRST 50_50 test: 34 shapes for 214 images, minutes
+of compiling on a CPU, about 75 % of each compile in the metrics). The metrics run on the
+canvases, so they compile at most ``max_eval_canvases`` programs; the ``valid`` mask is
 multiplied into prediction and ground truth, so padding counts in no IoU, nIoU, Pd or Fa
-(:mod:`irst_jax.metrics`). What can change is the network's output on the image's own pixels:
-near the bottom/right border its receptive field reaches further into padding (whose deeper
-features are not the zeros of a convolution's own border padding), and networks with global
-pooling (e.g. the ACM modules' global context) average over more mean-valued padding; hence
-small metric differences against per-size padding. ``max_eval_canvases`` large enough gives
-every padded size its own canvas again (the previous behaviour).
+(:mod:`irst_jax.metrics`).
+
+Where the network runs (``dataset.eval_network_padding``):
+
+- ``'own'`` (default): on each image padded only to its own multiple of ``pad_multiple``, as
+  BasicIRSTD's test loader pads and as the published numbers were measured; the logits are
+  then padded to the canvas for the metrics. Same numbers as per-size evaluation, bit for bit;
+  one small network-only compilation per padded size.
+- ``'canvas'``: on the canvas itself (at most ``max_eval_canvases`` programs in all). The
+  network's output on the image's own pixels then changes a little: near the bottom/right
+  border its receptive field reaches further into padding, and global pooling (e.g. ACM's
+  global context) averages over more padding. Measured on an ACM-U-Net (NUAA-SIRST 50_50 test,
+  4 canvases): IoU -0.0023, nIoU -0.0039, Pd +0.011, Fa +9.8e-6 against per-size padding. Used
+  by ``smoke`` runs, where only time matters.
+
+With ``'own'``, the image arrays of a batch have the network's shape (Hn, Wn) and ``mask`` /
+``valid`` the canvas shape (Hc, Wc) >= (Hn, Wn).
 
 Normalisation (``dataset_config.normalization``; zero padding is applied after it, so it
 pads with the mean):
@@ -115,6 +126,7 @@ def default_dataset_config() -> ml_collections.ConfigDict:
       # Whole-image evaluation: at most this many padded shapes per split (see the module
       # docstring; each shape is one compilation of the eval step).
       max_eval_canvases=canvas.MAX_CANVASES,
+      eval_network_padding="own",
       num_workers=0,
       shuffle=True,
   ))
@@ -298,6 +310,22 @@ def max_eval_canvases(dataset_config) -> int:
   return int(value)
 
 
+EVAL_NETWORK_PADDINGS = ("own", "canvas")
+
+
+def eval_network_padding(dataset_config) -> str:
+  """``dataset_config.eval_network_padding`` ('own' when absent: older saved configs), checked.
+
+  Raises:
+    ValueError: not one of ``EVAL_NETWORK_PADDINGS``.
+  """
+  value = dataset_config.get("eval_network_padding", "own")
+  if value not in EVAL_NETWORK_PADDINGS:
+    raise ValueError(f"dataset.eval_network_padding={value!r}: expected one of "
+                     f"{list(EVAL_NETWORK_PADDINGS)} (where the network runs in evaluation)")
+  return value
+
+
 # -- train -------------------------------------------------------------------------------
 
 
@@ -439,8 +467,9 @@ def host_zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
 
 
 def _canvas_indices(source, multiple: int, max_canvases: int
-                    ) -> list[tuple[tuple[int, int], list[int]]]:
-  """[((Hc, Wc), record indices sorted by name)] of a split, canvases sorted; [] if empty."""
+                    ) -> list[tuple[tuple[int, int], list[tuple[tuple[int, int], int]]]]:
+  """[((Hc, Wc), [((H, W), record index)] sorted by name)] of a split, canvases sorted; []
+  if the split is empty."""
   entries = []
   for i in range(len(source)):
     ex = source[i]
@@ -450,23 +479,27 @@ def _canvas_indices(source, multiple: int, max_canvases: int
   if not entries:
     return []
   canvases = canvas.plan_canvases([size for size, _, _ in entries], multiple, max_canvases)
-  buckets: dict[tuple[int, int], list[tuple[str, int]]] = {}
+  buckets: dict[tuple[int, int], list[tuple[str, tuple[int, int], int]]] = {}
   for size, name, i in entries:
-    buckets.setdefault(canvas.assign(size, canvases), []).append((name, i))
-  return [(shape, [i for _, i in sorted(buckets[shape])]) for shape in sorted(buckets)]
+    buckets.setdefault(canvas.assign(size, canvases), []).append((name, size, i))
+  return [(shape, [(size, i) for _, size, i in sorted(buckets[shape])])
+          for shape in sorted(buckets)]
 
 
 _CANVAS_CACHE: dict[tuple[str, str, int, int], list] = {}
 
 
 def create_eval_iterator(
-    dataset_config, *, split: str, batch_size: int, num_devices: int
+    dataset_config, *, split: str, batch_size: int, num_devices: int,
+    network_padding: str = "canvas"
 ) -> Iterator[dict[str, np.ndarray]]:
   """Whole images on at most ``max_eval_canvases`` padded shapes (canvases), see the module doc.
 
   Yields:
-    {'image': f32 [D, b, Hc, Wc, C] normalised, the image at the top-left [:H, :W], 0 on
-     padding (C = :func:`image_channels`),
+    {'image': f32 [D, b, Hn, Wn, C] normalised, the image at the top-left [:H, :W], 0 on
+     padding (C = :func:`image_channels`); (Hn, Wn) is the canvas (Hc, Wc) with
+     ``network_padding='canvas'``, the images' own padded size with ``'own'`` (see the
+     module docstring; a batch then holds images of one padded size),
      'mask': f32 [D, b, Hc, Wc, 1] in {0, 1},
      'valid': f32 [D, b, Hc, Wc, 1], 1 on the original pixels, 0 on padding/dummies,
      'name': str array [D, b], '' for dummy examples},
@@ -476,8 +509,12 @@ def create_eval_iterator(
 
   Raises:
     ValueError: batch_size not a multiple of num_devices, pad_multiple not a positive
-      integer, max_eval_canvases not an integer >= 1, unknown dataset or normalization.
+      integer, max_eval_canvases not an integer >= 1, unknown dataset, normalization or
+      network_padding.
   """
+  if network_padding not in EVAL_NETWORK_PADDINGS:
+    raise ValueError(f"network_padding={network_padding!r}: expected one of "
+                     f"{list(EVAL_NETWORK_PADDINGS)}")
   per_device = _check_batch(batch_size, num_devices)
   multiple = _check_multiple("pad_multiple", dataset_config.pad_multiple, multiple=1)
   max_canvases = max_eval_canvases(dataset_config)
@@ -493,13 +530,25 @@ def create_eval_iterator(
   n_proc, proc = jax.process_count(), jax.process_index()
   global_batch = batch_size * n_proc
 
+  def groups():
+    """(canvas, network shape, record indices) in a deterministic order."""
+    for (hc, wc), members in buckets:
+      if network_padding == "canvas":
+        yield (hc, wc), (hc, wc), [i for _, i in members]
+        continue
+      by_shape: dict[tuple[int, int], list[int]] = {}
+      for size, i in members:
+        by_shape.setdefault(canvas.padded_size(size, multiple), []).append(i)
+      for shape in sorted(by_shape):
+        yield (hc, wc), shape, by_shape[shape]
+
   def gen():
-    for (hp, wp), indices in buckets:
+    for (hc, wc), (hn, wn), indices in groups():
       for start in range(0, len(indices), global_batch):
         mine = indices[start + proc * batch_size: start + (proc + 1) * batch_size]
-        image = host_zeros((batch_size, hp, wp, mean.size), np.float32)
-        mask = host_zeros((batch_size, hp, wp, 1), np.float32)
-        valid = host_zeros((batch_size, hp, wp, 1), np.float32)
+        image = host_zeros((batch_size, hn, wn, mean.size), np.float32)
+        mask = host_zeros((batch_size, hc, wc, 1), np.float32)
+        valid = host_zeros((batch_size, hc, wc, 1), np.float32)
         names = [""] * batch_size
         for j, idx in enumerate(mine):
           ex = source[idx]
