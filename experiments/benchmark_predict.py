@@ -1,6 +1,6 @@
 """Images/s of `python -m irst_jax.predict` over a folder, cold and warm compilation cache.
 
-  JAX_PLATFORMS=cpu TFDS_DATA_DIR=/work/tfds python experiments/benchmark_predict.py \
+  JAX_PLATFORMS=cpu TFDS_DATA_DIR=~/tensorflow_datasets python experiments/benchmark_predict.py \
       [--workdir=runs/acm_unet_ref | --artifact=runs/acm_unet_ref/export] [--input=DIR] \
       [--batch_size=8]
 
@@ -34,7 +34,7 @@ _ARTIFACT = flags.DEFINE_string("artifact", None, "Exported detector directory."
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir whose best checkpoint is "
                                "exported (when --artifact is not given).")
 _INPUT = flags.DEFINE_string("input", None, "Folder of images (default: NUAA-SIRST 50_50 test).")
-_DATASET_DIR = flags.DEFINE_string("dataset_dir", "/work/shared/datasets/NUAA-SIRST",
+_DATASET_DIR = flags.DEFINE_string("dataset_dir", str(ROOT.parent / "shared/datasets/NUAA-SIRST"),
                                    "Raw NUAA-SIRST (images/, 50_50/test.txt).")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "predict --batch_size.")
 
