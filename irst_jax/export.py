@@ -172,10 +172,10 @@ def _manifest(config: ml_collections.ConfigDict, workdir: pathlib.Path, checkpoi
                         "formula": "(x - mean) / std on the 0..255 grey scale"},
       "threshold": float(config.eval.threshold),
       "input": {
-          "layout": "NHWC", "shape": ["b", "H", "W", 1], "dtype": "float32",
+          "layout": "NHWC", "shape": ["b", "h", "w", 1], "dtype": "float32",
           "values": "grey, 0..255 scale, not normalised",
-          "sizes": ("int32 [b, 2], (h, w) of each image, placed in the top-left corner of "
-                    "the H x W canvas; the other pixels are padding"),
+          "sizes": ("int32 [b, 2], the (height, width) of each image, placed in the top-left "
+                    "corner of the h x w canvas; the other pixels are padding"),
           "max_side": detector.MAX_SIDE,
           "pad_multiple": int(config.dataset.pad_multiple),
           "divisibility": (f"the network needs H and W divisible by "
@@ -183,8 +183,8 @@ def _manifest(config: ml_collections.ConfigDict, workdir: pathlib.Path, checkpoi
                            "0 after normalisation, zero-pads the canvas bottom/right to that "
                            "multiple and crops the output back"),
       },
-      "outputs": {"logits": "float32 [b, H, W, 1], pre-sigmoid (meaningful inside each image)",
-                  "labels": "int32 [b, H, W], 8-connected components of (logits > "
+      "outputs": {"logits": "float32 [b, h, w, 1], pre-sigmoid (meaningful inside each image)",
+                  "labels": "int32 [b, h, w], 8-connected components of (logits > "
                             "logit_threshold (third argument)) inside each image, "
                             "0 = background and padding"},
   }

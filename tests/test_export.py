@@ -295,7 +295,7 @@ def test_manifest_and_checkpoint_choice(setup):
   assert manifest["format_version"] == 2 and manifest["model"]["name"] == "acm_unet"
   assert manifest["checkpoint"]["step"] == 3 and manifest["checkpoint"]["kind"] == "best"
   assert manifest["normalization"]["mean"] == info.mean and manifest["threshold"] == 0.5
-  assert manifest["input"]["shape"] == ["b", "H", "W", 1] and "32" in manifest["input"]["divisibility"]
+  assert manifest["input"]["shape"] == ["b", "h", "w", 1] and "32" in manifest["input"]["divisibility"]
   assert manifest["input"]["pad_multiple"] == 32 and "int32 [b, 2]" in manifest["input"]["sizes"]
   assert set(manifest["platforms"]) == {"cpu", "cuda"} and manifest["versions"]["jax"] == jax.__version__
   expected = export.flatten(best)
@@ -391,19 +391,24 @@ def test_loader_needs_only_jax_and_numpy(setup, exported, tmp_path):
 
 
 def tiny_artifact(directory: pathlib.Path, channels: int = 1, **manifest_fields) -> pathlib.Path:
-  """An artifact of a trivial module, forward(weights, images, t) -> (images - bias, labels
-  of images - bias > t), with a valid manifest (threshold 0.5) updated by `manifest_fields`."""
+  """An artifact of a trivial module, forward(weights, images, sizes, t) -> (images - bias,
+  labels of images - bias > t inside each image's size), with a valid manifest (threshold 0.5)
+  updated by `manifest_fields`."""
   from irst_jax import detector
 
-  def forward(weights, images, logit_threshold):
+  def forward(weights, images, sizes, logit_threshold):
     logits = images[..., :1] - weights["params/bias"]
-    return logits, (logits[..., 0] > logit_threshold).astype(jnp.int32)
+    rows = jnp.arange(images.shape[1])[None, :, None]
+    cols = jnp.arange(images.shape[2])[None, None, :]
+    valid = (rows < sizes[:, 0, None, None]) & (cols < sizes[:, 1, None, None])
+    return logits, ((logits[..., 0] > logit_threshold) & valid).astype(jnp.int32)
 
   scope = jax.export.SymbolicScope(["h <= 16384", "w <= 16384"])
   b, h, w = jax.export.symbolic_shape("b, h, w", scope=scope)
   exported = jax.export.export(jax.jit(forward), platforms=("cpu",))(
       {"params/bias": jax.ShapeDtypeStruct((), jnp.float32)},
-      jax.ShapeDtypeStruct((b, h, w, channels), jnp.float32), jax.ShapeDtypeStruct((), jnp.float32))
+      jax.ShapeDtypeStruct((b, h, w, channels), jnp.float32),
+      jax.ShapeDtypeStruct((b, 2), jnp.int32), jax.ShapeDtypeStruct((), jnp.float32))
   directory.mkdir(parents=True, exist_ok=True)
   (directory / detector.MODULE_FILE).write_bytes(exported.serialize())
   np.savez(directory / detector.WEIGHTS_FILE, **{"params/bias": np.float32(128.0)})
