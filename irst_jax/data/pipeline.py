@@ -489,6 +489,24 @@ def _canvas_indices(source, multiple: int, max_canvases: int
 _CANVAS_CACHE: dict[tuple[str, str, int, int], list] = {}
 
 
+def _eval_groups(builder, source, split: str, multiple: int, max_canvases: int,
+                 network_padding: str) -> list[tuple[tuple[int, int], tuple[int, int], list[int]]]:
+  """[(canvas, network shape, record indices)] of a split in the iterator's order (cached)."""
+  key = (str(builder.data_path), split, multiple, max_canvases)
+  if key not in _CANVAS_CACHE:
+    _CANVAS_CACHE[key] = _canvas_indices(source, multiple, max_canvases)
+  groups = []
+  for (hc, wc), members in _CANVAS_CACHE[key]:
+    if network_padding == "canvas":
+      groups.append(((hc, wc), (hc, wc), [i for _, i in members]))
+      continue
+    by_shape: dict[tuple[int, int], list[int]] = {}
+    for size, i in members:
+      by_shape.setdefault(canvas.padded_size(size, multiple), []).append(i)
+    groups.extend(((hc, wc), shape, by_shape[shape]) for shape in sorted(by_shape))
+  return groups
+
+
 def create_eval_iterator(
     dataset_config, *, split: str, batch_size: int, num_devices: int,
     network_padding: str = "canvas"
@@ -522,28 +540,12 @@ def create_eval_iterator(
   mean, std = _normalization_arrays(dataset_config, builder)
   source = builder.as_data_source(split=split)
 
-  key = (str(builder.data_path), split, multiple, max_canvases)
-  if key not in _CANVAS_CACHE:
-    _CANVAS_CACHE[key] = _canvas_indices(source, multiple, max_canvases)
-  buckets = _CANVAS_CACHE[key]
-
+  groups = _eval_groups(builder, source, split, multiple, max_canvases, network_padding)
   n_proc, proc = jax.process_count(), jax.process_index()
   global_batch = batch_size * n_proc
 
-  def groups():
-    """(canvas, network shape, record indices) in a deterministic order."""
-    for (hc, wc), members in buckets:
-      if network_padding == "canvas":
-        yield (hc, wc), (hc, wc), [i for _, i in members]
-        continue
-      by_shape: dict[tuple[int, int], list[int]] = {}
-      for size, i in members:
-        by_shape.setdefault(canvas.padded_size(size, multiple), []).append(i)
-      for shape in sorted(by_shape):
-        yield (hc, wc), shape, by_shape[shape]
-
   def gen():
-    for (hc, wc), (hn, wn), indices in groups():
+    for (hc, wc), (hn, wn), indices in groups:
       for start in range(0, len(indices), global_batch):
         mine = indices[start + proc * batch_size: start + (proc + 1) * batch_size]
         image = host_zeros((batch_size, hn, wn, mean.size), np.float32)
