@@ -9,7 +9,7 @@ Run:   python -m irst_jax.main --config=configs/acm_unet.py --workdir=runs/acm_u
 Smoke: python -m irst_jax.main --config=configs/acm_unet.py:nuaa_sirst,smoke --workdir=/tmp/smoke
 Cost and result on the 2-core CPU machine: see experiments/results/acm_unet_nuaa_sirst.md.
 """
-from configs import default
+from irst_jax.configs import default
 
 
 def get_config(arg: str | None = None):

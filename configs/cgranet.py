@@ -19,7 +19,7 @@ Run:   python -m irst_jax.main --config=configs/cgranet.py:mdvsfa_cgan --workdir
        python -m irst_jax.main --config=configs/cgranet.py:nudt_sirst --workdir=runs/cgranet_nudt
 Smoke: python -m irst_jax.main --config=configs/cgranet.py:mdvsfa_cgan,smoke --workdir=/tmp/s
 """
-from configs import default
+from irst_jax.configs import default
 
 
 def get_config(arg: str | None = None):

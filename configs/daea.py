@@ -20,7 +20,7 @@ Run:   python -m irst_jax.main --config=configs/daea.py:nuaa_sirst --workdir=run
        (or :nudt_sirst, :mdvsfa_cgan)
 Smoke: python -m irst_jax.main --config=configs/daea.py:nuaa_sirst,smoke --workdir=/tmp/smoke
 """
-from configs import default
+from irst_jax.configs import default
 
 #: dataset -> {config section: {field: value}}: the paper's epochs and splits per dataset.
 RECIPES = {

@@ -21,7 +21,7 @@ Official weights: python -m irst_jax.import_weights --config=configs/dnanet.py:n
          --weights=FILE.pth.tar --workdir=runs/dnanet_official
        python -m irst_jax.main --mode=eval --workdir=runs/dnanet_official
 """
-from configs import default
+from irst_jax.configs import default
 
 
 def get_config(arg: str | None = None):

@@ -14,7 +14,7 @@ the EAA sum. Ablations of Fig. 8: `--config.model.fusion=blam|tgam|single_sa|onl
 Run:   python -m irst_jax.main --config=configs/eaau_net.py --workdir=runs/eaau_net
 Smoke: python -m irst_jax.main --config=configs/eaau_net.py:nuaa_sirst,smoke --workdir=/tmp/s
 """
-from configs import default
+from irst_jax.configs import default
 
 
 def get_config(arg: str | None = None):

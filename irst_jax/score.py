@@ -41,7 +41,7 @@ def dataset_config(name: str, builder_config: str | None = None, data_dir: str |
                    manual_dir: str | None = None, pad_multiple: int = 64
                    ) -> ml_collections.ConfigDict:
   """The dataset section for scoring (builder config default: the dataset's protocol)."""
-  from configs import default
+  from irst_jax.configs import default
 
   cfg = pipeline.default_dataset_config()
   cfg.name = name
@@ -200,7 +200,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   compilation_cache.enable()
-  from configs import default
+  from irst_jax.configs import default
 
   eval_config = default.get_base_config().eval
   eval_config.threshold = _THRESHOLD.value

@@ -585,7 +585,7 @@ def evaluate_workdir(workdir: str, which: str = "best",
 
 def _with_eval_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """`config` with the eval options it lacks (older saved configs) set to the defaults."""
-  from configs import default  # the repository's configs package (run from its root)
+  from irst_jax.configs import default
 
   config = ml_collections.ConfigDict(config.to_dict())
   for key, value in default.get_base_config().eval.items():

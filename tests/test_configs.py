@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import pathlib
+import subprocess
+import sys
+
 import pytest
 
 from configs import acm_fpn, acm_unet, cgranet, default
 from irst_jax.data import builders
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_datasets_have_builders():
@@ -53,3 +60,28 @@ def test_cgranet_recipe(arg, dataset, builder_config, epochs):
   assert (c.optim.optimizer, c.optim.learning_rate, c.optim.schedule, c.optim.power) == (
       "adam", 1e-4, "poly", 0.9)
   assert cgranet.get_config(f"{dataset},smoke").dataset.crop_size == 64
+
+
+def test_library_imports_no_repository_module(tmp_path):
+  """The package stands alone: importing every command and using the config defaults from an
+  unrelated folder loads nothing of the repository-root `configs` package."""
+  script = (
+      "import sys\n"
+      "import irst_jax.main, irst_jax.train, irst_jax.score, irst_jax.predict, irst_jax.export\n"
+      "import irst_jax.data.stats, irst_jax.import_weights\n"
+      "from irst_jax.configs import default\n"
+      "config = irst_jax.train._with_eval_defaults(default.apply_arg(default.get_base_config(),"
+      " 'nudt_sirst,smoke'))\n"
+      "assert config.dataset.name == 'nudt_sirst' and config.train.num_epochs == 2\n"
+      "import importlib.util\n"
+      f"spec = importlib.util.spec_from_file_location('acm_unet', {str(ROOT / 'configs' / 'acm_unet.py')!r})\n"
+      "model = importlib.util.module_from_spec(spec)\n"
+      "spec.loader.exec_module(model)\n"
+      "assert model.get_config('nuaa_sirst,smoke').model.name == 'acm_unet'\n"
+      "loaded = sorted(m for m in sys.modules if m == 'configs' or m.startswith('configs.'))\n"
+      "print('REPOSITORY MODULES', loaded)\n")
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "REPOSITORY MODULES []" in out.stdout

@@ -1,0 +1,1 @@
+"""Config defaults shipped with the package (the repository's configs/*.py build on them)."""
