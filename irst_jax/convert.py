@@ -5,7 +5,8 @@ path and saying what kind of layer it is. Models provide their rules (`acm_unet_
 `convert_state_dict` applies them, checks every tensor's presence and shape, and names the
 first missing, unused or mis-shaped tensor in its error.
 
-Layouts (REFERENCE.md §6): Conv2d weight (out, in, kh, kw) -> kernel (kh, kw, in, out);
+Layouts (PyTorch's `nn.Conv2d` / `nn.ConvTranspose2d` / `nn.BatchNorm2d` state_dict):
+Conv2d weight (out, in, kh, kw) -> kernel (kh, kw, in, out);
 ConvTranspose2d weight (in, out, kh, kw) -> kernel (kh, kw, in, out), see
 `layers.ConvTranspose4x4`; BatchNorm weight/bias/running_mean/
 running_var -> params scale/bias, batch_stats mean/var.

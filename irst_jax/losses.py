@@ -61,7 +61,7 @@ def bce_loss(logits: jax.Array, mask: jax.Array, axis_name: Optional[str] = None
 
 def unite_loss(logits: jax.Array, mask: jax.Array, iou_weight: float = 2.0,
                bce_weight: float = 7.0, axis_name: Optional[str] = None) -> jax.Array:
-  """CGRANet's unite loss (papers/cgranet_jstars2023.md Sec. III-E, eqs. 2-4) without its L2
+  """CGRANet's unite loss (Zhong et al., IEEE JSTARS 2023, Sec. III-E, eqs. 2-4) without its L2
   term: iou_weight * soft-IoU + bce_weight * BCE (lambda_1 = 2, lambda_2 = 7), both over the
   (global) batch as `soft_iou_loss` (smooth 1) and `bce_loss`; shapes as `soft_iou_loss`.
 

@@ -53,7 +53,8 @@ pads with the mean):
   (0..255 scale), one channel.
 - ``'basicirstd'``: the same with BasicIRSTD's published constants (``BASICIRSTD_MEAN_STD``).
 - ``'imagenet_rgb'``: what the official DNA-Net (and ACM) PyTorch code feeds its networks
-  (REFERENCE.md §1): ``Image.open(...).convert('RGB')``, torchvision ``ToTensor`` (x / 255)
+  (YeRen123455/Infrared-Small-Target-Detection, model/utils.py and train.py):
+  ``Image.open(...).convert('RGB')``, torchvision ``ToTensor`` (x / 255)
   and ``Normalize(IMAGENET_MEAN, IMAGENET_STD)``. The builders store grey images, so the grey
   image is replicated to 3 channels and channel c becomes ``(x / 255 - IMAGENET_MEAN[c]) /
   IMAGENET_STD[c]`` (computed as ``(x - 255 m_c) / (255 s_c)``, equal up to float32
@@ -86,7 +87,8 @@ from absl import flags
 
 from irst_jax.data import builders, canvas
 
-#: Per-dataset grey normalisation published by BasicIRSTD (0..255 scale), REFERENCE.md §1.
+#: Per-dataset grey normalisation published by BasicIRSTD (0..255 scale; XinyiYing/BasicIRSTD,
+#: utils.py, get_img_norm_cfg).
 BASICIRSTD_MEAN_STD = {
     "nuaa_sirst": (101.06385, 34.61961),
     "nudt_sirst": (107.80905, 33.02275),

@@ -1,9 +1,12 @@
-"""ACM-U-Net and ACM-FPN (Dai et al., WACV 2021; papers/acm_wacv2021.md, Sec. 4.4, Fig. 6).
+"""ACM-U-Net and ACM-FPN (Dai, Wu, Zhou and Barnard, "Asymmetric Contextual Modulation for
+Infrared Small Target Detection", WACV 2021, Sec. 4.4, Fig. 6).
 
 Host networks whose cross-layer fusions are chosen by name (`attention.fusion_module`):
 AsymBiChaFuse by default, an ACM ablation variant, or, in the U-Net host, an EAAU-Net EAA
-variant (EAAU-Net is this U-Net with the tiny stem and EAA fusions, see models/__init__.py). Layout follows the reference implementation (open-acm and
-its PyTorch port in BasicIRSTD, REFERENCE.md §3): input BN, stem, ResNet-CIFAR stages with
+variant (EAAU-Net is this U-Net with the tiny stem and EAA fusions, see models/__init__.py).
+Layout follows the reference implementation (open-acm, YimianDai/open-acm,
+model/segmentation.py, and its PyTorch port in BasicIRSTD, XinyiYing/BasicIRSTD,
+model/ACM/model_ACM.py): input BN, stem, ResNet-CIFAR stages with
 `num_blocks` blocks, decoder, FCN head, bilinear x4 back to the input size (non-tiny).
 
 Input: NHWC [N, H, W, C_in] with H, W multiples of 16 (non-tiny; 4 when tiny).
@@ -52,7 +55,7 @@ class ACMUNet(_ACMBase):
   """ACM-U-Net: ConvTranspose(4, s2, p1) up, fusion(xh=up, xl=skip), `num_blocks` blocks; twice.
 
   With channels (8, 16, 32, 64), num_blocks 3, in_channels 1: 397,823 parameters, the
-  BasicIRSTD ACM (ASKCResUNet) model of REFERENCE.md §5.
+  BasicIRSTD ACM (ASKCResUNet) model (XinyiYing/BasicIRSTD, model/ACM/model_ACM.py).
   """
 
   def decode(self, c1, c2, c3, norm):

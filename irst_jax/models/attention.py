@@ -1,14 +1,14 @@
 """Attention blocks shared by the networks (NHWC).
 
 ACM family (Dai et al., "Asymmetric Contextual Modulation for Infrared Small Target
-Detection", WACV 2021, papers/acm_wacv2021.md):
+Detection", WACV 2021):
 - `ChannelAttention`: the global channel attention G (eq. 2, GAP first) or the point-wise
   channel attention L (eq. 3, per pixel), both sigma(BN(W2 ReLU(BN(W1 .)))).
 - `CrossLayerFusion`: AsymBiChaFuse (eq. 5) and the paper's ablation variants TopDownLocal,
   BiLocal, BiGlobal (Fig. 7) plus TopDownGlobal (the GAU/SK-style top-down baseline), used by
   both host networks (U-Net and FPN).
 
-CBAM (Woo et al., ECCV 2018), DNA-Net's CSAM (papers/dnanet_tip2022.txt, eqs. 3-6):
+CBAM (Woo et al., ECCV 2018), DNA-Net's CSAM (Li et al., IEEE TIP 2022, eqs. 3-6):
 - `CBAMChannelAttention` and `CBAMSpatialAttention`, used by DNA-Net's Res_CBAM blocks.
 
 Squeeze-and-excitation (Hu et al., CVPR 2018): `SqueezeExcitation`, a DAEA ablation.
@@ -129,7 +129,8 @@ class ShuffleAttention(nn.Module):
   concatenated back and the channels shuffled with 2 groups (reshape (2, C/2) -> transpose
   -> flatten), written with reshape/transpose. Parameters (each of shape (C / (2G),)):
   cweight, cbias, sweight, sbias initialised 0, 1, 0, 1, and gn_scale, gn_bias.
-  Semantics and channel order as SA-Net's `sa_layer` (REFERENCE.md §3).
+  Semantics and channel order as SA-Net's `sa_layer` (the SA-Net authors' code, wofmanaf/SA-Net,
+  models/sa_resnet.py).
 
   `branches` (an `SA_BRANCHES` name) makes the two halves symmetric for DAEA's ablation
   (Sci. Rep. 2023, Table 5): 'both_global' gates the second half by GAP as well (sweight,
@@ -175,7 +176,7 @@ class ShuffleAttention(nn.Module):
     return out.reshape(n, h, w, 2, c // 2).swapaxes(-1, -2).reshape(n, h, w, c)
 
 
-# EAAU-Net (Zhang et al., Remote Sensing 2021, papers/eaau_net_rs2021.txt) fusions:
+# EAAU-Net (Zhang et al., Remote Sensing 2021) fusions:
 # name -> (attention source and pooling for the modulation weights, SA on X, SA on Y), with
 # Z = [SA](X) * T + W * [SA](Y) where the weights W (or T, for the top-down TGAM) come from
 # a ChannelAttention (r = 4) on the low-level X (or on the high-level Y for TGAM).
@@ -232,7 +233,7 @@ def fusion_module(name: str, channels: int, *, norm: layers.ModuleDef,
 
 
 # CBAM (Woo et al., ECCV 2018) as used by DNA-Net's CSAM (Li et al., TIP 2022,
-# papers/dnanet_tip2022.txt, Sec. III-B3, eqs. 3-6) inside its Res_CBAM blocks; shared with the
+# Sec. III-B3, eqs. 3-6) inside its Res_CBAM blocks; shared with the
 # models that ablate CBAM (DAEA). Both return the attention weights; the caller multiplies.
 
 

@@ -1,7 +1,8 @@
 """Backbones (NHWC): the ResNet-CIFAR stem and stages of ACM's Table 1.
 
-Source: ACM paper Table 1 and Sec. 4.4; stem and stage layout of the reference code
-(REFERENCE.md §3: open-acm / BasicIRSTD port).
+Source: ACM paper (Dai et al., WACV 2021) Table 1 and Sec. 4.4; stem and stage layout of the
+reference code (open-acm, YimianDai/open-acm, model/segmentation.py, and its PyTorch port in
+BasicIRSTD, XinyiYing/BasicIRSTD, model/ACM/model_ACM.py).
 """
 from __future__ import annotations
 

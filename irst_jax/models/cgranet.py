@@ -1,7 +1,7 @@
 """CGRANet (Zhong, Zhang and Duan, "Context-Guided Reverse Attention Network With Multiscale
-Aggregation for Infrared Small Target Detection", IEEE JSTARS 2023;
-papers/cgranet_jstars2023.md). No public code: built from the paper and the published
-designs it names (REFERENCE.md §3).
+Aggregation for Infrared Small Target Detection", IEEE JSTARS 2023). No public code: built
+from the paper and the published designs it names (PraNet and CaraNet: Res2Net backbone,
+parallel partial decoder, axial + reverse attention; CGNet's context-guided block).
 
 Structure (Sec. III-A, Fig. 1):
 - Backbone: Res2Net-50 v1b 26w x 4s (`res2net.Res2NetV1b`, ref. [41]); its stage outputs

@@ -1,6 +1,6 @@
 """Context-guided, axial and reverse attention (NHWC), the blocks of CGRANet
-(Zhong et al., JSTARS 2023, papers/cgranet_jstars2023.md) and of the published designs it
-builds on (REFERENCE.md §3); kept apart from attention.py (the ACM / SA / CBAM family).
+(Zhong et al., JSTARS 2023) and of the published designs it builds on (CGNet, PraNet,
+CaraNet); kept apart from attention.py (the ACM / SA / CBAM family).
 
 - `ContextGuidedBlock`: CGRANet's CGM (Sec. III-B, Fig. 2), CGNet's context-guided block
   (Wu et al., TIP 2021): entry 1x1 conv, f_local, f_surround (dilated), f_joint, f_global.

@@ -1,7 +1,7 @@
 """DAEA (Lin et al., "Deep asymmetric extraction and aggregation for infrared small target
-detection", Scientific Reports 2023; papers/daea_scirep2023.txt).
+detection", Scientific Reports 2023).
 
-Structure (paper Fig. 1 and eq. 1; no public code exists, REFERENCE.md §3):
+Structure (paper Fig. 1 and eq. 1; no public code exists for DAEA):
 - Stem: input BN, conv3x3 to 2 * channels[0] + BN + ReLU at full resolution
   (`backbones.CifarStem(tiny=True)`, ACM's Table 1 "Conv-1"; the paper's Table 1 is not in
   the text, so the stem and all widths are choices, `channels`).

@@ -1,8 +1,8 @@
 """DNA-Net (Li et al., "Dense Nested Attention Network for Infrared Small Target Detection",
-IEEE TIP 2022; papers/dnanet_tip2022.txt).
+IEEE TIP 2022).
 
-Structure (REFERENCE.md §3 and the module names / channel counts of the official PyTorch
-model in golden/dnanet.npz):
+Structure (the paper and the module names / channel counts of the official PyTorch model,
+YeRen123455/Infrared-Small-Target-Detection, model/model_DNANet.py):
 - Node X^{i,j} (torch `conv{i}_{j}`) is a stage of blocks with nb_filter[i] channels: one block
   at level 0 (and for `conv0_4_final`), num_blocks[i - 1] blocks at level i >= 1. The first
   block maps the concatenated input channels to nb_filter[i] (1x1 conv + BN shortcut, as the

@@ -1,6 +1,6 @@
 """Res2Net v1b (Gao et al., "Res2Net: A New Multi-Scale Backbone Architecture", TPAMI 2021),
-the backbone of PraNet, CaraNet and CGRANet (papers/cgranet_jstars2023.md Sec. III-A, ref. [41];
-REFERENCE.md §3), NHWC.
+the backbone of PraNet, CaraNet and CGRANet (Zhong, Zhang and Duan, IEEE JSTARS 2023, Sec. III-A,
+ref. [41]), NHWC.
 
 Layout of the widely used `Res2Net_v1b` (the ImageNet-pretrained "v1b" models), written from
 its description, module names kept so that `convert.res2net_v1b_rules` maps its state_dict:

@@ -1,6 +1,6 @@
 """TFDS builder for MDvsFA-cGAN (a.k.a. NUST-SIRST; Wang, Zhou and Wang, "Miss Detection
 vs. False Alarm: Adversarial Learning for Small Object Segmentation in Infrared Images",
-ICCV 2019). See REFERENCE.md §1.
+ICCV 2019; data from the authors' repository, wanghuanphd/MDvsFA_cGAN).
 
 Examples (features common to all IRSTD builders, see :mod:`irst_jax.data.builders.base`):
 
@@ -40,7 +40,7 @@ official ones (e.g. ``Thumbs.db``) are ignored.
 
 ``info.metadata``: ``mean`` / ``std`` (grey statistics of the ``train`` split, 0..255 scale,
 mean of per-image means / stds as BasicIRSTD computes them), ``max_train_side`` (128),
-``source``, ``absent_training_ids``. On the shared copy (``../shared/datasets/MDvsFA-cGAN``)
+``source``, ``absent_training_ids``. On the authors' published files
 ``train`` gives mean 104.568 / std 26.852. Building takes 30-45 s on one CPU core.
 
 Raw data lookup: ``download_config.manual_dir`` (or ``manual_dir/MDvsFA-cGAN``), then

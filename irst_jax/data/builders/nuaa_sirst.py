@@ -1,5 +1,5 @@
 """TFDS builder for NUAA-SIRST (a.k.a. SIRST v1; Dai et al., "Asymmetric Contextual
-Modulation for Infrared Small Target Detection", WACV 2021). See REFERENCE.md §1.
+Modulation for Infrared Small Target Detection", WACV 2021; data from YimianDai/sirst).
 
 Examples (all features are ``tfds.features.Tensor``, so no TensorFlow is needed; the
 builder is meant to be prepared with ``file_format='array_record'`` and read with
@@ -23,11 +23,12 @@ Configs and splits (the published lists, kept exactly):
 Dataset info metadata (``builder.info.metadata``) holds ``max_train_side`` (the longest
 side of any training image, pixels, for checking crop sizes) and ``mean`` and ``std``: grey
 statistics of the *train* split on the 0..255 scale, computed as BasicIRSTD does (mean of
-per-image means, mean of per-image stds, float32). On the shared copy of the data
-(``../shared/datasets/NUAA-SIRST``) the ``50_50`` train split gives mean 110.679 /
-std 29.351 (``acm`` train: mean 114.299 / std 28.044); BasicIRSTD's published constants
-for NUAA-SIRST are mean 101.06385 / std 34.61961 (REFERENCE.md §1), which the input
-pipeline uses with ``normalization='basicirstd'``.
+per-image means, mean of per-image stds, float32). On the published files
+(YimianDai/sirst, with the 50_50 lists of the DNA-Net repository) the ``50_50`` train split
+gives mean 110.679 / std 29.351 (``acm`` train: mean 114.299 / std 28.044); BasicIRSTD's
+published constants for NUAA-SIRST are mean 101.06385 / std 34.61961 (XinyiYing/BasicIRSTD,
+utils.py, ``get_img_norm_cfg``), which the input pipeline uses with
+``normalization='basicirstd'``.
 
 Raw data lookup: ``download_config.manual_dir`` (holding ``images/``), then
 ``$IRST_DATA_DIR/NUAA-SIRST``, then ``../shared/datasets/NUAA-SIRST`` relative to the

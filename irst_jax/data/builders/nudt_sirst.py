@@ -1,5 +1,6 @@
 """TFDS builder for NUDT-SIRST (Li et al., "Dense Nested Attention Network for Infrared
-Small Target Detection", IEEE TIP 2022, the DNA-Net paper). See REFERENCE.md §1.
+Small Target Detection", IEEE TIP 2022, the DNA-Net paper; data from its repository,
+YeRen123455/Infrared-Small-Target-Detection).
 
 1,327 synthesised infrared images of 256 x 256 pixels, stored as RGB PNGs with grey
 content. Examples (features common to all IRSTD builders, see
@@ -21,7 +22,7 @@ of the lists.
 
 ``info.metadata``: ``mean`` / ``std`` (grey statistics of the train split, 0..255 scale,
 mean of per-image means / stds as BasicIRSTD computes them), ``max_train_side`` (256),
-``source``. On the shared copy (``../shared/datasets/NUDT-SIRST``) the 50_50 train split
+``source``. On the published files the 50_50 train split
 gives mean 108.023 / std 33.214. BasicIRSTD's published constants, 107.80905 / 33.02275
 (``normalization='basicirstd'``), are the same statistic over all 1,327 images (train and
 test), which this copy reproduces to the fifth decimal.
