@@ -2,6 +2,7 @@
 FPN host (bilinear upsampling, "Reduce" fuses, no decoder blocks).
 
 Run: python -m irst_jax.main --config=configs/acm_fpn.py --workdir=runs/acm_fpn
+     Not yet run to the end (no run recorded in experiments/results/).
 """
 from configs import acm_unet
 

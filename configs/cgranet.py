@@ -2,6 +2,13 @@
 modules, multiscale aggregation, axial + reverse attention, four deep-supervision maps
 (irst_jax/models/cgranet.py; 23,926,283 parameters with grey input, paper 26.12 M, see there).
 
+Run:   python -m irst_jax.main --config=configs/cgranet.py:mdvsfa_cgan --workdir=runs/cgranet
+       Not yet run to the end: 40 min on one shared core of the 2-core CPU machine reached
+       step 350 of 41,550 (IoU 0.0340; experiments/results/cgranet_mdvsfa_cgan_40min.md).
+       python -m irst_jax.main --config=configs/cgranet.py:nudt_sirst --workdir=runs/cgranet_nudt
+       Not yet run to the end.
+Smoke: python -m irst_jax.main --config=configs/cgranet.py:mdvsfa_cgan,smoke --workdir=/tmp/s
+
 Recipe (paper Sec. III-E and IV-A): unite loss 2 x IoU + 7 x BCE (`train.loss='unite'`, the
 mean over the four maps) + 1 x L2, Adam lr 1e-4 with "poly" decay (power 0.9), batch 12,
 128 x 128 inputs, MDvsFA-cGAN (the default here; the paper's "NUST-SIRST") or NUDT-SIRST.
@@ -14,10 +21,6 @@ Choices the paper leaves open, all config fields:
   weights; `--config.model.backbone_weights=/path/res2net50_v1b_26w_4s.pth` (or .npz) loads a
   PyTorch `Res2Net_v1b` state_dict into the backbone;
 - the model's own options (`model.channels`, `mab_input`, ...): irst_jax/models/cgranet.py.
-
-Run:   python -m irst_jax.main --config=configs/cgranet.py:mdvsfa_cgan --workdir=runs/cgranet
-       python -m irst_jax.main --config=configs/cgranet.py:nudt_sirst --workdir=runs/cgranet_nudt
-Smoke: python -m irst_jax.main --config=configs/cgranet.py:mdvsfa_cgan,smoke --workdir=/tmp/s
 """
 from irst_jax.configs import default
 

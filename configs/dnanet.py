@@ -1,10 +1,21 @@
 """DNA-Net-ResNet18 (nb_filter 16-32-64-128-256, 2-2-2-2 Res_CBAM blocks, deep supervision;
 4,696,568 parameters with grey input) with the official recipe.
 
-Recipe (paper Sec. IV-B, REFERENCE.md §3): soft-IoU averaged over the four deep-supervision
-maps (losses.get_loss takes the tuple; the last map is the prediction), Adagrad lr 0.05 with
-PyTorch semantics (accumulator 0, eps 1e-10 outside the root, irst_jax/optim.py), cosine
-annealing to 1e-5 over the run, batch 16, 256 x 256 crops, 1500 epochs (the paper's), 50_50
+Run:   python -m irst_jax.main --config=configs/dnanet.py --workdir=runs/dnanet
+       Not yet run to the end. With `:nudt_sirst`, 40 min on one shared core of the 2-core CPU
+       machine reached step 40 of epoch 1 of 1500 (0.27 images/s; IoU 0.1187):
+       experiments/results/dnanet_nudt_sirst_40min.md.
+Smoke: python -m irst_jax.main --config=configs/dnanet.py:nuaa_sirst,smoke --workdir=/tmp/smoke
+Official weights:
+       python -m irst_jax.import_weights --config=configs/dnanet.py:nudt_sirst,pretrained_rgb \
+         --weights=FILE.pth.tar --workdir=runs/dnanet_official
+       python -m irst_jax.main --mode=eval --workdir=runs/dnanet_official
+
+Recipe (paper Sec. V-B; cosine floor 1e-5 from the official code,
+YeRen123455/Infrared-Small-Target-Detection, train.py and model/parse_args_train.py): soft-IoU
+averaged over the four deep-supervision maps (losses.get_loss takes the tuple; the last map is
+the prediction), Adagrad lr 0.05 with PyTorch semantics (accumulator 0, eps 1e-10 outside the
+root, irst_jax/optim.py), cosine annealing to 1e-5 over the run, batch 16, 256 x 256 crops, 1500 epochs (the paper's), 50_50
 split (the DNA-Net split). Other backbones of the paper: `--config.model.backbone=resnet10`
 (resnet34, resnet10_light, vgg10; see irst_jax/models/dnanet.py for what each one is);
 `nb_filter` / `num_blocks` non-empty override the backbone's widths / blocks per level.
@@ -14,12 +25,6 @@ of the official PyTorch code, for its .pth.tar weights: 3 input channels and the
 `imagenet_rgb` normalisation (grey replicated to RGB, /255, ImageNet mean/std; see
 irst_jax/data/pipeline.py), i.e. `--config.model.in_channels=3
 --config.dataset.normalization=imagenet_rgb`.
-
-Run:   python -m irst_jax.main --config=configs/dnanet.py --workdir=runs/dnanet
-Smoke: python -m irst_jax.main --config=configs/dnanet.py:nuaa_sirst,smoke --workdir=/tmp/smoke
-Official weights: python -m irst_jax.import_weights --config=configs/dnanet.py:nudt_sirst,pretrained_rgb \
-         --weights=FILE.pth.tar --workdir=runs/dnanet_official
-       python -m irst_jax.main --mode=eval --workdir=runs/dnanet_official
 """
 from irst_jax.configs import default
 
@@ -40,7 +45,7 @@ def get_config(arg: str | None = None):
   config.optim.min_lr = 1e-5
   config.dataset.crop_size = 256
   parts = [p for p in (arg or "").split(",") if p]
-  if "pretrained_rgb" in parts:   # the official code's input (REFERENCE.md §1)
+  if "pretrained_rgb" in parts:   # the official code's input (its train.py: RGB, ImageNet Normalize)
     config.model.in_channels = 3
     config.dataset.normalization = "imagenet_rgb"
   # NUAA-SIRST / NUDT-SIRST keep these (50_50 split, 256 crops); MDvsFA-cGAN gets its dataset
