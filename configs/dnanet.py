@@ -15,10 +15,11 @@ Recipe (paper Sec. V-B; cosine floor 1e-5 from the official code,
 YeRen123455/Infrared-Small-Target-Detection, train.py and model/parse_args_train.py): soft-IoU
 averaged over the four deep-supervision maps (losses.get_loss takes the tuple; the last map is
 the prediction), Adagrad lr 0.05 with PyTorch semantics (accumulator 0, eps 1e-10 outside the
-root, irst_jax/optim.py), cosine annealing to 1e-5 over the run, batch 16, 256 x 256 crops, 1500 epochs (the paper's), 50_50
-split (the DNA-Net split). Other backbones of the paper: `--config.model.backbone=resnet10`
-(resnet34, resnet10_light, vgg10; see irst_jax/models/dnanet.py for what each one is);
-`nb_filter` / `num_blocks` non-empty override the backbone's widths / blocks per level.
+root, irst_jax/optim.py), cosine annealing to 1e-5 over the run, batch 16, 256 x 256 crops, 1500
+epochs (the paper's), 50_50 split (the DNA-Net split). Other backbones of the paper:
+`--config.model.backbone=resnet10` (resnet34, resnet10_light, vgg10; see
+irst_jax/models/dnanet.py for what each one is); `nb_filter` / `num_blocks` non-empty override
+the backbone's widths / blocks per level.
 
 Argument part `pretrained_rgb` (e.g. `configs/dnanet.py:nudt_sirst,pretrained_rgb`): the input
 of the official PyTorch code, for its .pth.tar weights: 3 input channels and the

@@ -8,14 +8,15 @@ Run:   python -m irst_jax.main --config=configs/eaau_net.py --workdir=runs/eaau_
        Fa 38.06e-6 on the 86 `acm` test images (experiments/results/eaau_net_daea_nuaa_short.md).
 Smoke: python -m irst_jax.main --config=configs/eaau_net.py:nuaa_sirst,smoke --workdir=/tmp/s
 
-Recipe (paper Sec. 4.1): soft-IoU, AdaGrad lr 0.05, weight decay 1e-4, batch 8, random
-480x480 crops, 300 epochs, NUAA-SIRST 5:2:3 split (builder config 'acm'). The paper names no
-schedule (constant here). Crops are 448 here, not 480: the paper's crops come from the
-open-acm loader, which first rescales each image at random (base size 512, x0.5-2.0); our
-pipeline does not rescale, and the longest NUAA-SIRST training image has 456 px, so 448 (the
-largest multiple of 32 that fits) is the closest crop (`--config.dataset.crop_size`).
-Choices the paper leaves open, all config fields: b = 3 (`model.num_blocks`, the standard
-ResNet-20), SA groups 4 (`model.sa_groups`), no conv after the EAA sum. Ablations of Fig. 8: `--config.model.fusion=blam|tgam|single_sa|only_baa|only_sa`.
+Recipe (paper Sec. 4.1): soft-IoU, AdaGrad lr 0.05, weight decay 1e-4, batch 8, random 480x480
+crops, 300 epochs, NUAA-SIRST 5:2:3 split (builder config 'acm'). The paper names no schedule
+(constant here). Crops are 448 here, not 480: the paper's crops come from the open-acm loader,
+which first rescales each image at random (base size 512, x0.5-2.0); our pipeline does not
+rescale, and the longest NUAA-SIRST training image has 456 px, so 448 (the largest multiple of
+32 that fits) is the closest crop (`--config.dataset.crop_size`). Choices the paper leaves open,
+all config fields: b = 3 (`model.num_blocks`, the standard ResNet-20), SA groups 4
+(`model.sa_groups`), no conv after the EAA sum. Ablations of Fig. 8:
+`--config.model.fusion=blam|tgam|single_sa|only_baa|only_sa`.
 """
 from irst_jax.configs import default
 
