@@ -7,10 +7,8 @@ again: about 1.6 million minor faults in one ACM-U-Net run of ``experiments/benc
 (30 train steps, batch 8, 256x256), about half of the system time. With ``mmap`` disabled,
 trimming off and one arena (threads from other arenas would otherwise still ``mmap`` large
 blocks), freed blocks stay in the heap and the next step reuses them: 0.4 million faults,
-and ACM-U-Net trained at 31.2, 23.1, 25.4, 28.2 against 26.4, 23.3, 24.2, 21.0 images/s in
-four alternating rounds on the 2-core development machine (means 27.0 and 23.7;
-experiments/results/benchmark_acm_unet.md). The cost: the process's resident memory stays
-at its peak (1.7 GB against 1.3-1.4 GB in that benchmark).
+and ACM-U-Net trains faster (experiments/results/benchmark_acm_unet.md). The cost: the
+process's resident memory stays at its peak (1.7 GB against 1.3-1.4 GB in that benchmark).
 
 :func:`apply` is called by the command-line entry point (:mod:`irst_jax.main`) and the
 benchmarks at start-up, not on ``import irst_jax``: it changes the allocator of the whole
@@ -22,10 +20,8 @@ Transparent huge pages for the heap. Where the kernel gives huge pages only to m
 asks for them (``/sys/kernel/mm/transparent_hugepage/enabled`` = ``madvise``, the common
 default), glibc asks for its heap only when started with the tunable ``glibc.malloc.hugetlb=1``;
 ``mallopt`` cannot set it. :func:`restart_with_huge_pages` therefore restarts the program
-once with that tunable added; the entry point and the benchmarks call it first. ACM-U-Net,
-batch 8, 256x256, two benchmark servers with and without it timed in turn (16 rounds,
-2-core AVX2 CPU, 2026-12-05): train +5.9 % (median per-round ratio 1.059, above 1 in 13 of
-16 rounds), inference +3.5 % (12 of 16).
+once with that tunable added; the entry point and the benchmarks call it first. It makes
+ACM-U-Net train and infer a few per cent faster (experiments/results/benchmark_acm_unet.md).
 """
 from __future__ import annotations
 

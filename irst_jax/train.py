@@ -56,9 +56,8 @@ def create_train_state(model, config: ml_collections.ConfigDict, tx: optax.Gradi
 
   The initialisers draw with JAX's non-partitionable Threefry (`jax.threefry_partitionable
   (False)`, the pre-0.5 default; the state is created on one device and then replicated).
-  On jaxlib 0.10 CPU, the partitionable default costs XLA ~8 s of compilation per extra
-  random draw in one program: the ACM-U-Net init compiled in 20.8 s, DNA-Net's in 32.3 s,
-  against 4.9 s and 16.0 s this way (2-core CPU, 2026-12-04).
+  On jaxlib 0.10 CPU, the partitionable default costs XLA seconds of compilation per extra
+  random draw in one program, which makes the init's compilation several times slower.
   """
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.train.seed))
   with jax.threefry_partitionable(False):

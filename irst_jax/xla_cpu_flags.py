@@ -3,19 +3,14 @@
 XLA's CPU backend (jaxlib 0.10) hands convolutions to YNNPACK by default. For the narrow
 (8-64 channel) convolutions of IRSTD networks, XNNPACK runs them much faster, and above all
 their weight gradients, which YNNPACK computes as a whole-image-window convolution behind
-two transposes of the activations. Measured on a 2-core AVX2 CPU (jaxlib 0.10.2, batch 8,
-256x256; experiments/results/benchmark_xla_cpu_flags.md):
-
-* ACM-U-Net: train 14.6-14.8 -> 18.5-20.2 images/s, inference 78-83 -> 98-107;
-* DNA-Net (ResNet18): train 0.30 -> 0.52 images/s, inference 1.87 -> 2.06, peak memory
-  6.9 -> 4.6 GB.
+two transposes of the activations: ACM-U-Net and DNA-Net train and infer faster with
+XNNPACK, and DNA-Net's train step needs less memory.
 
 XLA's concurrency-optimised scheduler (off by default) orders the step's ops so that
-independent ones can run at the same time on the CPU's threads. ACM-U-Net, batch 8, 256x256,
-two benchmark servers with and without it, timed in turn (16 rounds): train +7.7 % (median
-per-round ratio 1.077, above 1 in 15 of 16 rounds), inference +5.7 % (14 of 16); the flag set
-to its default `false` gave 0.988 and 1.034. A second run, without it against with it (12
-rounds, `experiments/benchmark_xla_flags.py`): train 0.939 (0 of 12 above 1), inference 1.030.
+independent ones can run at the same time on the CPU's threads; ACM-U-Net trains a few per
+cent faster with it (`experiments/benchmark_xla_flags.py`).
+
+Measurements: experiments/results/benchmark_xla_cpu_flags.md.
 
 :func:`apply` adds :data:`FLAGS` to the ``XLA_FLAGS`` environment variable. It runs when
 ``irst_jax`` is imported, which must happen before JAX creates its CPU backend (the first

@@ -457,8 +457,8 @@ def host_zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
   """``np.zeros(shape, dtype)`` at a 64-byte aligned address.
 
   XLA:CPU takes such a host array in place (zero-copy) as a jit/pmap argument; numpy's own
-  allocations are 16-byte aligned, and each is copied (about 0.7 ms for 8 MB on the 2-core
-  development machine). Other backends copy to the device either way. Since JAX may then
+  allocations are 16-byte aligned, and each is copied (about 0.7 ms for 8 MB on a 2-core
+  CPU). Other backends copy to the device either way. Since JAX may then
   share the memory, do not write to the array after passing it to JAX (the eval iterator
   yields a fresh one every batch).
   """

@@ -11,8 +11,7 @@ On the CPU backend:
    the elementwise chain producing each of them (BatchNorm, ReLU, residual adds: up to five
    activations deep, 16-30 operands) into the transposes, which then read all those
    activations with strided access: 8x slower than transposing one buffer (8x64x64x16: 1.3
-   against 0.2 ms). ACM-U-Net, batch 8, 256x256: +8 to +18 % train images/s (median
-   per-round ratios of three interleaved runs, `experiments/benchmark_cpu_convolution.py
+   against 0.2 ms). ACM-U-Net trains faster with it (`experiments/benchmark_cpu_convolution.py
    --without=materialise`; experiments/results/benchmark_acm_unet.md).
 2. Four forms that XNNPACK does not take, or takes slowly, are rewritten (NHWC/HWIO, no
    dilation, no groups):
@@ -32,11 +31,8 @@ On the CPU backend:
    - a strided 1x1 convolution without padding (ResNet shortcut) convolves the subsampled
      input `lhs[:, ::s, ::s]`; its gradients then need no dilated convolution. Gradients,
      stride 2: 8x64x64x16 -> 32 1.8 -> 0.9 ms; 8x32x32x32 -> 64 0.85 -> 0.59 ms.
-   (Medians of 7-9 interleaved rounds, 2-core AVX2 CPU, 2026-12-04/05.) Whole ACM-U-Net, with
-   against without the rewrites (`experiments/benchmark_cpu_convolution.py
-   --without=rewrites`, before the sub-pixel form): median per-round ratio 1.02 and 1.005 for
-   the train step (24 of 40 and 17 of 30 rounds above 1) and 1.08 for inference (16 of 20);
-   `--without=sub_pixel`: train 1.004 (18 of 30 rounds above 1).
+   Whole-network effect (`experiments/benchmark_cpu_convolution.py --without=rewrites` or
+   `--without=sub_pixel`): experiments/results/benchmark_acm_unet.md.
 """
 from __future__ import annotations
 

@@ -61,8 +61,7 @@ BACKBONES = {
 
 def _conv(features: int, kernel: int, name: str, use_bias: bool = True) -> nn.Conv:
   # Plain flax convolutions: with layers.Conv's materialised operands DNA-Net trained slower
-  # on CPU (experiments/benchmark_cpu_convolution.py --config=configs/dnanet.py --mode=train:
-  # median per-round ratio 0.89 and 0.96, 2 of 12 rounds faster;
+  # on CPU (experiments/benchmark_cpu_convolution.py --config=configs/dnanet.py --mode=train;
   # experiments/results/benchmark_dnanet.md).
   pad = kernel // 2
   return nn.Conv(features, (kernel, kernel), padding=((pad, pad), (pad, pad)),

@@ -171,8 +171,8 @@ def conv_to_one_channel(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
   The forward pass is written as k * k * C shifted multiply-adds of the zero-padded channel
   planes, which XLA fuses into one pass over them: XLA:CPU's convolution libraries run this
-  2 -> 1 channel shape about 20x slower (8 x 256 x 256 x 2, 7 x 7: 65 ms against 3 ms, and
-  PyTorch 10.5 ms, on the 2-core benchmark machine). The gradient is the ordinary
+  2 -> 1 channel shape about 20x slower (experiments/results/benchmark_vs_torch_dnanet.md).
+  The gradient is the ordinary
   convolution's (autodiff of the shifted sums would be slower still). Equal to
   `lax.conv_general_dilated` up to float32 summation order (~1e-6 relative; tested).
   """
