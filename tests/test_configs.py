@@ -67,7 +67,8 @@ def test_library_imports_no_repository_module(tmp_path):
   unrelated folder loads nothing of the repository-root `configs` package."""
   script = (
       "import sys\n"
-      "import irst_jax.main, irst_jax.train, irst_jax.score, irst_jax.predict, irst_jax.export\n"
+      "import irst_jax.main, irst_jax.train, irst_jax.score, irst_jax.predict\n"
+      "import irst_jax.serving.predict, irst_jax.serving.export\n"
       "import irst_jax.data.stats, irst_jax.import_weights\n"
       "from irst_jax.configs import default\n"
       "config = irst_jax.train._with_eval_defaults(default.apply_arg(default.get_base_config(),"
