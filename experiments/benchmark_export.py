@@ -3,11 +3,11 @@
   JAX_PLATFORMS=cpu taskset -c 1 python experiments/benchmark_export.py \
       --workdir=runs/acm_unet_nuaa_sirst [--export_dir=/tmp/export] [--steps=10]
 
-Exports the workdir's best checkpoint (irst_jax.export), then times, per image size
+Exports the workdir's best checkpoint (irst_jax.serving.export), then times, per image size
 (256x256 with batch 8 and 640x512 with batch 2, grey uint8-range float32 input):
   exported      Detector.from_export's network call: the deserialized jax.export module
                 (normalise, pad, network, crop, connected components)
-  in-framework  the same function jit-compiled from the model code (Detector.from_workdir)
+  in-framework  the same function jit-compiled from the model code (export.workdir_detector)
   model only    jit(model.apply) on an already normalised, padded batch (what the evaluation
                 and experiments/benchmark.py time; no components)
 Each: one untimed call (compilation), then `--steps` timed calls; images/s = steps x batch /
@@ -22,8 +22,9 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from irst_jax import export, models
-from irst_jax.detector import Detector
+from irst_jax import models
+from irst_jax.serving import export
+from irst_jax.serving.detector import Detector
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/acm_unet_nuaa_sirst", "Trained workdir.")
 _EXPORT_DIR = flags.DEFINE_string("export_dir", "/tmp/irst_benchmark_export", "Artifact dir.")
@@ -43,7 +44,7 @@ def main(argv):
   del argv
   path = export.export_workdir(_WORKDIR.value, _EXPORT_DIR.value)
   exported = Detector.from_export(path)
-  in_framework = Detector.from_workdir(_WORKDIR.value)
+  in_framework = export.workdir_detector(_WORKDIR.value)
   config, variables, step = export.load_workdir(_WORKDIR.value)
   model = models.create_model(config.model)
   apply = jax.jit(lambda v, x: models.final_logits(model.apply(v, x, train=False)))

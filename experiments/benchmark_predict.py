@@ -46,7 +46,8 @@ def _untrained_artifact(folder: pathlib.Path) -> pathlib.Path:
   import numpy as np
 
   from configs import acm_unet
-  from irst_jax import checkpoints, export, models
+  from irst_jax import checkpoints, models
+  from irst_jax.serving import export
 
   config = acm_unet.get_config("nuaa_sirst")
   workdir = folder / "untrained"
@@ -91,7 +92,7 @@ def main(argv):
     if _ARTIFACT.value:
       artifact, model = pathlib.Path(_ARTIFACT.value), f"artifact {_ARTIFACT.value}"
     elif _WORKDIR.value:
-      from irst_jax import export
+      from irst_jax.serving import export
       artifact = export.export_workdir(_WORKDIR.value, tmp / "artifact")
       model = f"best checkpoint of {_WORKDIR.value}"
     else:

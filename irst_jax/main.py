@@ -52,7 +52,7 @@ def main(argv):
       print(f"best (step {int(best['step'])}): {train.format_metrics(best)}")
     print(f"train throughput: {result['images_per_sec']:.1f} images/s")
   elif _MODE.value == "export":
-    from irst_jax import export
+    from irst_jax.serving import export
     path = export.export_workdir(_WORKDIR.value, _EXPORT_DIR.value, _CHECKPOINT.value)
     print(f"exported the {_CHECKPOINT.value} checkpoint of {_WORKDIR.value} to {path}")
   else:

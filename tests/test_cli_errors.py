@@ -72,13 +72,14 @@ def test_main_error_is_one_line_and_verbose_shows_the_traceback(tmp_path):
 
 def test_predict_errors(tmp_path):
   nowhere = tmp_path / "nowhere"
+  # irst_jax.predict: the short command (a shim running irst_jax.serving.predict's main).
   _assert_one_line(_run(["-m", "irst_jax.predict", f"--model={nowhere}", f"--input={tmp_path}",
                          f"--output={tmp_path / 'out'}"]),
                    f"{nowhere} is neither an exported detector (manifest.json) nor a training "
                    "workdir (config.json)")
   artifact = tiny_artifact(tmp_path / "artifact", threshold=1.5)
   Image.fromarray(np.zeros((5, 7), np.uint8)).save(tmp_path / "image.png")
-  _assert_one_line(_run(["-m", "irst_jax.predict", f"--model={artifact}",
+  _assert_one_line(_run(["-m", "irst_jax.serving.predict", f"--model={artifact}",
                          f"--input={tmp_path / 'image.png'}", f"--output={tmp_path / 'out'}"]),
                    f"threshold 1.5 in {artifact / 'manifest.json'}: expected a probability in "
                    "(0, 1)")

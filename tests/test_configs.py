@@ -67,8 +67,10 @@ def test_library_imports_no_repository_module(tmp_path):
   unrelated folder loads nothing of the repository-root `configs` package."""
   script = (
       "import sys\n"
-      "import irst_jax.main, irst_jax.train, irst_jax.score, irst_jax.predict, irst_jax.export\n"
+      "import irst_jax.main, irst_jax.train, irst_jax.score, irst_jax.predict\n"
+      "import irst_jax.serving.predict, irst_jax.serving.export\n"
       "import irst_jax.data.stats, irst_jax.import_weights\n"
+      f"assert irst_jax.__file__.startswith({str(tmp_path / 'package')!r}), irst_jax.__file__\n"
       "from irst_jax.configs import default\n"
       "config = irst_jax.train._with_eval_defaults(default.apply_arg(default.get_base_config(),"
       " 'nudt_sirst,smoke'))\n"
@@ -80,7 +82,10 @@ def test_library_imports_no_repository_module(tmp_path):
       "assert model.get_config('nuaa_sirst,smoke').model.name == 'acm_unet'\n"
       "loaded = sorted(m for m in sys.modules if m == 'configs' or m.startswith('configs.'))\n"
       "print('REPOSITORY MODULES', loaded)\n")
-  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  # This checkout's package alone on the path (not the repository root, not an installed copy).
+  (tmp_path / "package").mkdir()
+  (tmp_path / "package" / "irst_jax").symlink_to(ROOT / "irst_jax", target_is_directory=True)
+  env = dict(os.environ, PYTHONPATH=str(tmp_path / "package"))
   out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]

@@ -14,10 +14,11 @@ import pytest
 from PIL import Image
 from skimage import measure
 
-from irst_jax import checkpoints, export, metrics, models
+from irst_jax import checkpoints, metrics, models
 from irst_jax.data import pipeline
 from irst_jax.models import cpu_convolution, layers
-from irst_jax.detector import (
+from irst_jax.serving import export
+from irst_jax.serving.detector import (
   ArtifactError,
   Detector,
   IncompatibleArtifactError,
@@ -111,7 +112,7 @@ def _eval_logits(config, variables, images, canvas=None):
 
 def test_exported_equals_in_framework_on_several_sizes(setup, exported):
   workdir, _, config, best = setup
-  in_framework = Detector.from_workdir(workdir)
+  in_framework = export.workdir_detector(workdir)
   for b, h, w in SIZES:
     images = _images(b, h, w)
     ours, theirs = exported.predict_batch(list(images)), in_framework.predict_batch(list(images))
@@ -394,7 +395,7 @@ def tiny_artifact(directory: pathlib.Path, channels: int = 1, **manifest_fields)
   """An artifact of a trivial module, forward(weights, images, sizes, t) -> (images - bias,
   labels of images - bias > t inside each image's size), with a valid manifest (threshold 0.5)
   updated by `manifest_fields`."""
-  from irst_jax import detector
+  from irst_jax.serving import detector
 
   def forward(weights, images, sizes, logit_threshold):
     logits = images[..., :1] - weights["params/bias"]

@@ -1,4 +1,4 @@
-"""irst_jax.predict: file formats, outputs agreeing with the Detector, failures named."""
+"""irst_jax.serving.predict: file formats, outputs agreeing with the Detector, failures named."""
 import csv
 import json
 import os
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from irst_jax import detector as detector_lib
-from irst_jax import predict
 from irst_jax.data import canvas
+from irst_jax.serving import detector as detector_lib
+from irst_jax.serving import predict
 from tests.test_export import SIZES, exported_detector, shared
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -187,7 +187,7 @@ def test_predict_command(tmp_path_factory, prepared_fake_nuaa, tmp_path):
   (tmp_path / "in").mkdir()
   Image.fromarray(np.full((h, w), 90, np.uint8)).save(tmp_path / "in" / "frame.png")
   (tmp_path / "in" / "broken.bmp").write_bytes(b"BM not really")
-  command = [sys.executable, "-m", "irst_jax.predict", f"--model={artifact}",
+  command = [sys.executable, "-m", "irst_jax.serving.predict", f"--model={artifact}",
              f"--input={tmp_path / 'in'}", f"--output={tmp_path / 'out'}"]
   out = subprocess.run(command, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"),
                        capture_output=True, text=True, timeout=300)

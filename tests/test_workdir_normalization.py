@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from irst_jax import checkpoints, export, predict, train
+from irst_jax import checkpoints, train
 from irst_jax.data import pipeline
+from irst_jax.serving import export, predict
 from tests.conftest import FAKE_SPLITS, write_fake_nuaa_sirst
 from tests.test_main import _tiny_config
 

@@ -3,8 +3,8 @@
     python -m irst_jax.main --mode=export --workdir=runs/acm_unet [--checkpoint=best|latest]
         [--export_dir=runs/acm_unet/export]
 
-Artifact (a directory; read by :func:`irst_jax.detector.load_export`, which needs only jax
-and numpy):
+Artifact (a directory; read by :func:`irst_jax.serving.detector.load_export`, which needs
+only jax and numpy):
 
   model.jaxexport   serialized ``jax.export`` module (StableHLO, lowered for cpu and cuda)
                     of ``forward(weights, images, sizes, logit_threshold) -> (logits,
@@ -19,7 +19,7 @@ and numpy):
   manifest.json     format and version, model and full training config, checkpoint (step,
                     metrics), normalisation, threshold, input layout and the divisibility
                     constraint, platforms, library versions, sha256 of both files.
-  irst_detector.py  a copy of irst_jax/detector.py: ``from irst_detector import Detector;
+  irst_detector.py  a copy of irst_jax/serving/detector.py: ``from irst_detector import Detector;
                     Detector.from_export(dir)`` without irst_jax installed.
 
 Divisibility and padding: every irst_jax model needs H and W divisible by 32 (five stride-2
@@ -29,10 +29,10 @@ normalise, then zero padding bottom/right, with a validity mask): the padding is
 after normalisation, the canvas is zero-padded further (symbolic arithmetic) to a multiple of
 ``dataset.pad_multiple`` = 32 when H or W is not one, and the mask is restricted to the valid
 pixels before labelling, so no detection includes or connects through padding. Callers
-(:meth:`irst_jax.detector.Detector.predict_batch`, ``predict``) pad images of different sizes on
-the host to a few canvases, so that one compiled program serves many sizes. The logits of an
-image depend on its canvas only through networks with global pooling (ACM's global
-attention), as in the evaluation, whose canvases are planned the same way
+(:meth:`irst_jax.serving.detector.Detector.predict_batch`, ``predict``) pad images of different
+sizes on the host to a few canvases, so that one compiled program serves many sizes. The
+logits of an image depend on its canvas only through networks with global pooling (ACM's
+global attention), as in the evaluation, whose canvases are planned the same way
 (:mod:`irst_jax.data.canvas`).
 """
 from __future__ import annotations
@@ -52,8 +52,9 @@ import numpy as np
 from flax import traverse_util
 
 import irst_jax
-from irst_jax import checkpoints, detector, metrics, models
+from irst_jax import checkpoints, metrics, models
 from irst_jax.data import pipeline
+from irst_jax.serving import detector
 
 DEFAULT_PLATFORMS = ("cpu", "cuda")
 
@@ -193,7 +194,7 @@ def _manifest(config: ml_collections.ConfigDict, workdir: pathlib.Path, checkpoi
 def workdir_forward(workdir: str | pathlib.Path, checkpoint: str = "best",
                     step: Optional[int] = None):
   """(jit-compiled in-framework forward(images, sizes, logit_threshold), manifest) of a
-  workdir (the signature of :func:`irst_jax.detector.load_export`'s forward)."""
+  workdir (the signature of :func:`irst_jax.serving.detector.load_export`'s forward)."""
   workdir = pathlib.Path(workdir).absolute()
   config, variables, step = load_workdir(workdir, checkpoint, step)
   info = pipeline.dataset_info(config.dataset)
@@ -201,6 +202,21 @@ def workdir_forward(workdir: str | pathlib.Path, checkpoint: str = "best",
   forward = jax.jit(make_forward(config, info.mean, info.std))
   manifest = _manifest(config, workdir, checkpoint, step, info)
   return (lambda images, sizes, threshold: forward(weights, images, sizes, threshold)), manifest
+
+
+def workdir_detector(workdir: str | pathlib.Path, checkpoint: str = "best",
+                     step: Optional[int] = None, **kwargs) -> detector.Detector:
+  """The in-framework Detector of a workdir's 'best' or 'latest' (or `step`) checkpoint.
+
+  The network is the jit of the model code (:func:`workdir_forward`), the same function an
+  export serialises; the dataset must be prepared (its mean/std normalise the images).
+  `kwargs` go to :class:`~irst_jax.serving.detector.Detector` (threshold, uint16_scaling).
+
+  Raises:
+    What :func:`load_workdir` and ``pipeline.dataset_info`` raise (no checkpoint, dataset
+    not prepared or not found), and Detector's ValueError for a bad threshold or scaling.
+  """
+  return detector.Detector(*workdir_forward(workdir, checkpoint, step), **kwargs)
 
 
 def export_forward(forward: Callable, weights: dict[str, np.ndarray],

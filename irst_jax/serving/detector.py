@@ -1,16 +1,17 @@
 """Run a trained detector on images of any size: score map, binary mask and detections.
 
     detector = Detector.from_export("runs/acm_unet/export")    # only jax + numpy needed
-    detector = Detector.from_workdir("runs/acm_unet")          # in-framework (model code)
+    detector = export.workdir_detector("runs/acm_unet")        # in-framework (irst_jax.serving)
     result = detector(image)        # [H, W], [H, W, 1], [H, W, 3] or [H, W, 4]; any size
     result.score, result.mask, result.detections
 
 This module imports nothing but the standard library, numpy and jax at import time, so that
-an exported artifact (:mod:`irst_jax.export`; a copy of this file is written into it as
-``irst_detector.py``) runs on a machine without irst_jax's training or model code;
-:meth:`Detector.from_workdir` alone imports :mod:`irst_jax.export` (Flax, the models).
+an exported artifact (:mod:`irst_jax.serving.export`; a copy of this file is written into it
+as ``irst_detector.py``) runs on a machine without irst_jax's training or model code. It
+imports nothing of irst_jax: the in-framework detector of a workdir is built by
+:func:`irst_jax.serving.export.workdir_detector` (Flax, the models), which imports this module.
 
-The network function both constructors wrap is the one of :func:`irst_jax.export.make_forward`:
+The network function a Detector wraps is the one of :func:`irst_jax.serving.export.make_forward`:
 grey images ``[B, H, W, 1]`` float32 on the 0..255 scale, each in the top-left ``(h, w)``
 corner of the canvas given by ``sizes`` int32 ``[B, 2]``, in; it normalises them with the
 training set's mean/std, sets the padding to 0 (after normalisation, as the evaluation pads),
@@ -22,10 +23,11 @@ components that Pd/Fa count and never include or connect through padding.
 
 Every distinct input shape is one compilation of the network (seconds to tens of seconds on a
 CPU), so :meth:`Detector.predict_batch` pads images of any sizes on the host to a canvas and
-can complete the batch with dummy images to a fixed batch size; ``irst_jax.predict`` plans at
-most four canvases for a whole folder (:mod:`irst_jax.data.canvas`). Scores of an image are
-those of the network on the canvas it was padded to: networks with global pooling (ACM's
-global attention) give slightly different scores on different canvases, as in the evaluation.
+can complete the batch with dummy images to a fixed batch size; ``irst_jax.serving.predict``
+plans at most four canvases for a whole folder (:mod:`irst_jax.data.canvas`). Scores of an
+image are those of the network on the canvas it was padded to: networks with global pooling
+(ACM's global attention) give slightly different scores on different canvases, as in the
+evaluation.
 """
 from __future__ import annotations
 
@@ -39,9 +41,11 @@ from typing import Any, Callable, Optional, Sequence
 import jax
 import numpy as np
 
-#: Version of the artifact layout written by irst_jax.export and read here (2: the module
+#: Version of the artifact layout written by irst_jax.serving.export and read here (2: the module
 #: takes per-image valid sizes; version 1 modules took images of one size without them).
 FORMAT_VERSION = 2
+#: The manifest's "format": a name of the artifact format, not a module path (artifacts
+#: written before the serving package carry it too), so it stays as it was.
 FORMAT_NAME = "irst_jax.export"
 MODULE_FILE = "model.jaxexport"
 WEIGHTS_FILE = "weights.npz"
@@ -253,7 +257,7 @@ def _check_manifest(manifest: dict[str, Any], exported: Any, path: pathlib.Path)
   images = next((a for a in args[1:] if len(getattr(a, "shape", ())) == 4), None)
   if images is None:
     raise ArtifactError(f"{path.parent / MODULE_FILE} takes no image argument [b, h, w, c]; "
-                        "expected a module written by irst_jax.export")
+                        "expected a module written by irst_jax.serving.export")
   def dims(shape):
     return [d if isinstance(d, int) else str(d) for d in shape]
 
@@ -332,14 +336,6 @@ class Detector:
   def from_export(cls, path: str | pathlib.Path, **kwargs) -> "Detector":
     """The detector of an exported artifact directory; needs only jax and numpy."""
     return cls(*load_export(path), **kwargs)
-
-  @classmethod
-  def from_workdir(cls, workdir: str | pathlib.Path, checkpoint: str = "best",
-                   step: Optional[int] = None, **kwargs) -> "Detector":
-    """The detector of a training workdir's 'best' or 'latest' (or `step`) checkpoint,
-    run in-framework (jit of the model code); the dataset must be prepared (its mean/std)."""
-    from irst_jax import export
-    return cls(*export.workdir_forward(workdir, checkpoint, step), **kwargs)
 
   @property
   def pad_multiple(self) -> int:

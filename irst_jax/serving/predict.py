@@ -1,0 +1,349 @@
+"""Run a detector on image files, folders or globs; write masks, overlays and detections.
+
+  python -m irst_jax.serving.predict --model=runs/acm_unet/export --input=frames/ --output=out/
+  python -m irst_jax.serving.predict --model=runs/acm_unet --input='data/*.png' --input=x.tif \
+      --output=out/ --save_scores --batch_size=8 [--threshold=0.5] [--uint16_scaling=min_max]
+
+--model is an exported artifact (irst_jax.serving.export; needs only jax + numpy) or a training
+workdir (its --checkpoint, in-framework). Inputs: PNG, BMP, TIFF, JPEG; 1-bit, 8-bit grey,
+palette, RGB(A), 16-bit grey (``I;16``) and 32-bit integer / float grey (TIFF) of any size;
+folders are read non-recursively, globs may use ``**``. Every image's size is read from its
+header first; at most four padded shapes ("canvases", multiples of the model's 32) are planned
+for all inputs (:func:`irst_jax.data.canvas.plan_canvases`), each image goes to the smallest
+canvas holding it, and the images of a canvas are predicted in batches of a fixed size
+(--batch_size, or fewer when the canvas has fewer images; the last batch is completed with
+dummy images), so a folder of any mix of sizes compiles at most four programs. The padding
+never enters masks or detections (see :meth:`irst_jax.serving.detector.Detector.predict_batch`).
+Images are decoded one batch at a time.
+
+Written into --output:
+  masks/<name>.png       binary mask, 0 / 255 (L)
+  overlays/<name>.png    the grey image with mask pixels tinted red and each detection's
+                         box (2 px margin) and target id in yellow
+  scores/<name>.npy      float32 [H, W] sigmoid score map (with --save_scores)
+  detections.csv         one row a detection: image, target_id, x, y (centroid, pixels),
+                         area (pixels), x_min, y_min, x_max, y_max (inclusive), peak_score,
+                         mean_score
+  detections.json        per image: path, size, detections; the failures; the model manifest
+<name> is the file's stem (made unique with _2, _3, ... when stems repeat). A file that
+cannot be read is reported (naming it and why) and skipped; the others are still processed,
+the failures are listed at the end and the exit code is 1.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import dataclasses
+import glob
+import json
+import pathlib
+from typing import Iterable, Optional
+
+import numpy as np
+from absl import app, flags
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from irst_jax import compilation_cache, errors
+from irst_jax.data import canvas as canvas_lib
+from irst_jax.serving import detector as detector_lib
+
+SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg")
+_EIGHT_BIT_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "La")
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+CSV_FIELDS = ("image", "target_id", "x", "y", "area", "x_min", "y_min", "x_max", "y_max",
+              "peak_score", "mean_score")
+
+
+class ImageReadError(ValueError):
+  """An input file is unreadable, truncated or of an unsupported image mode."""
+
+
+def read_size(path: str | pathlib.Path) -> tuple[int, int]:
+  """(H, W) of an image file from its header (the pixels are not decoded).
+
+  Raises:
+    ImageReadError: naming the file: not an image PIL can open.
+  """
+  path = pathlib.Path(path)
+  try:
+    with Image.open(path) as img:
+      width, height = img.size
+  except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
+    raise ImageReadError(f"{path}: cannot read the image ({type(e).__name__}: {e})") from e
+  return int(height), int(width)
+
+
+def read_image(path: str | pathlib.Path) -> np.ndarray:
+  """An image file as an array for :func:`irst_jax.serving.detector.to_grey`.
+
+  Returns uint8 [H, W] for 1-bit, grey, palette and colour images (``convert('L')``, as the
+  training data are read), uint16 [H, W] for 16-bit grey, and for 32-bit integer (``I``) or
+  float (``F``) grey: uint16 when every value fits 0..65535, else float32 (0..255 scale).
+
+  Raises:
+    ImageReadError: naming the file: unreadable or truncated, or an unsupported mode.
+  """
+  path = pathlib.Path(path)
+  try:
+    with Image.open(path) as img:
+      img.load()
+      mode = img.mode
+      if mode in _EIGHT_BIT_MODES:
+        return np.asarray(img.convert("L"), np.uint8)
+      if mode in _SIXTEEN_BIT_MODES:
+        return np.asarray(img).astype(np.uint16)
+      if mode in ("I", "F"):
+        array = np.asarray(img)
+        if mode == "I" and array.min() >= 0 and array.max() <= 65535:
+          return array.astype(np.uint16)
+        return array.astype(np.float32)
+  except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
+    raise ImageReadError(f"{path}: cannot read the image ({type(e).__name__}: {e})") from e
+  raise ImageReadError(f"{path}: unsupported image mode {mode!r}; expected 1-bit, 8-bit grey, "
+                       "palette, RGB(A), 16-bit grey, or 32-bit integer/float grey")
+
+
+def collect_inputs(specs: Iterable[str]) -> tuple[list[pathlib.Path], list[tuple[str, str]]]:
+  """(image files in order, failures [(spec, message)]) of files, folders and glob patterns.
+
+  A folder yields its files with a supported suffix (sorted); a folder without any, a
+  pattern matching nothing and a missing path are failures. Duplicates are dropped.
+  """
+  files: list[pathlib.Path] = []
+  failures: list[tuple[str, str]] = []
+  for spec in specs:
+    path = pathlib.Path(spec)
+    if any(c in spec for c in "*?["):
+      found = sorted(pathlib.Path(p) for p in glob.glob(spec, recursive=True))
+      found = [p for p in found if p.is_file() and p.suffix.lower() in SUFFIXES]
+      if not found:
+        failures.append((spec, f"{spec}: no image file ({', '.join(SUFFIXES)}) matches"))
+    elif path.is_dir():
+      found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
+      if not found:
+        failures.append((spec, f"{path}: the folder holds no image file ({', '.join(SUFFIXES)})"))
+    elif path.is_file():
+      found = [path]
+    else:
+      found = []
+      failures.append((spec, f"{path}: no such file or folder"))
+    files.extend(p for p in found if p not in files)
+  return files, failures
+
+
+def output_names(files: list[pathlib.Path]) -> list[str]:
+  """File stems, made unique by appending _2, _3, ... to repeats."""
+  names: list[str] = []
+  for f in files:
+    name, k = f.stem, 1
+    while name in names:
+      k += 1
+      name = f"{f.stem}_{k}"
+    names.append(name)
+  return names
+
+
+def load_detector(model: str | pathlib.Path, checkpoint: str = "best", **kwargs
+                  ) -> detector_lib.Detector:
+  """A Detector from an exported artifact directory or a training workdir.
+
+  Raises:
+    FileNotFoundError: `model` is neither (naming what was looked for).
+  """
+  path = pathlib.Path(model)
+  if (path / detector_lib.MANIFEST_FILE).is_file() or path.name == detector_lib.MANIFEST_FILE:
+    return detector_lib.Detector.from_export(path, **kwargs)
+  if (path / "config.json").is_file():
+    # Imported here: an artifact's detector needs neither Flax nor the models (export's imports).
+    from irst_jax.serving import export
+    return export.workdir_detector(path, checkpoint, **kwargs)
+  raise FileNotFoundError(f"{path} is neither an exported detector ({detector_lib.MANIFEST_FILE})"
+                          " nor a training workdir (config.json)")
+
+
+def overlay(grey: np.ndarray, prediction: detector_lib.Prediction) -> Image.Image:
+  """RGB image: grey (0..255, clipped), mask pixels tinted red, boxes and ids in yellow."""
+  base = np.clip(np.rint(grey), 0, 255).astype(np.uint8)
+  rgb = np.repeat(base[..., None], 3, axis=-1)
+  red = np.array([255, 0, 0], np.float32)
+  rgb[prediction.mask] = (0.5 * rgb[prediction.mask] + 0.5 * red).astype(np.uint8)
+  img = Image.fromarray(rgb, "RGB")
+  draw = ImageDraw.Draw(img)
+  for d in prediction.detections:
+    draw.rectangle((d.x_min - 2, d.y_min - 2, d.x_max + 2, d.y_max + 2), outline=(255, 255, 0))
+    draw.text((d.x_max + 4, max(d.y_min - 6, 0)), str(d.target_id), fill=(255, 255, 0))
+  return img
+
+
+@dataclasses.dataclass
+class Report:
+  """What :func:`run` did: per image {'image', 'height', 'width', 'detections'}, failures."""
+
+  images: list[dict]
+  failures: list[tuple[str, str]]
+
+
+#: zlib level of the written PNGs: 1 writes them several times faster than PIL's default 6,
+#: for files about a third larger (masks and overlays compress well either way).
+PNG_COMPRESS_LEVEL = 1
+
+
+def _write(out: pathlib.Path, name: str, grey: np.ndarray, prediction: detector_lib.Prediction,
+           save_scores: bool) -> None:
+  Image.fromarray(prediction.mask.astype(np.uint8) * 255, "L").save(
+      out / "masks" / f"{name}.png", compress_level=PNG_COMPRESS_LEVEL)
+  overlay(grey, prediction).save(out / "overlays" / f"{name}.png",
+                                 compress_level=PNG_COMPRESS_LEVEL)
+  if save_scores:
+    np.save(out / "scores" / f"{name}.npy", prediction.score)
+
+
+def _batch_size(count: int, batch_size: int) -> int:
+  """The batch of a canvas with `count` images: at most `batch_size`, as few batches as that
+  allows, split evenly so that the last batch needs the fewest dummy images."""
+  return -(-count // -(-count // batch_size))
+
+
+def run(detector: detector_lib.Detector, inputs: Iterable[str], output: str | pathlib.Path, *,
+        save_scores: bool = False, batch_size: int = 8, show_progress: bool = True,
+        max_canvases: int = canvas_lib.MAX_CANVASES) -> Report:
+  """Predicts every image of `inputs` (files, folders, globs) and writes the outputs.
+
+  Sizes come from the image headers; `max_canvases` canvases (multiples of the detector's
+  pad_multiple) are planned for all of them; the images of each canvas are decoded and
+  predicted `batch_size` at a time (one compiled program per canvas). Outputs, records and
+  detections.csv rows keep the input order.
+
+  Raises:
+    ValueError: batch_size or max_canvases < 1.
+  """
+  if batch_size < 1 or max_canvases < 1:
+    raise ValueError(f"batch_size and max_canvases must be at least 1, got {batch_size}, "
+                     f"{max_canvases}")
+  out = pathlib.Path(output)
+  for sub in ("masks", "overlays") + (("scores",) if save_scores else ()):
+    (out / sub).mkdir(parents=True, exist_ok=True)
+  files, failures = collect_inputs(inputs)
+  names = output_names(files)
+  results: dict[int, dict] = {}
+  file_failures: dict[int, str] = {}
+
+  def fail(i: int, error: Exception) -> None:
+    path = str(files[i])
+    file_failures[i] = str(error) if path in str(error) else f"{path}: {error}"
+
+  sizes: dict[int, tuple[int, int]] = {}
+  for i, path in enumerate(files):
+    try:
+      sizes[i] = read_size(path)
+    except ValueError as e:
+      fail(i, e)
+      continue
+    if max(sizes[i]) > detector_lib.MAX_SIDE:
+      fail(i, ValueError(f"image of {sizes[i][0]}x{sizes[i][1]} pixels: sides above "
+                         f"{detector_lib.MAX_SIDE} are not supported"))
+      del sizes[i]
+  groups: dict[tuple[int, int], list[int]] = {}
+  if sizes:
+    canvases = canvas_lib.plan_canvases(list(sizes.values()), detector.pad_multiple, max_canvases)
+    for i, size in sizes.items():  # input order within each canvas
+      groups.setdefault(canvas_lib.assign(size, canvases), []).append(i)
+
+  progress = tqdm(total=len(files), desc="predict", unit="image", disable=not show_progress)
+  progress.update(len(files) - len(sizes))
+
+  def read(i: int) -> Optional[np.ndarray]:
+    try:
+      grey = detector_lib.to_grey(read_image(files[i]), detector.uint16_scaling)
+      if grey.shape != sizes[i]:
+        raise ImageReadError(f"{files[i]}: decoded size {grey.shape} differs from the "
+                             f"header's {sizes[i]}")
+      return grey
+    except ValueError as e:
+      fail(i, e)
+      progress.update(1)
+      return None
+
+  def write_all(chunk, predictions):
+    for (i, grey), prediction in zip(chunk, predictions):
+      _write(out, names[i], grey, prediction, save_scores)
+    progress.update(len(chunk))
+
+  # One thread writes a batch's files while the next batch is read and predicted; at most
+  # one batch waits for its files (memory stays bounded), and write errors are raised here.
+  with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="predict-write") as pool:
+    writing: Optional[concurrent.futures.Future] = None
+    for shape, indices in sorted(groups.items()):
+      batch = _batch_size(len(indices), batch_size)  # constant per canvas: one program
+      for start in range(0, len(indices), batch):
+        chunk = [(i, grey) for i in indices[start:start + batch]
+                 if (grey := read(i)) is not None]
+        if not chunk:
+          continue
+        predictions = detector.predict_batch([grey for _, grey in chunk], canvas=shape,
+                                             batch_size=batch)
+        for (i, grey), prediction in zip(chunk, predictions):
+          results[i] = {"image": str(files[i]), "height": grey.shape[0],
+                        "width": grey.shape[1],
+                        "detections": [d.as_dict() for d in prediction.detections]}
+        if writing is not None:
+          writing.result()
+        writing = pool.submit(write_all, chunk, predictions)
+    if writing is not None:
+      writing.result()
+  progress.close()
+  failures = failures + [(str(files[i]), file_failures[i]) for i in sorted(file_failures)]
+
+  report = Report(images=[results[i] for i in sorted(results)], failures=failures)
+  with (out / "detections.csv").open("w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    for record in report.images:
+      for d in record["detections"]:
+        writer.writerow({"image": record["image"], **d})
+  (out / "detections.json").write_text(json.dumps(
+      {"threshold": detector.threshold, "images": report.images,
+       "failures": [{"input": s, "error": m} for s, m in failures],
+       "model": {k: detector.manifest.get(k) for k in ("model", "checkpoint", "normalization")}},
+      indent=2))
+  return report
+
+
+def define_flags() -> None:
+  """The command's flags; defined only when run as a command, since other irst_jax commands
+  (irst_jax.main) define flags of the same names."""
+  flags.DEFINE_string("model", None, "Exported artifact directory or training workdir.")
+  flags.DEFINE_multi_string("input", None, "Image file, folder or glob (repeatable).")
+  flags.DEFINE_string("output", None, "Output directory.")
+  flags.DEFINE_enum("checkpoint", "best", ["best", "latest"],
+                    "Checkpoint used when --model is a workdir.")
+  flags.DEFINE_float("threshold", None, "Probability threshold (default: the model's, 0.5).")
+  flags.DEFINE_bool("save_scores", False, "Also write scores/<name>.npy.")
+  flags.DEFINE_integer("batch_size", 8, "Images per network call (of one padded shape).")
+  flags.DEFINE_enum("uint16_scaling", "full_range", list(detector_lib.UINT16_SCALINGS),
+                    "How 16-bit images map to the 0..255 training scale.")
+  flags.mark_flags_as_required(["model", "input", "output"])
+
+
+def main(argv) -> Optional[int]:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  compilation_cache.enable()
+  f = flags.FLAGS
+  detector = load_detector(f.model, f.checkpoint, threshold=f.threshold,
+                           uint16_scaling=f.uint16_scaling)
+  report = run(detector, f.input, f.output, save_scores=f.save_scores, batch_size=f.batch_size)
+  count = sum(len(r["detections"]) for r in report.images)
+  print(f"{len(report.images)} image(s), {count} detection(s) -> {f.output}")
+  if report.failures:
+    print(f"{len(report.failures)} input(s) failed:")
+    for _, message in report.failures:
+      print(f"  {message}")
+    return 1
+  return None
+
+
+if __name__ == "__main__":
+  define_flags()
+  errors.run_main(main)
