@@ -90,3 +90,25 @@ def test_library_imports_no_repository_module(tmp_path):
                        capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   assert "REPOSITORY MODULES []" in out.stdout
+
+
+def test_registry_builds_every_model_from_its_config_section():
+  """Every config's model section maps field by field onto its module; EAAU-Net has a module
+  of its own whose defaults are the paper's (tiny stem, EAA fusion); stray fields are named."""
+  from configs import daea, dnanet, eaau_net
+  from irst_jax import models
+  from irst_jax.models import eaau_net as eaau_net_model
+
+  for config_module in (acm_unet, acm_fpn, eaau_net, dnanet, daea, cgranet):
+    config = config_module.get_config(None).model
+    module = models.create_model(config, axis_name="batch")
+    assert type(module) is models.MODELS[config.name] and module.axis_name == "batch"
+    for key, value in config.items():
+      if key not in ("name", "in_channels"):
+        assert getattr(module, key) == (tuple(value) if isinstance(value, list) else value), key
+  default_eaau = eaau_net_model.EAAUNet()
+  assert (default_eaau.fusion, default_eaau.tiny) == ("eaa", True)
+  config = acm_unet.get_config(None).model
+  config.fusoin = "asym_bi"
+  with pytest.raises(ValueError, match=r"model\.fusoin is not a field of 'acm_unet' \(ACMUNet\)"):
+    models.create_model(config)

@@ -5,64 +5,48 @@ a tuple of such maps whose last is the prediction).
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+import dataclasses
+from typing import Optional
 
 import flax.linen as nn
 import ml_collections
 
-from irst_jax.models import acm, cgranet, daea, dnanet
+from irst_jax.models import acm, cgranet, daea, dnanet, eaau_net
 
-
-def _acm(cls) -> Callable[[ml_collections.ConfigDict, Optional[str]], nn.Module]:
-  def build(config, axis_name):
-    return cls(channels=tuple(config.channels), num_blocks=config.num_blocks,
-               fusion=config.fusion, tiny=config.tiny, head_dropout=config.head_dropout,
-               sa_groups=config.get("sa_groups", 4), axis_name=axis_name)
-  return build
-
-
-def _dnanet(config, axis_name):
-  # empty nb_filter / num_blocks: the backbone's (dnanet.BACKBONES)
-  return dnanet.DNANet(backbone=config.backbone, nb_filter=tuple(config.nb_filter) or None,
-                       num_blocks=tuple(config.num_blocks) or None,
-                       deep_supervision=config.deep_supervision, axis_name=axis_name)
-
-
-def _cgranet(config, axis_name):
-  # every config.model field but name / in_channels is a CGRANet field of the same name
-  fields = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in config.items()
-            if k not in ("name", "in_channels")}
-  return cgranet.CGRANet(**fields, axis_name=axis_name)
-
-
-def _daea(config, axis_name):
-  return daea.DAEA(channels=tuple(config.channels), num_blocks=config.num_blocks,
-                   extraction=config.extraction, fusion=config.fusion,
-                   aggregation=config.aggregation, sa_groups=config.sa_groups,
-                   head_dropout=config.head_dropout, align_corners=config.align_corners,
-                   axis_name=axis_name)
-
-
-MODELS = {
-    "acm_unet": _acm(acm.ACMUNet),
-    "acm_fpn": _acm(acm.ACMFPN),
-    # EAAU-Net (Remote Sensing 2021): the ACM U-Net host with the paper's Table 1 layout
-    # (tiny stem: full-resolution stage 1) and EAA fusions (configs/eaau_net.py).
-    "eaau_net": _acm(acm.ACMUNet),
-    "dnanet": _dnanet,   # DNA-Net (TIP 2022), configs/dnanet.py
-    "cgranet": _cgranet,   # CGRANet (JSTARS 2023), configs/cgranet.py
-    "daea": _daea,       # DAEA (Sci. Rep. 2023), configs/daea.py
+#: config.model.name -> the Flax module class of that paper's network.
+MODELS: dict[str, type[nn.Module]] = {
+    "acm_unet": acm.ACMUNet,      # ACM (Dai et al., WACV 2021), configs/acm_unet.py
+    "acm_fpn": acm.ACMFPN,        # configs/acm_fpn.py
+    "eaau_net": eaau_net.EAAUNet,  # EAAU-Net (Remote Sensing 2021), configs/eaau_net.py
+    "dnanet": dnanet.DNANet,      # DNA-Net (TIP 2022), configs/dnanet.py
+    "cgranet": cgranet.CGRANet,   # CGRANet (JSTARS 2023), configs/cgranet.py
+    "daea": daea.DAEA,            # DAEA (Sci. Rep. 2023), configs/daea.py
 }
+
+#: Fields of `config.model` that are not module fields.
+_NOT_MODULE_FIELDS = ("name", "in_channels")
 
 
 def create_model(config: ml_collections.ConfigDict, axis_name: Optional[str] = None) -> nn.Module:
-  """The model named `config.name` built from `config`; `axis_name` for synchronised BN.
+  """The model named `config.name`, built the same way for every model: each field of the
+  `model` config section but `name` and `in_channels` (read from the input) is the module
+  field of the same name (lists become tuples); `axis_name` for synchronised BatchNorm.
 
-  Raises ValueError naming an unknown model and listing the known ones.
+  Raises:
+    ValueError: an unknown model (listing the known ones), or a config field the model does
+      not have (naming it and the model's fields).
   """
   if config.name not in MODELS:
     raise ValueError(f"unknown model {config.name!r}; expected one of {sorted(MODELS)}")
-  return MODELS[config.name](config, axis_name)
+  cls = MODELS[config.name]
+  fields = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in config.items()
+            if k not in _NOT_MODULE_FIELDS}
+  known = {f.name for f in dataclasses.fields(cls)} - {"parent", "name", "axis_name"}
+  unknown = sorted(set(fields) - known)
+  if unknown:
+    raise ValueError(f"model.{unknown[0]} is not a field of {config.name!r} "
+                     f"({cls.__name__}); its fields: {', '.join(sorted(known))}")
+  return cls(**fields, axis_name=axis_name)
 
 
 def final_logits(outputs):

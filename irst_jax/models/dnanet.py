@@ -119,7 +119,7 @@ class DNANet(nn.Module):
   """DNA-Net; see the module docstring for the structure, shapes and sources.
 
   Fields: `backbone` (a `BACKBONES` name), `nb_filter` (5 widths) and `num_blocks` (blocks at
-  levels 1-4) overriding the backbone's when given, `deep_supervision` (four heads, tuple
+  levels 1-4) overriding the backbone's when given (None or empty: the backbone's), `deep_supervision` (four heads, tuple
   output) and `axis_name` (synchronised BatchNorm under pmap). The input channel count is
   taken from the input.
   """
@@ -135,8 +135,8 @@ class DNANet(nn.Module):
       raise ValueError(f"unknown DNA-Net backbone {self.backbone!r}; expected one of "
                        f"{sorted(BACKBONES)}")
     nb_filter, num_blocks, residual = BACKBONES[self.backbone]
-    nb_filter = tuple(self.nb_filter) if self.nb_filter is not None else nb_filter
-    num_blocks = tuple(self.num_blocks) if self.num_blocks is not None else num_blocks
+    nb_filter = tuple(self.nb_filter) if self.nb_filter else nb_filter
+    num_blocks = tuple(self.num_blocks) if self.num_blocks else num_blocks
     if len(nb_filter) != 5 or len(num_blocks) != 4:
       raise ValueError(f"DNA-Net needs 5 nb_filter and 4 num_blocks, got {nb_filter} and "
                        f"{num_blocks}")
