@@ -20,6 +20,7 @@ from typing import Any, Optional
 
 import ml_collections
 import numpy as np
+from flax import traverse_util
 
 from irst_jax import errors, losses, models, optim
 from irst_jax.data import builders, pipeline
@@ -212,16 +213,6 @@ def check_training_config(config: ml_collections.ConfigDict, num_devices: int
   return info
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
-
-
 def _safe(name: str) -> bool:
   return any(name == s or (s.endswith(".") and name.startswith(s)) for s in SAFE_ON_RESUME)
 
@@ -240,8 +231,8 @@ def check_resumable(saved: dict, config: ml_collections.ConfigDict, path: str) -
   Raises:
     ConfigError: naming every changed field with its saved and new value.
   """
-  old = _flatten(saved)
-  new = _flatten(json.loads(config.to_json_best_effort()))
+  old = traverse_util.flatten_dict(saved, sep=".")
+  new = traverse_util.flatten_dict(json.loads(config.to_json_best_effort()), sep=".")
   changed = []
   for name in sorted(set(old) | set(new)):
     # absent on one side and None (an unset placeholder) on the other: a field added since

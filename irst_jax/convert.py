@@ -20,6 +20,8 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from irst_jax import errors
+
 CONV, CONV_TRANSPOSE, BATCH_NORM, SHUFFLE_ATTENTION = (
     "conv", "conv_transpose", "batch_norm", "shuffle_attention")
 
@@ -108,9 +110,10 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     raise ValueError(f"weight file {str(path)!r}: expected a .pth, .pt or .npz file")
   try:
     import torch
-  except ImportError as e:
-    raise ImportError(f"reading {str(path)!r} needs PyTorch (pip install torch), or save the "
-                      "state_dict as .npz") from e
+  except ImportError:
+    raise errors.MissingDependencyError(
+        f"reading {str(path)!r} needs PyTorch (pip install 'irst_jax[torch]'), or save the "
+        "state_dict as .npz") from None
   state = torch.load(path, map_location="cpu", weights_only=True)
   for key in ("state_dict", "model"):
     if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):

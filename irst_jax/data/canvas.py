@@ -38,7 +38,12 @@ def assign(size: Size, canvases: Sequence[Size]) -> Size:
 
 
 def _cost(sizes: Sequence[Size], counts: Sequence[int], canvases: Sequence[Size]) -> int:
-  return sum(n * (lambda c: c[0] * c[1])(assign(s, canvases)) for s, n in zip(sizes, counts))
+  """Total padded area (pixels) of `counts` images of each size on their assigned canvases."""
+  total = 0
+  for size, n in zip(sizes, counts):
+    h, w = assign(size, canvases)
+    total += n * h * w
+  return total
 
 
 def plan_canvases(sizes: Sequence[Size], multiple: int = 32,
