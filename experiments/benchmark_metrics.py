@@ -17,7 +17,7 @@ The numpy loop is written the way the PyTorch toolboxes score (DNA-Net's ``PD_FA
 ``regionprops`` at every threshold, the greedy centroid matching in Python, numpy pixel
 counts; the pixel curves with ``np.bincount`` (a vectorised histogram, faster than the
 toolboxes' loop over thresholds, so the ratio is not inflated). The jnp path is
-``irst_jax.curves.evaluation_outputs`` (jit, batches of ``--batch``). Times exclude reading
+``irst_jax.evaluation.curves.evaluation_outputs`` (jit, batches of ``--batch``). Times exclude reading
 the PNGs and the jnp compilation (one warm-up call per shape, timed separately).
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ from skimage.measure import label, regionprops
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from configs import default  # noqa: E402
-from irst_jax import curves  # noqa: E402
+from irst_jax.evaluation import curves  # noqa: E402
 from irst_jax.data import pipeline  # noqa: E402
 
 _ROOT = flags.DEFINE_string("root", str(pathlib.Path(__file__).resolve().parents[2] / "shared"

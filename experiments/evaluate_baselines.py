@@ -1,4 +1,4 @@
-"""Top-Hat, Max-Median and MPCM (irst_jax/baselines.py) on a dataset split, same metric code.
+"""Top-Hat, Max-Median and MPCM (irst_jax/evaluation/baselines.py) on a split, same metric code.
 
   python experiments/evaluate_baselines.py [--dataset=nuaa_sirst] [--builder_config=50_50] \
       [--split=test] [--rule=dnanet] [--out=experiments/results/baselines_nuaa_sirst.md]
@@ -24,7 +24,7 @@ from absl import app, flags
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from configs import default  # noqa: E402
-from irst_jax import baselines, curves, score  # noqa: E402
+from irst_jax.evaluation import baselines, curves, score, tables  # noqa: E402
 from irst_jax.data import pipeline  # noqa: E402
 
 _DATASET = flags.DEFINE_string("dataset", "nuaa_sirst", "Dataset name.")
@@ -71,7 +71,7 @@ def main(argv):
   start = time.perf_counter()
   rows = evaluate(data, _SPLIT.value, eval_config, _RULE.value)
   print(f"{time.perf_counter() - start:.1f} s", flush=True)
-  table = curves.format_table(rows)
+  table = tables.markdown_table(rows)
   print(table)
   if _OUT.value:
     pathlib.Path(_OUT.value).write_text(table + "\n")

@@ -7,8 +7,13 @@ from __future__ import annotations
 
 import json
 import pathlib
+import sys
 
 from absl import app, flags
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from irst_jax.evaluation import tables  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (holds metrics.jsonl).")
 _PLOT = flags.DEFINE_string("plot", None, "Where to write the learning-curve PNG (optional).")
@@ -26,12 +31,8 @@ def summary_table(records: list[dict]) -> str:
   if not evals:
     raise ValueError("no evaluation records yet")
   best = max(evals, key=lambda r: r["IoU"])
-  rows = [("final", evals[-1]), ("best IoU", best)]
-  lines = ["| checkpoint | epoch | IoU | nIoU | Pd | Fa (x1e-6) |", "|---|---|---|---|---|---|"]
-  for name, r in rows:
-    lines.append(f"| {name} | {r['epoch']} | {r['IoU']:.4f} | {r['nIoU']:.4f} | {r['Pd']:.4f} "
-                 f"| {r['Fa'] * 1e6:.2f} |")
-  return "\n".join(lines)
+  return tables.markdown_table({"final": evals[-1], "best IoU": best},
+                               ("epoch", "IoU", "nIoU", "Pd", "Fa"), "checkpoint")
 
 
 def plot_curves(records: list[dict], path: str) -> None:

@@ -21,6 +21,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from irst_jax import compilation_cache, errors, malloc_tuning, train
+from irst_jax.evaluation import tables
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]).",
                                           lock_config=True)
@@ -47,20 +48,19 @@ def main(argv):
       raise app.UsageError("--config is required for --mode=train")
     result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     final, best = result["final"], result["best"]
-    print(f"final: {train.format_metrics(final)}")
+    print(f"final: {tables.metrics_line(final)}")
     if best:
-      print(f"best (step {int(best['step'])}): {train.format_metrics(best)}")
+      print(f"best (step {int(best['step'])}): {tables.metrics_line(best)}")
     print(f"train throughput: {result['images_per_sec']:.1f} images/s")
   elif _MODE.value == "export":
     from irst_jax.serving import export
     path = export.export_workdir(_WORKDIR.value, _EXPORT_DIR.value, _CHECKPOINT.value)
     print(f"exported the {_CHECKPOINT.value} checkpoint of {_WORKDIR.value} to {path}")
   else:
-    from irst_jax import report
     values = train.evaluate_workdir(_WORKDIR.value, _CHECKPOINT.value, _CONFIG.value, _SPLIT.value,
                                     _EVAL_DIR.value)
-    print(train.format_metrics(values))
-    print(report.table(values, _CHECKPOINT.value))
+    print(tables.metrics_line(values))
+    print(tables.markdown_table({_CHECKPOINT.value: values}))
     print(json.dumps(values, indent=2))
 
 

@@ -33,9 +33,10 @@ from flax.training import train_state
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from irst_jax import checkpoints, config_checks, errors, losses, models, optim, report
-from irst_jax import curves as curves_lib
+from irst_jax import checkpoints, config_checks, errors, losses, models, optim
 from irst_jax.data import pipeline
+from irst_jax.evaluation import curves as curves_lib
+from irst_jax.evaluation import report, tables
 
 AXIS = "batch"
 
@@ -279,12 +280,6 @@ class RunLogger:
       self.writer.close()
 
 
-def format_metrics(values: dict[str, float]) -> str:
-  """'IoU 0.6940 nIoU 0.6800 Pd 0.9200 Fa 22.70e-6' (Fa shown x1e-6)."""
-  return (f"IoU {values['IoU']:.4f} nIoU {values['nIoU']:.4f} Pd {values['Pd']:.4f} "
-          f"Fa {values['Fa'] * 1e6:.2f}e-6")
-
-
 class _QuietLibraries(std_logging.Filter):
   """Drops INFO chatter of Orbax and JAX internals (one line a file write) from the logs."""
 
@@ -504,7 +499,7 @@ def _train_loop(config: ml_collections.ConfigDict, workdir_path: pathlib.Path, m
         is_best = store.save_best(step, host_state or _checkpoint_state(
             jax_utils.unreplicate(state), done_epochs), final)
         logging.info("eval %s epoch %d: %s%s", config.dataset.eval_split, epoch + 1,
-                     format_metrics(final), " (best)" if is_best else "")
+                     tables.metrics_line(final), " (best)" if is_best else "")
         if not last and host_state is not None and time.monotonic() >= deadline:
           # The evaluation ran past the time limit and this step is checkpointed and
           # evaluated: stop here rather than after one more step and another evaluation.

@@ -7,7 +7,7 @@ import pytest
 from skimage.morphology import footprint_rectangle, white_tophat
 
 from configs import default
-from irst_jax import baselines, curves
+from irst_jax.evaluation import baselines, curves
 
 
 def _spike(shape=(15, 15), at=(7, 7), value=9.0):

@@ -104,7 +104,7 @@ def test_metrics_ignore_canvas_padding():
   """An image's statistics are the same on its own padded shape and on a larger canvas whose
   padding holds confident false detections (the valid mask keeps them out)."""
   from configs import default
-  from irst_jax import curves
+  from irst_jax.evaluation import curves
 
   rng = np.random.default_rng(0)
   h, w = 27, 45

@@ -68,6 +68,7 @@ def test_library_imports_no_repository_module(tmp_path):
   script = (
       "import sys\n"
       "import irst_jax.main, irst_jax.train, irst_jax.score, irst_jax.predict\n"
+      "import irst_jax.evaluation.score, irst_jax.evaluation.baselines\n"
       "import irst_jax.serving.predict, irst_jax.serving.export\n"
       "import irst_jax.data.stats, irst_jax.import_weights\n"
       f"assert irst_jax.__file__.startswith({str(tmp_path / 'package')!r}), irst_jax.__file__\n"

@@ -5,7 +5,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from irst_jax import curves, metrics
+from irst_jax.evaluation import curves, metrics, tables
 from tests.test_metrics import _random_images, _reference_image
 
 
@@ -140,6 +140,6 @@ def test_accumulator_errors_and_streaming_shapes():
 def test_format_table():
   row = {"IoU": 0.5, "nIoU": 0.25, "Pd": 1.0, "Fa": 2.5e-6, "AUC": 0.9, "AP": 0.8,
          "F-measure": 0.5, "F-area": 0.4}
-  text = curves.format_table({"m": row})
+  text = tables.markdown_table({"m": row})
   assert "| m | 0.5000 | 0.2500 | 1.0000 | 2.50 | 0.9000 | 0.8000 | 0.5000 | 0.4000 |" in text
   assert "Fa (x1e-6)" in text

@@ -14,8 +14,9 @@ import pytest
 from PIL import Image
 from skimage import measure
 
-from irst_jax import checkpoints, metrics, models
+from irst_jax import checkpoints, models
 from irst_jax.data import pipeline
+from irst_jax.evaluation import components
 from irst_jax.models import cpu_convolution, layers
 from irst_jax.serving import export
 from irst_jax.serving.detector import (
@@ -140,8 +141,8 @@ def test_detections_are_the_components_the_evaluation_counts(exported):
     labels = measure.label(p.mask, connectivity=2)
     regions = measure.regionprops(labels, intensity_image=p.score)
     assert len(regions) >= 2 and len(p.detections) == len(regions)
-    # same components as metrics.connected_components (the evaluation's Pd/Fa)
-    ours = np.asarray(metrics.connected_components(jnp.asarray(p.mask)))
+    # same components as components.connected_components (the evaluation's Pd/Fa)
+    ours = np.asarray(components.connected_components(jnp.asarray(p.mask)))
     assert len(np.unique(ours[ours > 0])) == len(regions)
     for d, r in zip(p.detections, regions):  # both in raster order of the first pixel
       assert d.area == r.area

@@ -1,4 +1,4 @@
-"""Tests of irst_jax.metrics: IoU, nIoU, Pd, Fa and connected components."""
+"""Tests of irst_jax.evaluation.metrics (IoU, nIoU, Pd, Fa) and irst_jax.evaluation.components."""
 
 from __future__ import annotations
 
@@ -11,12 +11,11 @@ import pytest
 from skimage.measure import label as sk_label
 from skimage.measure import regionprops
 
-from irst_jax.metrics import (
+from irst_jax.evaluation.components import _connected_components_with_iterations, connected_components
+from irst_jax.evaluation.metrics import (
     STAT_KEYS,
     MetricAccumulator,
-    _connected_components_with_iterations,
     batch_statistics,
-    connected_components,
     operating_point_and_sweep_statistics,
     sweep_statistics,
 )
@@ -471,7 +470,7 @@ def test_bad_shapes_raise():
 # --------------------------------------------------------------------------- #
 @pytest.mark.parametrize("shape", [(16, 64), (21, 35)])  # whole row segments, partial ones
 def test_compact_components_batched_match_skimage(shape):
-  from irst_jax.metrics import compact_components
+  from irst_jax.evaluation.components import compact_components
 
   rng = np.random.default_rng(11)
   masks = [rng.random(shape) < d for d in (0.02, 0.1, 0.3, 0.5, 0.7)]
@@ -496,7 +495,7 @@ def test_scattered_pixels_overflow_the_segments_not_the_pixels():
   # 12 isolated pixels in 12 different 32-pixel row segments: within a capacity of 16
   # pixels, but over its 16 // 4 = 4 segments, so the count must signal an overflow (and
   # the statistics fall back to an exact path).
-  from irst_jax.metrics import compact_components
+  from irst_jax.evaluation.components import compact_components
 
   mask = np.zeros((32, 48), bool)
   mask[0:24:2, 3] = True  # rows 0, 2, ..., 22: one pixel a segment, none touching

@@ -1,14 +1,19 @@
-"""irst_jax.report (plots, grid, metrics.json) and --mode=eval's report on a tiny workdir."""
+"""irst_jax.evaluation.report (plots, grid, metrics.json) and --mode=eval's report on a tiny workdir."""
 from __future__ import annotations
 
 import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
-from irst_jax import checkpoints, curves, metrics, report, train
+from irst_jax import checkpoints, train
+from irst_jax.evaluation import curves, metrics, report, tables
 from tests.test_main import _tiny_config
 
 
@@ -69,4 +74,16 @@ def test_evaluate_workdir_writes_report(prepared_fake_nuaa, tmp_path):
   assert record["curves"]["target_roc"]["thresholds"] == pytest.approx([0.3, 0.5])
   for name in ("roc.png", "pr.png", "grid.png"):
     assert (tmp_path / "eval" / name).exists(), name
-  assert "| best |" in report.table(values, "best")
+  assert "| best |" in tables.markdown_table({"best": values})
+
+
+def test_import_does_not_load_matplotlib():
+  """matplotlib is imported by the functions that draw, not by importing the report (or
+  training, which imports it)."""
+  script = ("import sys\nimport irst_jax.evaluation.report, irst_jax.train\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib'))\n")
+  out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                       cwd=pathlib.Path(__file__).resolve().parents[1])
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.strip() == "[]"

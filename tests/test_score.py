@@ -1,4 +1,4 @@
-"""irst_jax.score: scoring a folder of PNG predictions on a (fake) dataset split."""
+"""irst_jax.evaluation.score: scoring a folder of PNG predictions on a (fake) dataset split."""
 from __future__ import annotations
 
 import os
@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from configs import default
-from irst_jax import metrics, score
+from irst_jax.evaluation import metrics, score
 from tests.conftest import FAKE_SPLITS
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -87,7 +87,7 @@ def test_command_prints_table(prepared_fake_nuaa, tmp_path):
   names = FAKE_SPLITS["50_50"]["test"]
   _write(tmp_path / "pred", {n: m * 255 for n, m in _masks(raw, names).items()}, mode="RGB")
   out = subprocess.run(
-      [sys.executable, "-m", "irst_jax.score", f"--predictions={tmp_path / 'pred'}",
+      [sys.executable, "-m", "irst_jax.evaluation.score", f"--predictions={tmp_path / 'pred'}",
        "--dataset=nuaa_sirst", "--split=test", f"--data_dir={data_dir}", f"--manual_dir={raw}",
        f"--out_dir={tmp_path / 'report'}"],
       cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,

@@ -28,7 +28,7 @@ multiple of 32 gave one shape per size (NUAA-SIRST 50_50 test: 34 shapes for 214
 of compiling on a CPU, about 75 % of each compile in the metrics). The metrics run on the
 canvases, so they compile at most ``max_eval_canvases`` programs; the ``valid`` mask is
 multiplied into prediction and ground truth, so padding counts in no IoU, nIoU, Pd or Fa
-(:mod:`irst_jax.metrics`).
+(:mod:`irst_jax.evaluation.metrics`).
 
 Where the network runs (``dataset.eval_network_padding``):
 

@@ -18,8 +18,8 @@ training set's mean/std, sets the padding to 0 (after normalisation, as the eval
 zero-pads further bottom/right to the model's multiple of 32 (every model of irst_jax needs H
 and W divisible by 32), runs the network, crops back to H x W and labels the 8-connected
 components of ``(logits > logit(threshold)) & valid`` with
-:func:`irst_jax.metrics.connected_components`, as the evaluation does, so detections are the
-components that Pd/Fa count and never include or connect through padding.
+:func:`irst_jax.evaluation.components.connected_components`, as the evaluation does, so
+detections are the components that Pd/Fa count and never include or connect through padding.
 
 Every distinct input shape is one compilation of the network (seconds to tens of seconds on a
 CPU), so :meth:`Detector.predict_batch` pads images of any sizes on the host to a canvas and

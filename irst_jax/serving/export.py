@@ -14,7 +14,7 @@ only jax and numpy):
                     16384); sizes int32 [b, 2], the (h_i, w_i) of each image; logits float32
                     [b, H, W, 1] (meaningful inside each image only); labels int32 [b, H, W],
                     the 8-connected components of ``(logits > logit_threshold) & valid``
-                    (metrics.connected_components, valid = inside the image), 0 = background.
+                    (components.connected_components, valid = inside the image), 0 = background.
   weights.npz       the variables, flattened with '/'-joined keys.
   manifest.json     format and version, model and full training config, checkpoint (step,
                     metrics), normalisation, threshold, input layout and the divisibility
@@ -52,8 +52,9 @@ import numpy as np
 from flax import traverse_util
 
 import irst_jax
-from irst_jax import checkpoints, metrics, models
+from irst_jax import checkpoints, models
 from irst_jax.data import pipeline
+from irst_jax.evaluation import components
 from irst_jax.serving import detector
 
 DEFAULT_PLATFORMS = ("cpu", "cuda")
@@ -117,11 +118,11 @@ def label_components(logits: jax.Array, sizes: jax.Array, logit_threshold) -> ja
 
   `logits` [b, H, W, 1]; `sizes` int32 [b, 2] as in :func:`valid_mask`. Pixels outside each
   image are background, so no component includes padding or connects two targets through it
-  (the evaluation's components, ``metrics.connected_components``, on the valid pixels).
+  (the evaluation's components, ``components.connected_components``, on the valid pixels).
   """
   _, h, w, _ = logits.shape
   mask = (jax.lax.squeeze(logits, (3,)) > logit_threshold) & valid_mask(sizes, h, w)
-  return jax.vmap(metrics.connected_components)(mask)
+  return jax.vmap(components.connected_components)(mask)
 
 
 def make_forward(config: ml_collections.ConfigDict, mean: float, std: float

@@ -29,7 +29,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from irst_jax import curves as curves_lib
+from irst_jax.evaluation import curves as curves_lib
 
 __all__ = ["top_hat", "max_median", "mpcm", "adaptive_threshold", "BASELINES", "evaluate_batch"]
 
@@ -162,7 +162,7 @@ class _Frozen:
 
 def evaluate_batch(image: jax.Array, mask: jax.Array, valid: jax.Array, eval_config,
                    rule: str = "dnanet", names: tuple[str, ...] = tuple(BASELINES)) -> dict:
-  """:func:`irst_jax.curves.evaluation_outputs` of each baseline of `names` on a batch.
+  """:func:`irst_jax.evaluation.curves.evaluation_outputs` of each baseline of `names` on a batch.
 
   Operating point: ``G > T`` with ``T`` of :func:`adaptive_threshold` (per image); curves on
   ``G / max(G)`` per image; the target-level sweep only when ``eval_config.roc_thresholds``

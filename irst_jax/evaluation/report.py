@@ -1,5 +1,8 @@
 """Evaluation report: metrics.json, ROC / PR plots and a qualitative grid (matplotlib, Agg).
 
+matplotlib is imported, with its file-only Agg backend selected, by the functions that draw,
+so importing this module (as training does) does not import it.
+
 `write_report(out_dir, values, curves, examples, eval_config)` writes
 
 * ``metrics.json``: the table numbers (IoU, nIoU, Pd, Fa as a fraction, F-measure, AUC, AP,
@@ -9,7 +12,7 @@
 * ``pr.png``: precision vs recall with AP;
 * ``grid.png`` (when examples are given): one row per image: input, ground truth, and the
   prediction at the operating threshold with the Pd/Fa matching outcome coloured
-  (:func:`irst_jax.metrics.detection_maps`): detected targets green, false alarms yellow,
+  (:func:`irst_jax.evaluation.metrics.detection_maps`): detected targets green, false alarms yellow,
   missed targets red (their outline, since they have no predicted pixels), each circled.
 """
 from __future__ import annotations
@@ -19,19 +22,22 @@ import pathlib
 from typing import Mapping, Sequence
 
 import jax.numpy as jnp
-import matplotlib
 import numpy as np
 from skimage.measure import label, regionprops
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after selecting the backend)
+from irst_jax.evaluation import metrics
 
-from irst_jax import curves as curves_lib  # noqa: E402
-from irst_jax import metrics  # noqa: E402
-
-__all__ = ["write_report", "plot_curves", "qualitative_grid", "to_jsonable", "table"]
+__all__ = ["write_report", "plot_curves", "qualitative_grid", "to_jsonable"]
 
 _COLOURS = {"detected": (0.1, 0.9, 0.1), "false_alarm": (1.0, 0.85, 0.0), "missed": (1.0, 0.1, 0.1)}
+
+
+def _pyplot():
+  """matplotlib.pyplot with the Agg backend (PNG files, no display), imported when drawing."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
 
 
 def to_jsonable(tree):
@@ -46,7 +52,8 @@ def to_jsonable(tree):
 
 
 def plot_curves(curves: Mapping, out_dir: pathlib.Path, title: str = "") -> list[pathlib.Path]:
-  """Writes roc.png and pr.png from :meth:`irst_jax.curves.CurveAccumulator.result`."""
+  """Writes roc.png and pr.png from :meth:`irst_jax.evaluation.curves.CurveAccumulator.result`."""
+  plt = _pyplot()
   written = []
   if "roc" in curves:
     n_axes = 2 if "target_roc" in curves else 1
@@ -83,15 +90,17 @@ def _save(fig, path: pathlib.Path, title: str) -> pathlib.Path:
   fig.suptitle(title, fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _pyplot().close(fig)
   return path
 
 
 def _circle(ax, region_mask: np.ndarray, colour) -> None:
+  from matplotlib.patches import Circle
+
   for region in regionprops(label(region_mask, connectivity=2)):
     r, c = region.centroid
     radius = max(4.0, 0.5 * max(region.bbox[2] - region.bbox[0], region.bbox[3] - region.bbox[1]) + 3)
-    ax.add_patch(plt.Circle((c, r), radius, fill=False, ec=colour, lw=1.0, ls="--"))
+    ax.add_patch(Circle((c, r), radius, fill=False, ec=colour, lw=1.0, ls="--"))
 
 
 def qualitative_grid(examples: Sequence[Mapping], path: pathlib.Path, eval_config) -> None:
@@ -105,6 +114,7 @@ def qualitative_grid(examples: Sequence[Mapping], path: pathlib.Path, eval_confi
   """
   if not examples:
     raise ValueError("qualitative_grid needs at least one example")
+  plt = _pyplot()
   fig, axes = plt.subplots(len(examples), 3, figsize=(9, 3 * len(examples)), squeeze=False)
   for row, ex in zip(axes, examples):
     pred = np.asarray(ex["score"]) > float(eval_config.threshold)
@@ -150,7 +160,3 @@ def write_report(out_dir, values: Mapping[str, float], curves: Mapping,
     qualitative_grid(examples, out_dir / "grid.png", eval_config)
   return out_dir
 
-
-def table(values: Mapping[str, float], name: str) -> str:
-  """The one-row evaluation table of :func:`irst_jax.curves.format_table`."""
-  return curves_lib.format_table({name: values})

@@ -8,7 +8,7 @@ One pass over the data accumulates, per batch and on device:
   Sweeping the threshold over the bin edges ``t_k = k/K`` (prediction ``score >= t_k``)
   gives, for every ``k``, exact TP/FP/FN/TN counts of the scores quantised to the bins:
   ``TP(t_k) = sum_{j >= k} pos[j]``.
-* :func:`irst_jax.metrics.sweep_statistics` at a few thresholds (config
+* :func:`irst_jax.evaluation.metrics.sweep_statistics` at a few thresholds (config
   ``eval.roc_thresholds``): Pd and Fa per threshold (target-level ROC, DNA-Net Sec. V-A4).
 
 :class:`CurveAccumulator` sums both on the host (any leading shape: batches, devices) and
@@ -22,8 +22,8 @@ One pass over the data accumulates, per batch and on device:
 * the target-level ROC: ``Pd`` and ``Fa`` (fraction, x1e-6 when printed) per threshold.
 
 F-measure (EAAU-Net eq. 15, beta^2 = 0.3) at the operating threshold comes from
-:class:`irst_jax.metrics.MetricAccumulator`; ``F-area = AP x F-measure`` (eq. 16) is formed
-by :func:`summary`.
+:class:`irst_jax.evaluation.metrics.MetricAccumulator`; ``F-area = AP x F-measure`` (eq. 16)
+is formed by :func:`summary`.
 """
 from __future__ import annotations
 
@@ -34,13 +34,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from irst_jax import metrics
+from irst_jax.evaluation import metrics
 
-__all__ = ["score_histograms", "CurveAccumulator", "summary", "TABLE_KEYS", "format_table",
-           "evaluation_outputs", "Evaluation", "roc_thresholds"]
-
-#: The columns of the evaluation table, in order.
-TABLE_KEYS = ("IoU", "nIoU", "Pd", "Fa", "AUC", "AP", "F-measure", "F-area")
+__all__ = ["score_histograms", "CurveAccumulator", "summary", "evaluation_outputs", "Evaluation",
+           "roc_thresholds"]
 
 _SWEEP_KEYS = ("targets", "matched", "false_alarm_pixels", "pixels", "target_overflow")
 
@@ -88,7 +85,7 @@ class CurveAccumulator:
 
   Args:
     thresholds: the score thresholds of the target-level sweep (as passed to
-      :func:`irst_jax.metrics.sweep_statistics`), or ``()`` for none.
+      :func:`irst_jax.evaluation.metrics.sweep_statistics`), or ``()`` for none.
   """
 
   def __init__(self, thresholds=()):
@@ -172,26 +169,14 @@ class CurveAccumulator:
 
 def summary(metric_result: Mapping[str, float], curve_result: Mapping) -> dict[str, float]:
   """The table's numbers: the operating point's IoU, nIoU, Pd, Fa, F-measure (from
-  :class:`irst_jax.metrics.MetricAccumulator`), AUC and AP of the curves, and
-  ``F-area = AP x F-measure`` (EAAU-Net eq. 16)."""
+  :class:`irst_jax.evaluation.metrics.MetricAccumulator`), AUC and AP of the curves, and
+  ``F-area = AP x F-measure`` (EAAU-Net eq. 16); the columns of
+  :func:`irst_jax.evaluation.tables.markdown_table`."""
   out = {k: float(v) for k, v in metric_result.items()}
   out["AUC"] = float(curve_result.get("AUC", float("nan")))
   out["AP"] = float(curve_result.get("AP", float("nan")))
   out["F-area"] = out["AP"] * out["F-measure"]
   return out
-
-
-def format_table(rows: Mapping[str, Mapping[str, float]]) -> str:
-  """A markdown table with one row per name and the columns of ``TABLE_KEYS``.
-
-  Fa is printed x1e-6 (``Fa (x1e-6)`` column), the others with four decimals.
-  """
-  head = ["method"] + [("Fa (x1e-6)" if k == "Fa" else k) for k in TABLE_KEYS]
-  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  for name, values in rows.items():
-    cells = [f"{values[k] * 1e6:.2f}" if k == "Fa" else f"{values[k]:.4f}" for k in TABLE_KEYS]
-    lines.append("| " + " | ".join([name] + cells) + " |")
-  return "\n".join(lines)
 
 
 def roc_thresholds(eval_config) -> np.ndarray:
@@ -215,7 +200,7 @@ def evaluation_outputs(values: jax.Array, threshold: float, scores: jax.Array, m
     curves: also compute the histograms and the target-level sweep (the sweep only when
       ``roc_thresholds`` is not empty: it labels components at every threshold, the
       costliest part of an evaluation; it shares each image's compaction with the
-      operating point, :func:`irst_jax.metrics.operating_point_and_sweep_statistics`).
+      operating point, :func:`irst_jax.evaluation.metrics.operating_point_and_sweep_statistics`).
 
   Returns:
     ``{'stats': per-image statistics [B]}``, plus ``'hist'`` [2, K] and ``'sweep'``

@@ -1,7 +1,9 @@
 """Scores another method's predictions (a folder of PNGs) with the project's metrics.
 
-  python -m irst_jax.score --predictions=DIR --dataset=nuaa_sirst [--builder_config=50_50] \
-      --split=test [--threshold=0.5] [--out_dir=DIR]
+  python -m irst_jax.evaluation.score --predictions=DIR --dataset=nuaa_sirst \
+      [--builder_config=50_50] --split=test [--threshold=0.5] [--out_dir=DIR]
+
+(also as ``python -m irst_jax.score``).
 
 ``DIR`` holds one PNG per image of the split, named as the dataset names it
 (``Misc_1.png`` for NUAA-SIRST, ``000001.png`` for NUDT-SIRST, ``00000.png`` for the
@@ -14,9 +16,10 @@ Prediction at the operating point: ``score > threshold`` (default 0.5, i.e. 8-bi
 >= 128, 16-bit value >= 32768).
 
 Prints the table of IoU, nIoU, Pd, Fa (x1e-6), AUC, AP, F-measure, F-area (same code as
-``--mode=eval``: :mod:`irst_jax.curves`, :mod:`irst_jax.metrics`) and, with ``--out_dir``,
-writes metrics.json, roc.png and pr.png there. A missing file, a file that is not in the
-split, or a size that differs from the image's raises a ValueError naming the files.
+``--mode=eval``: :mod:`irst_jax.evaluation.curves`, :mod:`irst_jax.evaluation.metrics`) and,
+with ``--out_dir``, writes metrics.json, roc.png and pr.png there. A missing file, a file that
+is not in the split, or a size that differs from the image's raises a ValueError naming the
+files.
 """
 from __future__ import annotations
 
@@ -28,13 +31,13 @@ import numpy as np
 from absl import app, flags
 from PIL import Image
 
-from irst_jax import compilation_cache
-from irst_jax import curves as curves_lib
-from irst_jax import errors
-from irst_jax import report
+from irst_jax import compilation_cache, errors
 from irst_jax.data import pipeline
+from irst_jax.evaluation import curves as curves_lib
+from irst_jax.evaluation import report, tables
 
-__all__ = ["score_folder", "read_predictions", "read_score_map", "dataset_config"]
+__all__ = ["score_folder", "read_predictions", "read_score_map", "dataset_config", "define_flags",
+           "main"]
 
 
 def dataset_config(name: str, builder_config: str | None = None, data_dir: str | None = None,
@@ -181,8 +184,9 @@ def score_folder(predictions, data_config: ml_collections.ConfigDict, split: str
   return evaluation.result()
 
 
-def _define_flags() -> None:
-  """Command-line flags (defined only when run as a command, so that importing is free)."""
+def define_flags() -> None:
+  """Command-line flags (defined only when run as a command, so that importing is free);
+  ``--predictions`` is required."""
   global _PREDICTIONS, _DATASET, _BUILDER_CONFIG, _SPLIT, _THRESHOLD, _DATA_DIR, _MANUAL_DIR, _OUT_DIR
   _PREDICTIONS = flags.DEFINE_string("predictions", None, "Folder of <name>.png predictions.")
   _DATASET = flags.DEFINE_string("dataset", "nuaa_sirst", "Dataset name (nuaa_sirst, nudt_sirst, "
@@ -194,6 +198,7 @@ def _define_flags() -> None:
   _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir (default $TFDS_DATA_DIR).")
   _MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Raw dataset folder (official layout).")
   _OUT_DIR = flags.DEFINE_string("out_dir", None, "Writes metrics.json, roc.png, pr.png there.")
+  flags.mark_flag_as_required("predictions")
 
 
 def main(argv):
@@ -208,7 +213,7 @@ def main(argv):
   values, curves = score_folder(_PREDICTIONS.value, data, _SPLIT.value, eval_config)
   name = pathlib.Path(_PREDICTIONS.value).name
   print(f"{data.name}/{data.builder_config} {_SPLIT.value}: {int(values['images'])} images")
-  print(report.table(values, name))
+  print(tables.markdown_table({name: values}))
   if _OUT_DIR.value:
     report.write_report(_OUT_DIR.value, values, curves, (), eval_config,
                         title=f"{name} on {data.name} {_SPLIT.value}")
@@ -216,6 +221,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  _define_flags()
-  flags.mark_flag_as_required("predictions")
+  define_flags()
   errors.run_main(main)
