@@ -30,11 +30,13 @@ Choices the paper leaves open, all fields (and `config.model` entries, configs/c
 - `align_corners` (False): the bilinear resampling mode (PraNet mixes both);
 - the backbone's size: `num_blocks` (3, 4, 6, 3), `base_width` (26), `scale` (4),
   `stem_width` (32), `base_planes` (64); smaller values give the fast models of the tests;
-- `backbone_weights`: '' trains from scratch (the default here; the paper starts from
-  ImageNet weights, which no hub here can supply); a path to a `.pth` / `.npz` state_dict
-  of the widely used `Res2Net_v1b` (e.g. res2net50_v1b_26w_4s) loads it into the backbone
-  in `init` (`res2net.load_backbone_weights`; the classifier `fc.*` is dropped, an RGB stem
-  is summed over its input channels for grey input).
+- `model.backbone_weights` (a config field, not a module field: the module reads no file):
+  '' trains from scratch (the default here; the paper starts from ImageNet weights, which no
+  hub here can supply); a path to a `.pth` / `.npz` state_dict of the widely used
+  `Res2Net_v1b` (e.g. res2net50_v1b_26w_4s) is loaded into `backbone` after `init`, outside
+  the compiled function, by `train.create_train_state` (`models.PRETRAINED_BACKBONES`,
+  `convert.load_pretrained`; the classifier `fc.*` is dropped, an RGB stem is summed over
+  its input channels for grey input).
 - The L2 term of the unite loss (eq. 2) is the optimiser's weight decay (configs/cgranet.py).
 
 Input: NHWC [N, H, W, C_in], H and W multiples of 32. Output: a tuple of four logit maps
@@ -46,7 +48,7 @@ PyTorch model holding the whole pretrained Res2Net counts although it never uses
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -105,18 +107,7 @@ class CGRANet(nn.Module):
   scale: int = 4
   stem_width: int = 32
   base_planes: int = 64
-  backbone_weights: str = ""
   axis_name: Optional[str] = None
-
-  @nn.nowrap
-  def init(self, rngs, *args, **kwargs) -> Any:
-    """`nn.Module.init`, then, when `backbone_weights` is set, the backbone's variables
-    replaced by that state_dict (`res2net.load_backbone_weights`; raises its errors)."""
-    variables = super().init(rngs, *args, **kwargs)
-    if not self.backbone_weights:
-      return variables
-    return res2net.load_backbone_weights(variables, self.backbone_weights, ("backbone",),
-                                         tuple(self.num_blocks), self.scale)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, ...]:
