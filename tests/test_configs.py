@@ -136,7 +136,7 @@ def test_every_config_parses_its_argument_with_the_shared_grammar(name):
   assert (config.model.name, config.dataset.name) == (name, "nudt_sirst")
   assert (config.train.num_epochs, config.dataset.crop_size) == (2, 64)
   # the repository's configs/NAME.py is the packaged one
-  assert getattr(importlib.import_module(f"configs.{name}"), "get_config") is module.get_config
+  assert importlib.import_module(f"configs.{name}").get_config is module.get_config
 
 
 def test_dnanet_pretrained_rgb_option():

@@ -13,6 +13,8 @@ import os
 import pathlib
 from typing import Sequence
 
+from irst_jax import errors
+
 _FOLDER = pathlib.Path(__file__).resolve().parent
 _NOT_MODEL_CONFIGS = ("__init__", "default")
 
@@ -38,8 +40,6 @@ def resolve(value: str, flag: str = "config") -> str:
   Raises:
     UserError: FILE is neither a file nor a packaged config's name (naming the packaged ones).
   """
-  from irst_jax import errors   # pylint: disable=import-outside-toplevel
-
   file, sep, arg = value.partition(":")
   if not file or os.path.isfile(file):
     return value
