@@ -137,7 +137,7 @@ def _config_load_error() -> Optional[UserError]:
       return _caused(f"--{name}={given}: cannot load the config file"
                      + (f" ({last[0]})" if last else "")
                      + "; expected a Python file defining get_config(), e.g. "
-                     "configs/acm_unet.py[:arg]", e)
+                     "configs/acm_unet.py[:arg], or a packaged config's name", e)
   return None
 
 

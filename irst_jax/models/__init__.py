@@ -15,12 +15,12 @@ from irst_jax.models import acm, cgranet, daea, dnanet, eaau_net
 
 #: config.model.name -> the Flax module class of that paper's network.
 MODELS: dict[str, type[nn.Module]] = {
-    "acm_unet": acm.ACMUNet,      # ACM (Dai et al., WACV 2021), configs/acm_unet.py
-    "acm_fpn": acm.ACMFPN,        # configs/acm_fpn.py
-    "eaau_net": eaau_net.EAAUNet,  # EAAU-Net (Remote Sensing 2021), configs/eaau_net.py
-    "dnanet": dnanet.DNANet,      # DNA-Net (TIP 2022), configs/dnanet.py
-    "cgranet": cgranet.CGRANet,   # CGRANet (JSTARS 2023), configs/cgranet.py
-    "daea": daea.DAEA,            # DAEA (Sci. Rep. 2023), configs/daea.py
+    "acm_unet": acm.ACMUNet,      # ACM (Dai et al., WACV 2021), irst_jax/configs/acm_unet.py
+    "acm_fpn": acm.ACMFPN,        # irst_jax/configs/acm_fpn.py
+    "eaau_net": eaau_net.EAAUNet,  # EAAU-Net (Remote Sensing 2021), irst_jax/configs/eaau_net.py
+    "dnanet": dnanet.DNANet,      # DNA-Net (TIP 2022), irst_jax/configs/dnanet.py
+    "cgranet": cgranet.CGRANet,   # CGRANet (JSTARS 2023), irst_jax/configs/cgranet.py
+    "daea": daea.DAEA,            # DAEA (Sci. Rep. 2023), irst_jax/configs/daea.py
 }
 
 #: Fields of `config.model` that are not module fields.

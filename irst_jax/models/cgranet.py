@@ -17,7 +17,8 @@ Structure (Sec. III-A, Fig. 1):
 - Outputs (deep supervision, every intermediate map): (global map, RAM3, RAM2, RAM1), each
   bilinearly resized to the input size; the last is the prediction (`models.final_logits`).
 
-Choices the paper leaves open, all fields (and `config.model` entries, configs/cgranet.py):
+Choices the paper leaves open, all fields (and `config.model` entries,
+irst_jax/configs/cgranet.py):
 - `channels` (32, PraNet / CaraNet's decoder width): the CGM output width (Sec. III-B gives
   none; the entry conv halves it, see ContextGuidedBlock);
 - `cgm_dilation` (3, given by Sec. III-B), `cgm_reduction` (16, CGNet's f_global ratio);
@@ -37,7 +38,8 @@ Choices the paper leaves open, all fields (and `config.model` entries, configs/c
   the compiled function, by `train.create_train_state` (`models.PRETRAINED_BACKBONES`,
   `convert.load_pretrained`; the classifier `fc.*` is dropped, an RGB stem is summed over
   its input channels for grey input).
-- The L2 term of the unite loss (eq. 2) is the optimiser's weight decay (configs/cgranet.py).
+- The L2 term of the unite loss (eq. 2) is the optimiser's weight decay
+  (irst_jax/configs/cgranet.py).
 
 Input: NHWC [N, H, W, C_in], H and W multiples of 32. Output: a tuple of four logit maps
 [N, H, W, 1]. Parameters (Res2Net-50 v1b, channels 32, grey input): 24,082,808, of which
