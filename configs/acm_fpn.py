@@ -1,13 +1,3 @@
-"""ACM-FPN (b = 3, channels 8-16-32-64, 289,823 parameters): the ACM-U-Net recipe with the
-FPN host (bilinear upsampling, "Reduce" fuses, no decoder blocks).
-
-Run: python -m irst_jax.main --config=configs/acm_fpn.py --workdir=runs/acm_fpn
-     Not yet run to the end (no run recorded in experiments/results/).
-"""
-from configs import acm_unet
-
-
-def get_config(arg: str | None = None):
-  config = acm_unet.get_config(arg)
-  config.model.name = "acm_fpn"
-  return config
+"""The packaged config irst_jax/configs/acm_fpn.py (its docstring: command, cost, result, recipe);
+`--config=configs/acm_fpn.py` here is `--config=acm_fpn` anywhere once irst_jax is installed."""
+from irst_jax.configs.acm_fpn import get_config  # noqa: F401

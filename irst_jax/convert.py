@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -354,3 +354,72 @@ def res2net_v1b_rules(num_blocks=(3, 4, 6, 3), scale: int = 4,
       rules += [Rule(f"{t}.{torch_name}", f + (flax_name,), kind)
                 for torch_name, flax_name, kind in names]
   return rules
+
+
+def load_res2net_v1b_weights(variables: Mapping[str, Any], path: str | os.PathLike,
+                             prefix: tuple[str, ...], num_blocks: Iterable[int], scale: int
+                             ) -> dict[str, Any]:
+  """`variables` with the `res2net.Res2NetV1b` backbone at `prefix` replaced by the state_dict
+  at `path` (other variables kept as they are; `variables` may be `jax.eval_shape` shapes).
+
+  `path`: a `.pth` / `.pt` / `.npz` file of the widely used PyTorch `Res2Net_v1b` (torch key
+  names, `load_state_dict`); its ImageNet classifier `fc.*` is dropped. When the model takes
+  one input channel and the stem's first kernel has three, that kernel is summed over its
+  input channels (the network then sees the grey image as three equal RGB channels). Every
+  other tensor must match the backbone exactly (`res2net_v1b_rules`).
+
+  Raises FileNotFoundError / ValueError / errors.MissingDependencyError (`load_state_dict`)
+  and ConversionError naming a missing, unused or mis-shaped tensor.
+  """
+  state = {k: v for k, v in strip_prefixes(load_state_dict(path)).items()
+           if not k.startswith("fc.")}
+  reference = {col: _replaced({}, prefix, _subtree(tree, prefix))
+               for col, tree in variables.items()}
+  stem = _subtree(variables["params"], prefix)["stem_conv1"]["kernel"]
+  first = state.get("conv1.0.weight")
+  if first is not None and first.ndim == 4 and first.shape[1] == 3 and stem.shape[2] == 1:
+    state["conv1.0.weight"] = first.sum(axis=1, keepdims=True)
+  rules = res2net_v1b_rules(tuple(num_blocks), scale, prefix)
+  converted = convert_state_dict(state, rules, reference)
+  return {col: _replaced(tree, prefix, _subtree(converted[col], prefix))
+          for col, tree in variables.items()}
+
+
+def _subtree(tree: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
+def _replaced(tree: Mapping[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:
+  if not path:
+    return value
+  return {**tree, path[0]: _replaced(tree.get(path[0], {}), path[1:], value)}
+
+
+# ------------------------------------------------------------------------------ Pretrained backbones
+
+#: `models.PretrainedBackbone.converter` -> loader(variables, path, prefix, model config section)
+#: returning the variables with the backbone at `prefix` replaced by the file's weights.
+BACKBONE_LOADERS: dict[str, Callable[..., dict[str, Any]]] = {
+    "res2net_v1b": lambda variables, path, prefix, model: load_res2net_v1b_weights(
+        variables, path, prefix, model.num_blocks, model.scale),
+}
+
+
+def load_pretrained(variables: Mapping[str, Any], model_config) -> Mapping[str, Any]:
+  """The hook of `train.create_train_state`, run after `model.init` outside the compiled
+  function: `variables` with the model's pretrained backbone loaded when the `model` config
+  section names a weight file for it (`models.pretrained_backbone`), else `variables`.
+
+  Raises what the backbone's loader raises (`load_res2net_v1b_weights`): FileNotFoundError
+  naming the file, errors.MissingDependencyError (a .pth without torch), ConversionError
+  naming a missing, unused or mis-shaped tensor.
+  """
+  from irst_jax import models  # pylint: disable=import-outside-toplevel
+
+  found = models.pretrained_backbone(model_config)
+  if found is None:
+    return variables
+  backbone, path = found
+  return BACKBONE_LOADERS[backbone.converter](variables, path, backbone.prefix, model_config)

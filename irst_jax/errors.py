@@ -137,13 +137,35 @@ def _config_load_error() -> Optional[UserError]:
       return _caused(f"--{name}={given}: cannot load the config file"
                      + (f" ({last[0]})" if last else "")
                      + "; expected a Python file defining get_config(), e.g. "
-                     "configs/acm_unet.py[:arg]", e)
+                     "configs/acm_unet.py[:arg], or a packaged config's name", e)
   return None
+
+
+def _resolve_config_names(argv: list[str]) -> list[str]:
+  """`argv` with each config-file flag's value resolved (`irst_jax.configs.resolve_argv`)."""
+  # pylint: disable=import-outside-toplevel
+  from ml_collections.config_flags.config_flags import ConfigFileFlagParser
+
+  from irst_jax import configs
+
+  for name in list(flags.FLAGS):
+    flag = flags.FLAGS[name]
+    if name == flag.name and isinstance(flag.parser, ConfigFileFlagParser):
+      argv = configs.resolve_argv(argv, name)
+  return argv
 
 
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flags parser (``app.run(..., flags_parser=parse_flags)``) that reports bad flags,
-  config files and config overrides as one line (exit 2) instead of absl's usage text."""
+  config files and config overrides as one line (exit 2) instead of absl's usage text.
+
+  A config-file flag's value may name a packaged config (`--config=acm_unet:arg`,
+  `irst_jax.configs.resolve`); neither a file nor such a name is reported here.
+  """
+  try:
+    argv = _resolve_config_names(argv)
+  except UserError as e:
+    report(e, argv)
   try:
     remaining = flags.FLAGS(argv)
   except (KeyError, AttributeError) as e:   # ml_collections: override of a missing field

@@ -1,6 +1,6 @@
 """Imports official PyTorch DNA-Net weights (.pth.tar) into an irst_jax workdir.
 
-  python -m irst_jax.import_weights --config=configs/dnanet.py:nudt_sirst,pretrained_rgb \
+  python -m irst_jax.import_weights --config=dnanet:nudt_sirst,pretrained_rgb \
       --weights=mIoU__DNANet_NUDT-SIRST_epoch.pth.tar --workdir=runs/dnanet_official
   python -m irst_jax.main --mode=eval --workdir=runs/dnanet_official
 
@@ -24,7 +24,7 @@ is written (the weights have not been evaluated here), so `--mode=eval` reports 
 training run started in the workdir fine-tunes them, its first evaluation becoming the best.
 
 The official weights take RGB input normalised with ImageNet's mean/std; the config argument
-`pretrained_rgb` of configs/dnanet.py sets `model.in_channels=3` and
+`pretrained_rgb` of irst_jax/configs/dnanet.py sets `model.in_channels=3` and
 `dataset.normalization='imagenet_rgb'` (irst_jax/data/pipeline.py, which also states where
 replicated grey differs from the official RGB reading).
 """
@@ -213,7 +213,7 @@ def define_flags() -> None:
   """The command's flags; defined only when run as a command, since irst_jax.main defines
   flags of the same names."""
   config_flags.DEFINE_config_file(
-      "config", None, "Config file, e.g. configs/dnanet.py:nudt_sirst,pretrained_rgb.",
+      "config", None, "Config file or packaged config name, e.g. dnanet:nudt_sirst,pretrained_rgb.",
       lock_config=True)
   flags.DEFINE_string("weights", None, "PyTorch weight file (.pth / .pth.tar).")
   flags.DEFINE_string("workdir", None, "New run directory to write.")

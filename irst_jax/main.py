@@ -1,11 +1,13 @@
 """Command-line entry point.
 
-  python -m irst_jax.main --config=configs/acm_unet.py --workdir=runs/acm_unet
-  python -m irst_jax.main --config=configs/acm_unet.py --workdir=runs/acm_unet \
+  python -m irst_jax.main --config=acm_unet --workdir=runs/acm_unet
+  python -m irst_jax.main --config=configs/acm_unet.py:nudt_sirst --workdir=runs/acm_unet \
       --config.train.num_epochs=5                          # override any config value
   python -m irst_jax.main --mode=eval --workdir=runs/acm_unet [--checkpoint=latest]
   python -m irst_jax.main --mode=export --workdir=runs/acm_unet [--export_dir=DIR]
 
+`--config` is a config file (`PATH.py[:arg]`) or the name of a packaged config
+(`acm_unet[:arg]`, irst_jax/configs/; `irst_jax.configs.resolve`).
 `train` resumes from the workdir's latest checkpoint when there is one. `eval` uses the
 config saved in the workdir unless --config is given, and the normalisation statistics the
 run trained with (normalization.json). A user error (bad flag, config value or file) is one
@@ -23,8 +25,9 @@ from ml_collections import config_flags
 from irst_jax import compilation_cache, errors, malloc_tuning, train
 from irst_jax.evaluation import tables
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]).",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file (PATH.py[:arg]) or packaged config name (acm_unet[:arg], ...: "
+    "irst_jax/configs/).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, metrics).")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "export"], "What to do.")
 _CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", ["best", "latest"],

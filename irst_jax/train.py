@@ -33,7 +33,7 @@ from flax.training import train_state
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from irst_jax import checkpoints, config_checks, errors, losses, models, optim
+from irst_jax import checkpoints, config_checks, convert, errors, losses, models, optim
 from irst_jax.data import pipeline
 from irst_jax.evaluation import curves as curves_lib
 from irst_jax.evaluation import report, tables
@@ -59,10 +59,16 @@ def create_train_state(model, config: ml_collections.ConfigDict, tx: optax.Gradi
   (False)`, the pre-0.5 default; the state is created on one device and then replicated).
   On jaxlib 0.10 CPU, the partitionable default costs XLA seconds of compilation per extra
   random draw in one program, which makes the init's compilation several times slower.
+
+  Then, outside the compiled init, the one hook for pretrained weights: a pretrained backbone
+  that `config.model` names (e.g. CGRANet's `model.backbone_weights`) replaces its initial
+  variables (`convert.load_pretrained`, raising FileNotFoundError naming the file,
+  errors.MissingDependencyError or convert.ConversionError naming the tensor).
   """
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.train.seed))
   with jax.threefry_partitionable(False):
     variables = jax.jit(lambda r: model.init(r, jnp.zeros(input_shape, jnp.float32)))(init_rng)
+  variables = convert.load_pretrained(variables, config.model)
   return TrainState.create(apply_fn=model.apply, params=variables["params"],
                            batch_stats=variables.get("batch_stats", {}), tx=tx, rng=train_rng)
 

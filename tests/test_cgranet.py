@@ -12,7 +12,7 @@ import optax
 import pytest
 
 from configs import cgranet as cgranet_config
-from irst_jax import convert, losses, models, optim
+from irst_jax import convert, losses, models, optim, train
 from irst_jax.models import cgranet, context_attention, layers, res2net
 
 # A reduced Res2Net v1b (same code paths: 'stage' and 'normal' blocks, scale-4 splits).
@@ -105,8 +105,8 @@ def test_converter_npz_grey_stem_and_errors(tmp_path):
   np.savez(path, **{f"module.{k}": v for k, v in state.items()})    # DataParallel names
   x = jnp.zeros((1, 32, 32, 1))
   shapes = jax.eval_shape(cgranet.CGRANet(channels=8, **SMALL).init, jax.random.key(0), x)
-  variables = res2net.load_backbone_weights(shapes, str(path), ("backbone",),
-                                            SMALL["num_blocks"], SMALL["scale"])
+  variables = convert.load_res2net_v1b_weights(shapes, str(path), ("backbone",),
+                                               SMALL["num_blocks"], SMALL["scale"])
   backbone, stats = variables["params"]["backbone"], variables["batch_stats"]["backbone"]
   np.testing.assert_array_equal(backbone["layer2_1"]["convs_2"]["kernel"],
                                 state["layer2.1.convs.2.weight"].transpose(2, 3, 1, 0))
@@ -117,18 +117,47 @@ def test_converter_npz_grey_stem_and_errors(tmp_path):
   np.testing.assert_allclose(backbone["stem_conv1"]["kernel"][..., 0, :],
                              state["conv1.0.weight"].sum(1).transpose(1, 2, 0), rtol=1e-6)
   assert variables["params"]["mab"] is shapes["params"]["mab"]     # the decoder is untouched
-  # CGRANet.init loads `backbone_weights` (traced here, not compiled): a missing tensor is named
+  # the hook of create_train_state loads `model.backbone_weights`: a missing tensor is named
   missing = {k: v for k, v in state.items() if k != "layer4.0.bns.0.running_mean"}
   np.savez(path, **missing)
-  model = cgranet.CGRANet(channels=8, backbone_weights=str(path), **SMALL)
   with pytest.raises(convert.ConversionError, match=r"layer4\.0\.bns\.0\.running_mean"):
-    jax.eval_shape(model.init, jax.random.key(0), x)
+    convert.load_pretrained(shapes, _small_config(backbone_weights=str(path)).model)
   bad = tmp_path / "weights.bin"
   bad.write_bytes(b"x")
   with pytest.raises(ValueError, match=r"weights\.bin.*\.npz"):
     convert.load_state_dict(bad)
   with pytest.raises(FileNotFoundError, match="absent.pth"):
     convert.load_state_dict(tmp_path / "absent.pth")
+
+
+def test_pretrained_backbone_loads_after_init_outside_the_compiled_init(tmp_path, monkeypatch):
+  """The model reads no file: its init traces without the weight file and holds no weights as
+  constants; create_train_state loads them after the compiled init, through its one hook
+  (traced with jax.eval_shape: nothing compiles)."""
+  state = _res2net_state(**SMALL, in_channels=1, seed=3)
+  path = tmp_path / "res2net.npz"
+  np.savez(path, **state)
+  config = _small_config(backbone_weights=str(path))
+  model = models.create_model(config.model)
+  assert not hasattr(model, "backbone_weights")
+  init = jax.make_jaxpr(lambda r: model.init(r, jnp.zeros((1, 32, 32, 1))))(jax.random.key(0))
+  assert max((np.size(c) for c in init.consts), default=0) < 64   # no weights baked in
+  tx, _ = optim.create_optimizer(config.optim, 1, 1)
+  hook, loaded = convert.load_pretrained, []
+  monkeypatch.setattr(convert, "load_pretrained", lambda *a: loaded.append(hook(*a)) or loaded[-1])
+  shapes = jax.eval_shape(lambda: train.create_train_state(model, config, tx, (1, 32, 32, 1)))
+  (variables,) = loaded
+  np.testing.assert_array_equal(variables["params"]["backbone"]["layer3_0"]["conv1"]["kernel"],
+                                state["layer3.0.conv1.weight"].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(variables["batch_stats"]["backbone"]["bn1"]["mean"],
+                                state["bn1.running_mean"])
+  assert (jax.tree.structure(shapes.params) == jax.tree.structure(variables["params"])
+          and shapes.params["backbone"]["bn1"]["scale"].shape == (16,))
+  # a file that does not exist: the model's init does not notice, create_train_state names it
+  config.model.backbone_weights = str(tmp_path / "absent.npz")
+  jax.make_jaxpr(lambda r: model.init(r, jnp.zeros((1, 32, 32, 1))))(jax.random.key(0))
+  with pytest.raises(FileNotFoundError, match=r"absent\.npz"):
+    jax.eval_shape(lambda: train.create_train_state(model, config, tx, (1, 32, 32, 1)))
 
 
 def test_res2net_matches_a_pytorch_res2net_v1b_through_pth(tmp_path):
@@ -203,7 +232,7 @@ def test_res2net_matches_a_pytorch_res2net_v1b_through_pth(tmp_path):
 
   backbone = res2net.Res2NetV1b(**SMALL, norm=layers.batch_norm(False))
   x = jnp.asarray(grey.transpose(0, 2, 3, 1))
-  variables = res2net.load_backbone_weights(
+  variables = convert.load_res2net_v1b_weights(
       jax.eval_shape(backbone.init, jax.random.key(0), x), str(path), (),
       SMALL["num_blocks"], SMALL["scale"])
   outputs = jax.jit(backbone.apply)(variables, x)

@@ -45,6 +45,11 @@ def _assert_one_line(out, *fragments):
     (["--config=configs/acm_unet.py"], ["--workdir", "must have a value"]),
     (["--workdir=W", "--config=configs/nope.py"],
      ["--config=configs/nope.py: cannot load the config file", "No such file"]),
+    (["--workdir=W", "--config=acm_unt:smoke"],
+     ["--config=acm_unt:smoke: cannot load the config file", "'acm_unt' is not a packaged config",
+      "one of acm_fpn, acm_unet, cgranet, daea, dnanet, eaau_net"]),
+    (["--workdir=W", "--config=dnanet:bogus"],   # a packaged config's name
+     ["dnanet.py:bogus", "unknown config argument 'bogus'", "'smoke', 'pretrained_rgb'"]),
     (["--workdir=W", "--config=configs/acm_unet.py:nuaa_sirst,smoke",
       "--config.train.batch_sise=3"],
      ["--config.train.batch_sise=3: the config has no field 'batch_sise'", '"batch_size"']),

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
 import pytest
 
 from configs import acm_fpn, acm_unet, cgranet, default
+from irst_jax import configs, errors
 from irst_jax.data import builders
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -104,8 +107,11 @@ def test_registry_builds_every_model_from_its_config_section():
     config = config_module.get_config(None).model
     module = models.create_model(config, axis_name="batch")
     assert type(module) is models.MODELS[config.name] and module.axis_name == "batch"
+    weights = models.PRETRAINED_BACKBONES.get(config.name)
     for key, value in config.items():
-      if key not in ("name", "in_channels"):
+      if weights and key == weights.field:   # a config field the module does not have
+        assert not hasattr(module, key) and value == ""
+      elif key not in ("name", "in_channels"):
         assert getattr(module, key) == (tuple(value) if isinstance(value, list) else value), key
   default_eaau = eaau_net_model.EAAUNet()
   assert (default_eaau.fusion, default_eaau.tiny) == ("eaa", True)
@@ -113,3 +119,55 @@ def test_registry_builds_every_model_from_its_config_section():
   config.fusoin = "asym_bi"
   with pytest.raises(ValueError, match=r"model\.fusoin is not a field of 'acm_unet' \(ACMUNet\)"):
     models.create_model(config)
+
+
+@pytest.mark.parametrize("name", configs.names())
+def test_every_config_parses_its_argument_with_the_shared_grammar(name):
+  """Each packaged config's get_config goes through default.apply_arg: the same datasets,
+  `smoke`, and the same error naming an unknown part (DNA-Net adds its option)."""
+  module = importlib.import_module(f"irst_jax.configs.{name}")
+  extra = ", 'pretrained_rgb'" if name == "dnanet" else ""
+  expected = (f"unknown config argument 'bogus'; expected a dataset (nuaa_sirst, nudt_sirst, "
+              f"mdvsfa_cgan) or {'one of ' if extra else ''}'smoke'{extra}")
+  with pytest.raises(ValueError, match=re.escape(expected)):
+    module.get_config("nudt_sirst,bogus")
+  with pytest.raises(ValueError, match="several datasets"):
+    module.get_config("nudt_sirst,nuaa_sirst")
+  config = module.get_config("smoke,nudt_sirst")
+  assert (config.model.name, config.dataset.name) == (name, "nudt_sirst")
+  assert (config.train.num_epochs, config.dataset.crop_size) == (2, 64)
+  # the repository's configs/NAME.py is the packaged one
+  assert importlib.import_module(f"configs.{name}").get_config is module.get_config
+
+
+def test_dnanet_pretrained_rgb_option():
+  config = importlib.import_module("irst_jax.configs.dnanet").get_config("pretrained_rgb,smoke")
+  assert (config.model.in_channels, config.dataset.normalization) == (3, "imagenet_rgb")
+  assert config.dataset.name == "nuaa_sirst" and config.train.num_epochs == 2
+
+
+def test_config_names_resolve_to_packaged_files(tmp_path, monkeypatch):
+  assert configs.names() == ["acm_fpn", "acm_unet", "cgranet", "daea", "dnanet", "eaau_net"]
+  packaged = ROOT / "irst_jax" / "configs"
+  monkeypatch.chdir(tmp_path)
+  argv = ["prog", "--config=acm_unet:nuaa_sirst,smoke", "--workdir=w", "--config", "dnanet.py",
+          "--config.train.seed=3", "-config=daea"]
+  assert configs.resolve_argv(argv) == [
+      "prog", f"--config={packaged / 'acm_unet.py'}:nuaa_sirst,smoke", "--workdir=w",
+      "--config", str(packaged / "dnanet.py"), "--config.train.seed=3",
+      f"-config={packaged / 'daea.py'}"]
+  # a file of that name in the working folder wins; a path is kept as it is
+  (tmp_path / "acm_unet").write_text("def get_config(arg=None): ...\n")
+  assert configs.resolve("acm_unet:smoke") == "acm_unet:smoke"
+  repo_file = f"{ROOT / 'configs' / 'acm_fpn.py'}:nudt_sirst"
+  assert configs.resolve(repo_file) == repo_file
+  # neither a file nor a name: one line naming the packaged configs; a missing path is not
+  # looked up by name
+  for value, name in (("nope:smoke", "nope"), ("sub/acm_unet.py", "sub/acm_unet")):
+    with pytest.raises(errors.UserError) as raised:
+      configs.resolve(value)
+    assert str(raised.value) == (
+        f"--config={value}: cannot load the config file (No such file {value.split(':')[0]!r}) "
+        f"and {name!r} is not a packaged config; expected a Python file defining get_config() "
+        "or one of acm_fpn, acm_unet, cgranet, daea, dnanet, eaau_net, e.g. "
+        "--config=acm_unet[:arg]")

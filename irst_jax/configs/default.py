@@ -3,12 +3,14 @@
 A config file's `get_config(arg)` takes a comma-separated argument: a dataset name
 (`nuaa_sirst`, the default; `nudt_sirst`; `mdvsfa_cgan`) and optionally `smoke`, a one-minute
 run with tiny sizes for trying a config and for the tests, e.g.
-`--config=configs/acm_unet.py:nudt_sirst` or `--config=configs/acm_unet.py:nuaa_sirst,smoke`.
+`--config=acm_unet:nudt_sirst` or `--config=acm_unet:nuaa_sirst,smoke`.
 The dataset sets the per-dataset defaults of `DATASET_DEFAULTS` (builder config, splits,
 crop size, and epochs where a paper gives them for that dataset); `smoke` is applied after it.
 Any value can be overridden on the command line: `--config.train.num_epochs=5`.
 """
 from __future__ import annotations
+
+from typing import Callable, Mapping
 
 import ml_collections
 
@@ -90,19 +92,29 @@ def get_base_config() -> ml_collections.ConfigDict:
 
 
 def apply_arg(config: ml_collections.ConfigDict, arg: str | None,
-              recipes: dict | None = None) -> ml_collections.ConfigDict:
-  """Applies a config argument 'dataset[,smoke]'. Raises ValueError for unknown parts.
+              recipes: dict | None = None,
+              options: Mapping[str, Callable[[ml_collections.ConfigDict], None]] | None = None
+              ) -> ml_collections.ConfigDict:
+  """Applies a config argument 'dataset[,smoke][,option...]', the one grammar of every config's
+  `get_config(arg)`.
 
   The dataset (the argument's, else `config.dataset.name`) gets its `DATASET_DEFAULTS`, then
   the model's own recipe for that dataset (`recipes`: {dataset: {section: {field: value}}},
-  e.g. a paper's split and crop size), then `smoke` (whatever the order of the parts); at
-  most one dataset may be given.
+  e.g. a paper's split and crop size), then the model's named `options` the argument gives
+  ({part: function(config) setting fields in place}, e.g. DNA-Net's `pretrained_rgb`), then
+  `smoke` (whatever the order of the parts); at most one dataset may be given.
+
+  Raises:
+    ValueError: a part that is none of these (naming it and the accepted ones), or several
+      datasets.
   """
+  options = dict(options or {})
   parts = [p for p in (arg or "").split(",") if p]
-  unknown = [p for p in parts if p not in DATASETS and p != "smoke"]
+  unknown = [p for p in parts if p not in DATASETS and p != "smoke" and p not in options]
   if unknown:
+    words = ("one of " if options else "") + ", ".join(repr(p) for p in ("smoke", *options))
     raise ValueError(f"unknown config argument {unknown[0]!r}; expected a dataset "
-                     f"({', '.join(DATASETS)}) or 'smoke'")
+                     f"({', '.join(DATASETS)}) or {words}")
   datasets = [p for p in parts if p in DATASETS]
   if len(datasets) > 1:
     raise ValueError(f"config argument names several datasets: {datasets}")
@@ -113,6 +125,9 @@ def apply_arg(config: ml_collections.ConfigDict, arg: str | None,
     for section, values in overrides.items():
       for key, value in values.items():
         config[section][key] = value
+  for name, apply in options.items():
+    if name in parts:
+      apply(config)
   if "smoke" in parts:
     config.train.num_epochs = 2
     config.train.batch_size = 4

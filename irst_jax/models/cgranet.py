@@ -17,7 +17,8 @@ Structure (Sec. III-A, Fig. 1):
 - Outputs (deep supervision, every intermediate map): (global map, RAM3, RAM2, RAM1), each
   bilinearly resized to the input size; the last is the prediction (`models.final_logits`).
 
-Choices the paper leaves open, all fields (and `config.model` entries, configs/cgranet.py):
+Choices the paper leaves open, all fields (and `config.model` entries,
+irst_jax/configs/cgranet.py):
 - `channels` (32, PraNet / CaraNet's decoder width): the CGM output width (Sec. III-B gives
   none; the entry conv halves it, see ContextGuidedBlock);
 - `cgm_dilation` (3, given by Sec. III-B), `cgm_reduction` (16, CGNet's f_global ratio);
@@ -30,12 +31,15 @@ Choices the paper leaves open, all fields (and `config.model` entries, configs/c
 - `align_corners` (False): the bilinear resampling mode (PraNet mixes both);
 - the backbone's size: `num_blocks` (3, 4, 6, 3), `base_width` (26), `scale` (4),
   `stem_width` (32), `base_planes` (64); smaller values give the fast models of the tests;
-- `backbone_weights`: '' trains from scratch (the default here; the paper starts from
-  ImageNet weights, which no hub here can supply); a path to a `.pth` / `.npz` state_dict
-  of the widely used `Res2Net_v1b` (e.g. res2net50_v1b_26w_4s) loads it into the backbone
-  in `init` (`res2net.load_backbone_weights`; the classifier `fc.*` is dropped, an RGB stem
-  is summed over its input channels for grey input).
-- The L2 term of the unite loss (eq. 2) is the optimiser's weight decay (configs/cgranet.py).
+- `model.backbone_weights` (a config field, not a module field: the module reads no file):
+  '' trains from scratch (the default here; the paper starts from ImageNet weights, which no
+  hub here can supply); a path to a `.pth` / `.npz` state_dict of the widely used
+  `Res2Net_v1b` (e.g. res2net50_v1b_26w_4s) is loaded into `backbone` after `init`, outside
+  the compiled function, by `train.create_train_state` (`models.PRETRAINED_BACKBONES`,
+  `convert.load_pretrained`; the classifier `fc.*` is dropped, an RGB stem is summed over
+  its input channels for grey input).
+- The L2 term of the unite loss (eq. 2) is the optimiser's weight decay
+  (irst_jax/configs/cgranet.py).
 
 Input: NHWC [N, H, W, C_in], H and W multiples of 32. Output: a tuple of four logit maps
 [N, H, W, 1]. Parameters (Res2Net-50 v1b, channels 32, grey input): 24,082,808, of which
@@ -46,7 +50,7 @@ PyTorch model holding the whole pretrained Res2Net counts although it never uses
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -105,18 +109,7 @@ class CGRANet(nn.Module):
   scale: int = 4
   stem_width: int = 32
   base_planes: int = 64
-  backbone_weights: str = ""
   axis_name: Optional[str] = None
-
-  @nn.nowrap
-  def init(self, rngs, *args, **kwargs) -> Any:
-    """`nn.Module.init`, then, when `backbone_weights` is set, the backbone's variables
-    replaced by that state_dict (`res2net.load_backbone_weights`; raises its errors)."""
-    variables = super().init(rngs, *args, **kwargs)
-    if not self.backbone_weights:
-      return variables
-    return res2net.load_backbone_weights(variables, self.backbone_weights, ("backbone",),
-                                         tuple(self.num_blocks), self.scale)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, ...]:

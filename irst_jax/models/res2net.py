@@ -3,7 +3,8 @@ the backbone of PraNet, CaraNet and CGRANet (Zhong, Zhang and Duan, IEEE JSTARS 
 ref. [41]), NHWC.
 
 Layout of the widely used `Res2Net_v1b` (the ImageNet-pretrained "v1b" models), written from
-its description, module names kept so that `convert.res2net_v1b_rules` maps its state_dict:
+its description, module names kept so that `irst_jax.convert.res2net_v1b_rules` maps its
+state_dict (`convert.load_res2net_v1b_weights` loads one after `init`):
 - Deep stem ("v1b", Bag-of-Tricks ResNet-D): conv3x3 s2 (stem_width) - BN - ReLU - conv3x3
   (stem_width) - BN - ReLU - conv3x3 (2 stem_width); then BN `bn1` - ReLU - max-pool 3x3 s2:
   stride 4. torch `conv1.{0,1,3,4,6}`, `bn1`.
@@ -26,13 +27,12 @@ Smaller configurations (fewer blocks, narrower planes) are the same code with ot
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from irst_jax import convert
 from irst_jax.models import layers
 
 
@@ -104,42 +104,3 @@ class Res2NetV1b(nn.Module):
                         name=f"layer{stage + 1}_{b}")(x)
       features.append(x)
     return tuple(features)
-
-
-def load_backbone_weights(variables: Mapping[str, Any], path: str, prefix: tuple[str, ...],
-                          num_blocks: Sequence[int], scale: int) -> dict[str, Any]:
-  """`variables` with the Res2Net backbone at `prefix` replaced by the state_dict at `path`.
-
-  `path`: a `.pth` / `.pt` / `.npz` file of the widely used PyTorch `Res2Net_v1b` (torch key
-  names, `convert.load_state_dict`); its ImageNet classifier `fc.*` is dropped. When the
-  model takes one input channel and the stem's first kernel has three, that kernel is summed
-  over its input channels (the network then sees the grey image as three equal RGB channels).
-  Every other tensor must match the backbone exactly (`convert.res2net_v1b_rules`).
-
-  Raises FileNotFoundError / ValueError (`convert.load_state_dict`) and
-  convert.ConversionError naming a missing, unused or mis-shaped tensor.
-  """
-  state = {k: v for k, v in convert.strip_prefixes(convert.load_state_dict(path)).items()
-           if not k.startswith("fc.")}
-  reference = {col: _replaced({}, prefix, _subtree(tree, prefix))
-               for col, tree in variables.items()}
-  stem = _subtree(variables["params"], prefix)["stem_conv1"]["kernel"]
-  first = state.get("conv1.0.weight")
-  if first is not None and first.ndim == 4 and first.shape[1] == 3 and stem.shape[2] == 1:
-    state["conv1.0.weight"] = first.sum(axis=1, keepdims=True)
-  rules = convert.res2net_v1b_rules(num_blocks, scale, prefix)
-  converted = convert.convert_state_dict(state, rules, reference)
-  return {col: _replaced(tree, prefix, _subtree(converted[col], prefix))
-          for col, tree in variables.items()}
-
-
-def _subtree(tree: Mapping[str, Any], path: tuple[str, ...]) -> Any:
-  for key in path:
-    tree = tree[key]
-  return tree
-
-
-def _replaced(tree: Mapping[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:
-  if not path:
-    return value
-  return {**tree, path[0]: _replaced(tree.get(path[0], {}), path[1:], value)}
