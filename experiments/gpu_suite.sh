@@ -22,8 +22,9 @@
 #              train.time_limit_minutes before its step's limit (checkpoint + final evaluation);
 #              final IoU / nIoU / Pd / Fa, epochs reached and wall time go to the summary.
 # With --smoke everything runs on the CPU (JAX_PLATFORMS=cpu, PyTorch on cpu) with tiny settings
-# (smoke configs, tiny networks, 32x32 crops, one benchmark step) in about two minutes:
-# the plumbing, not the numbers (tests/test_gpu_suite.py).
+# (smoke configs, tiny networks, 32x32 crops, one benchmark step): the plumbing, not the
+# numbers. On 2 CPU cores it takes about 4 minutes, mostly XLA compiling DNA-Net;
+# tests/test_gpu_suite.py runs its ACM-U-Net steps (about 80 s) and dry-runs the GPU commands.
 #
 # Environment (all optional):
 #   WHEELS=DIR        wheels installed first, for a machine that has jax[cuda], flax, optax,
@@ -38,15 +39,22 @@
 #   IRST_DATA_DIR=DIR folder holding NUAA-SIRST/ (default: $IRST_SHARED/datasets)
 #   GPU_SUITE_STEPS   comma-separated steps to run (default all: install,versions,golden,prepare,
 #                     bench_acm_unet,bench_dnanet,train_acm_unet,train_dnanet)
-#   GPU_SUITE_BUDGET_S  global deadline in seconds (default 530; smoke 110)
+#   GPU_SUITE_BUDGET_S  global deadline in seconds (default 530; smoke 600)
 #   GPU_SUITE_SCRATCH   scratch folder (default: a new /tmp/irst_gpu_suite.XXXXXX, kept)
 #   DNA_EPOCHS        DNA-Net epochs (default 100); BENCH_ROUNDS benchmark rounds (default 1);
 #                     PYTHON (default python3)
 #   GPU_SUITE_DRY_RUN=1  print each step's command and limit without running it (the config
 #                     overrides are still checked against the configs)
 #
-# On the device tool (repository root; carry the wheels and the shared data, copied into an
-# ignored folder of the repository, e.g. .gpu_carry/{wheels,shared/golden,shared/datasets/NUAA-SIRST}):
+# For the device tool, which sends the repository (at most 64 MiB) and no ../shared: from the
+# repository root, put the wheels (~11 MB), the golden files (19 MB) and NUAA-SIRST (19 MB) into
+# an ignored folder,
+#   echo /.gpu_carry/ >> .git/info/exclude
+#   experiments/download_gpu_wheels.sh .gpu_carry/wheels 3.12
+#   mkdir -p .gpu_carry/shared/datasets
+#   cp -r --no-preserve=mode ../shared/golden .gpu_carry/shared/
+#   cp -r --no-preserve=mode ../shared/datasets/NUAA-SIRST .gpu_carry/shared/datasets/
+# then run, with carry [".gpu_carry"] and timeout_s 600 (the suite ends by itself after ~540 s):
 #   WHEELS=.gpu_carry/wheels IRST_SHARED=.gpu_carry/shared experiments/gpu_suite.sh $OUT/gpu_suite
 set -u -o pipefail
 
@@ -65,7 +73,7 @@ mkdir -p "$SCRATCH/logs" "$SCRATCH/runs" || exit 1
 LOG=$RESULTS/suite.log
 : > "$LOG"
 : > "$SCRATCH/steps.tsv"
-if (( SMOKE )); then BUDGET=${GPU_SUITE_BUDGET_S:-110}; else BUDGET=${GPU_SUITE_BUDGET_S:-530}; fi
+if (( SMOKE )); then BUDGET=${GPU_SUITE_BUDGET_S:-600}; else BUDGET=${GPU_SUITE_BUDGET_S:-530}; fi
 DEADLINE=$(( SECONDS + BUDGET ))
 DRY_RUN=${GPU_SUITE_DRY_RUN:-0}
 ALL_STEPS=install,versions,golden,prepare,bench_acm_unet,bench_dnanet,train_acm_unet,train_dnanet
@@ -160,7 +168,7 @@ if (( SMOKE )); then
   ACM_FIELDS=(model.channels='(4,8,8,16)' model.num_blocks=1 "${TINY[@]}")
   DNA_FIELDS=(model.backbone=resnet10_light "${TINY[@]}")
   GOLDEN_TESTS=(tests/test_shuffle_attention.py -k matches_sa_net)
-  CAP_BENCH_ACM=90; CAP_BENCH_DNA=90; CAP_GOLDEN=60; ACM_MARGIN=0; DNA_MARGIN=0; DNA_RESERVE=30
+  CAP_BENCH_ACM=120; CAP_BENCH_DNA=240; CAP_GOLDEN=60; ACM_MARGIN=0; DNA_MARGIN=0; DNA_RESERVE=60
 else
   BENCH=(--batch_size=16 --image_size=256 --rounds="${BENCH_ROUNDS:-1}")
   BENCH_ACM=(--steps=50 --warmup=5)
@@ -264,7 +272,8 @@ done
 # -- training runs ----------------------------------------------------------------------------
 # train_run MODEL CONFIG CAP RESERVE MARGIN FIELD=VALUE...: the run stops itself (checkpoint and
 # final evaluation) MARGIN seconds before its step's limit (train.time_limit_minutes).
-declare -A TRAIN_COMMANDS
+TRAIN_MODELS=()
+TRAIN_COMMANDS=()
 train_run() {
   local model=$1 config=$2 cap=$3 reserve=$4 margin=$5 minutes
   shift 5
@@ -276,8 +285,9 @@ train_run() {
   fi
   local flags
   mapfile -t flags < <("$PY" experiments/gpu_suite_helpers.py overrides "$config" "$@" 2>> "$LOG")
-  TRAIN_COMMANDS[$model]="python -m irst_jax.main --config=$config --workdir=WORKDIR \
-${NUAA:+--config.dataset.manual_dir=NUAA-SIRST }${flags[*]}"
+  TRAIN_MODELS+=("$model")
+  TRAIN_COMMANDS+=("python -m irst_jax.main --config=$config --workdir=WORKDIR \
+${NUAA:+--config.dataset.manual_dir=NUAA-SIRST }${flags[*]}")
   run_step "train_$model" "$LIMIT" "$PY" -m irst_jax.main --config="$config" \
     --workdir="$SCRATCH/runs/$model" ${NUAA:+--config.dataset.manual_dir="$NUAA"} "${flags[@]}"
 }
@@ -285,7 +295,7 @@ train_run acm_unet "$ACM_CONFIG" "$BUDGET" "$DNA_RESERVE" "$ACM_MARGIN" "${ACM_F
 train_run dnanet "$DNA_CONFIG" "$BUDGET" 0 "$DNA_MARGIN" "${DNA_FIELDS[@]}"
 
 # The commands into meta.json, for the summary.
-"$PY" - "$SCRATCH/meta.json" "${!TRAIN_COMMANDS[@]}" -- "${TRAIN_COMMANDS[@]}" << 'EOF' 2>> "$LOG"
+"$PY" - "$SCRATCH/meta.json" "${TRAIN_MODELS[@]}" -- "${TRAIN_COMMANDS[@]}" << 'EOF' 2>> "$LOG"
 import json, sys
 path, rest = sys.argv[1], sys.argv[2:]
 cut = rest.index("--")

@@ -58,7 +58,7 @@ def test_smoke_suite_runs_acm_unet_steps_and_summarises_them(tmp_path, fake_nuaa
   assert _table_row(summary, "python")[1] == ".".join(map(str, sys.version_info[:3]))
   assert _table_row(summary, "JAX backend / devices")[1].startswith("cpu")
   golden = _table_row(summary, "golden tests")
-  assert golden[3] == "0" and int(golden[2]) + int(golden[4]) == 1, golden   # passed or skipped
+  assert golden[2] == "0" and int(golden[1]) + int(golden[3]) == 1, golden   # passed or skipped
 
   bench = json.loads((scratch / "bench_acm_unet.json").read_text())
   (row,) = bench["rounds"]
