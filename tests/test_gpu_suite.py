@@ -48,7 +48,7 @@ def _number(cell: str) -> float:
 def test_smoke_suite_runs_acm_unet_steps_and_summarises_them(tmp_path, fake_nuaa_sirst):
   results, scratch = tmp_path / "results", tmp_path / "scratch"
   proc = _run_suite(results, "--smoke", timeout=300, IRST_DATA_DIR=str(fake_nuaa_sirst.parent),
-                    GPU_SUITE_SCRATCH=str(scratch), GPU_SUITE_BUDGET_S="110",
+                    GPU_SUITE_SCRATCH=str(scratch), GPU_SUITE_BUDGET_S="280",
                     GPU_SUITE_STEPS="versions,golden,prepare,bench_acm_unet,train_acm_unet")
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   assert sorted(p.name for p in results.iterdir()) == ["details.tar.gz", "suite.log", "summary.md"]
