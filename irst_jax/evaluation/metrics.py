@@ -37,8 +37,9 @@ and devices:
   The evaluation protocols that choose between them are in
   :mod:`irst_jax.evaluation.protocols`.
 
-Everything is evaluated at the original image size: images are zero padded to a
-multiple of 32 for the network and a ``valid`` mask (1 on original pixels, 0 on
+Everything is evaluated on the maps given, at the original image size by default (the
+``dnanet`` protocol resizes them first): images are zero padded to a multiple of 32 for the
+network and a ``valid`` mask (1 on original pixels, 0 on
 padding) is multiplied into both prediction and ground truth, and only valid pixels
 are counted in ``pixels``.  Layout is NHWC with a single channel.
 
