@@ -341,3 +341,11 @@ def test_definitions_and_config_checks():
     config_checks.check_eval(config)
   with pytest.raises(ValueError, match=r"fa_rule='areas'"):
     metrics.batch_statistics(*[np.zeros((1, 4, 4, 1), np.float32)] * 3, fa_rule="areas")
+
+
+def test_baselines_take_the_fa_rule_and_refuse_dnanet():
+  from irst_jax.evaluation import baselines
+  image = np.zeros((1, 8, 8, 1), np.float32)
+  with pytest.raises(ValueError, match=r"eval.protocol='dnanet' is not available"):
+    baselines.evaluate_batch(image, image, image + 1, _config("dnanet"))
+  assert protocols.get(baselines._Frozen(_config("basicirstd_2023"))).fa_rule == "area"

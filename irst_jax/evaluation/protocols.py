@@ -146,8 +146,12 @@ def get(name_or_config) -> Protocol:
   Raises:
     errors.UserError: unknown protocol name.
   """
-  name = name_or_config if isinstance(name_or_config, str) else (
-      name_or_config.get("protocol", DEFAULT) if hasattr(name_or_config, "get") else DEFAULT)
+  if isinstance(name_or_config, str):
+    name = name_or_config
+  elif hasattr(name_or_config, "get"):
+    name = name_or_config.get("protocol", DEFAULT)
+  else:   # an attribute view of the section (baselines' hashable copy)
+    name = getattr(name_or_config, "protocol", DEFAULT)
   if name not in PROTOCOLS:
     raise errors.UserError(f"eval.protocol={name!r}: expected one of {sorted(PROTOCOLS)}")
   return PROTOCOLS[name]
