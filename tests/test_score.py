@@ -1,6 +1,7 @@
 """irst_jax.evaluation.score: scoring a folder of PNG predictions on a (fake) dataset split."""
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import subprocess
@@ -89,11 +90,14 @@ def test_command_prints_table(prepared_fake_nuaa, tmp_path):
   out = subprocess.run(
       [sys.executable, "-m", "irst_jax.evaluation.score", f"--predictions={tmp_path / 'pred'}",
        "--dataset=nuaa_sirst", "--split=test", f"--data_dir={data_dir}", f"--manual_dir={raw}",
-       f"--out_dir={tmp_path / 'report'}"],
+       f"--out_dir={tmp_path / 'report'}", "--protocol=basicirstd_2023"],
       cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
       timeout=600)
   assert out.returncode == 0, out.stderr[-2000:]
   assert "| pred | 1.0000 | 1.0000 | 1.0000 | 0.00 | 1.0000 | 1.0000 | 1.0000 | 1.0000 |" in out.stdout
+  assert "images, protocol basicirstd_2023" in out.stdout
+  assert json.loads((tmp_path / "report" / "metrics.json").read_text())["protocol"] == \
+      "basicirstd_2023"
   assert (tmp_path / "report" / "roc.png").exists() and (tmp_path / "report" / "pr.png").exists()
 
 
