@@ -24,6 +24,7 @@ from flax import traverse_util
 
 from irst_jax import errors, losses, models, optim
 from irst_jax.data import builders, pipeline
+from irst_jax.evaluation import protocols
 from irst_jax.models import attention, daea, dnanet
 
 
@@ -107,7 +108,8 @@ def check_model(config: ml_collections.ConfigDict) -> None:
 
 
 def check_eval(config: ml_collections.ConfigDict) -> None:
-  """The eval section: threshold and ROC thresholds in (0, 1), positive sizes."""
+  """The eval section: threshold and ROC thresholds in (0, 1), positive sizes, a known
+  protocol."""
   _probability(config, "eval.threshold")
   _positive_int(config, "eval.batch_size")
   for key in ("max_targets", "max_pixels", "num_bins"):
@@ -121,6 +123,8 @@ def check_eval(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"eval.distance_threshold={value!r}: expected a positive number of pixels")
   for value in config.eval.get("roc_thresholds", ()):
     _probability(config, "eval.roc_thresholds", value=value)
+  if "protocol" in config.eval:
+    _choice(config, "eval.protocol", sorted(protocols.PROTOCOLS))
 
 
 def check_split(config: ml_collections.ConfigDict, info: pipeline.DatasetInfo, field: str,

@@ -36,6 +36,7 @@ from tqdm import tqdm
 from irst_jax import checkpoints, config_checks, convert, errors, losses, models, optim
 from irst_jax.data import pipeline
 from irst_jax.evaluation import curves as curves_lib
+from irst_jax.evaluation import protocols
 from irst_jax.evaluation import report, tables
 
 AXIS = "batch"
@@ -165,6 +166,7 @@ def evaluate(eval_step: Callable, state: TrainState, config: ml_collections.Conf
                   disable=jax.process_index() != 0, leave=False)
   for batch in batches:
     names = batch.pop("name")
+    batch = protocols.network_batch(config.eval, batch)   # eval.protocol: dnanet resizes to 256
     out = eval_step(state, batch)
     scores = out.pop("scores", None)
     with_curves = scores is not None

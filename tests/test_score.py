@@ -1,6 +1,7 @@
 """irst_jax.evaluation.score: scoring a folder of PNG predictions on a (fake) dataset split."""
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import subprocess
@@ -89,11 +90,14 @@ def test_command_prints_table(prepared_fake_nuaa, tmp_path):
   out = subprocess.run(
       [sys.executable, "-m", "irst_jax.evaluation.score", f"--predictions={tmp_path / 'pred'}",
        "--dataset=nuaa_sirst", "--split=test", f"--data_dir={data_dir}", f"--manual_dir={raw}",
-       f"--out_dir={tmp_path / 'report'}"],
+       f"--out_dir={tmp_path / 'report'}", "--protocol=basicirstd_2023"],
       cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
       timeout=600)
   assert out.returncode == 0, out.stderr[-2000:]
   assert "| pred | 1.0000 | 1.0000 | 1.0000 | 0.00 | 1.0000 | 1.0000 | 1.0000 | 1.0000 |" in out.stdout
+  assert "images, protocol basicirstd_2023" in out.stdout
+  assert json.loads((tmp_path / "report" / "metrics.json").read_text())["protocol"] == \
+      "basicirstd_2023"
   assert (tmp_path / "report" / "roc.png").exists() and (tmp_path / "report" / "pr.png").exists()
 
 
@@ -180,3 +184,58 @@ def test_read_score_map_depths_and_refusals(tmp_path):
   (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
   with pytest.raises(ValueError, match=r"cannot read .*broken\.png"):
     score.read_score_map(tmp_path / "broken.png")
+
+
+def test_protocols_score_as_their_reference_codes(prepared_fake_nuaa, tmp_path):
+  """The same score maps under the three protocols. basicirstd_2023: the old BasicIRSTD PD_FA
+  (numpy copy) at the original size; dnanet: predictions resized with PIL BILINEAR (float) and
+  masks with PIL NEAREST to 256x256, then DNA-Net's PD_FA rule (the same area-based code)
+  with 256 * 256 pixels per image, and IoU at 256."""
+  from tests.test_protocols import OldBasicIRSTDPdFa
+
+  raw, data_dir = prepared_fake_nuaa
+  names = FAKE_SPLITS["50_50"]["test"]
+  masks = _masks(raw, names)
+  rng = np.random.default_rng(0)
+  levels = {}
+  for k, (n, m) in enumerate(masks.items()):
+    shifted = np.roll(m, k % 2, axis=1)   # every other image shifted by one pixel
+    fa = np.zeros_like(m)
+    fa[0:2, 0:2] = True                                  # a 2x2 false alarm (area of some hits)
+    levels[n] = np.where(shifted | fa, rng.integers(150, 256, m.shape),
+                         rng.integers(0, 100, m.shape))
+  _write(tmp_path / "pred", levels)
+  cfg = score.dataset_config("nuaa_sirst", "50_50", str(data_dir), str(raw))
+  results = {}
+  for protocol in ("basicirstd", "basicirstd_2023", "dnanet"):
+    eval_config = default.get_base_config().eval
+    eval_config.protocol = protocol
+    eval_config.roc_thresholds = ()   # and small: dense labelling, fewer bins, fast to compile
+    eval_config.max_pixels, eval_config.num_bins, eval_config.max_targets = None, 8, 4
+    results[protocol], _ = score.score_folder(tmp_path / "pred", cfg, "test", eval_config,
+                                              batch_size=4)
+
+  old = OldBasicIRSTDPdFa()
+  for n in names:
+    old.update(levels[n] / np.float32(255) > 0.5, masks[n], masks[n].shape)
+  pd, fa = old.get()
+  assert results["basicirstd_2023"]["Pd"] == pytest.approx(pd, rel=1e-12)
+  assert results["basicirstd_2023"]["Fa"] == pytest.approx(fa, rel=1e-12)
+  assert results["basicirstd"]["Fa"] > results["basicirstd_2023"]["Fa"]   # the rules differ here
+  assert results["basicirstd"]["IoU"] == results["basicirstd_2023"]["IoU"]
+
+  dna = OldBasicIRSTDPdFa()   # DNA-Net's PD_FA: the same statements, at 256 x 256
+  inter = union = 0
+  for n in names:
+    s = np.asarray(Image.fromarray((levels[n] / np.float32(255)).astype(np.float32)).resize(
+        (256, 256), Image.BILINEAR)) > 0.5
+    m = np.asarray(Image.fromarray(masks[n].astype(np.uint8) * 255).resize(
+        (256, 256), Image.NEAREST)) > 0
+    dna.update(s, m, (256, 256))
+    inter, union = inter + (s & m).sum(), union + (s | m).sum()
+  pd, fa = dna.get()
+  assert results["dnanet"]["Pd"] == pytest.approx(pd, rel=1e-12)
+  assert results["dnanet"]["Fa"] == pytest.approx(fa, rel=1e-12)
+  assert results["dnanet"]["IoU"] == pytest.approx(inter / (EPS + union), rel=1e-12)
+  assert results["dnanet"]["IoU"] != results["basicirstd"]["IoU"]
+  assert 0 < results["dnanet"]["Pd"] < 1   # a shift of 1 px is several px at 256 x 256

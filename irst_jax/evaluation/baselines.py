@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from irst_jax.evaluation import curves as curves_lib
+from irst_jax.evaluation import protocols
 
 __all__ = ["top_hat", "max_median", "mpcm", "adaptive_threshold", "BASELINES", "evaluate_batch"]
 
@@ -170,10 +171,15 @@ def evaluate_batch(image: jax.Array, mask: jax.Array, valid: jax.Array, eval_con
   {name: outputs}; the methods share one compiled metric graph.
 
   Raises:
-    ValueError: unknown baseline name.
+    ValueError: unknown baseline name, or an evaluation protocol with its own input size or
+      sweep (``dnanet``: its sweep is on network logits); ``basicirstd_2023``'s Fa rule applies.
   """
   unknown = [n for n in names if n not in BASELINES]
   if unknown:
     raise ValueError(f"unknown baseline {unknown[0]!r}; expected one of {sorted(BASELINES)}")
+  protocol = protocols.get(eval_config)
+  if protocol.input_size is not None or protocol.sweep_logits is not None:
+    raise ValueError(f"eval.protocol={protocol.name!r} is not available for the baselines; "
+                     "expected basicirstd or basicirstd_2023")
   return _evaluate_batch(image, mask, valid, names=tuple(names),
                          eval_config=_Frozen(eval_config), rule=rule)

@@ -9,7 +9,8 @@ One pass over the data accumulates, per batch and on device:
   gives, for every ``k``, exact TP/FP/FN/TN counts of the scores quantised to the bins:
   ``TP(t_k) = sum_{j >= k} pos[j]``.
 * :func:`irst_jax.evaluation.metrics.sweep_statistics` at a few thresholds (config
-  ``eval.roc_thresholds``): Pd and Fa per threshold (target-level ROC, DNA-Net Sec. V-A4).
+  ``eval.roc_thresholds``, or the evaluation protocol's own, :func:`sweep_thresholds`): Pd
+  and Fa per threshold (target-level ROC, DNA-Net Sec. V-A4).
 
 :class:`CurveAccumulator` sums both on the host (any leading shape: batches, devices) and
 :meth:`CurveAccumulator.result` returns
@@ -34,10 +35,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from irst_jax.evaluation import metrics
+from irst_jax.evaluation import metrics, protocols
 
 __all__ = ["score_histograms", "CurveAccumulator", "summary", "evaluation_outputs", "Evaluation",
-           "roc_thresholds"]
+           "roc_thresholds", "sweep_thresholds"]
 
 _SWEEP_KEYS = ("targets", "matched", "false_alarm_pixels", "pixels", "target_overflow")
 
@@ -184,9 +185,25 @@ def roc_thresholds(eval_config) -> np.ndarray:
   return np.asarray(tuple(eval_config.roc_thresholds), np.float32)
 
 
+def sweep_thresholds(eval_config, values_units: str = "logits") -> tuple[np.ndarray, bool]:
+  """(thresholds, on ``values``) of the target-level sweep of an ``eval`` config section:
+  the protocol's own sweep on the thresholded map ``values`` in its units (``"logits"`` or
+  ``"scores"``; :mod:`irst_jax.evaluation.protocols`), else ``eval.roc_thresholds`` on the
+  sigmoid ``scores``."""
+  own = protocols.get(eval_config).sweep_thresholds(values_units)
+  return (roc_thresholds(eval_config), False) if own is None else (own, True)
+
+
 def evaluation_outputs(values: jax.Array, threshold: float, scores: jax.Array, mask: jax.Array,
-                       valid: jax.Array, eval_config, *, curves: bool = True) -> dict:
+                       valid: jax.Array, eval_config, *, curves: bool = True,
+                       values_units: str = "logits") -> dict:
   """Everything one batch contributes to an evaluation (jit/pmap-compatible).
+
+  The protocol of ``eval_config`` (``eval.protocol``, :mod:`irst_jax.evaluation.protocols`)
+  sets the false alarm rule and, where it has its own (``dnanet``), the target-level sweep:
+  thresholds on ``values`` in ``values_units`` instead of ``eval.roc_thresholds`` on
+  ``scores``.  Resizing (``dnanet``) is done on the batch before the network
+  (:func:`irst_jax.evaluation.protocols.network_batch`), not here.
 
   Args:
     values: ``[B, H, W, 1]`` map thresholded at ``threshold`` for the operating point
@@ -196,21 +213,25 @@ def evaluation_outputs(values: jax.Array, threshold: float, scores: jax.Array, m
     scores: ``[B, H, W, 1]`` scores in [0, 1] for the curves.
     mask, valid: ``[B, H, W, 1]`` ground truth and validity.
     eval_config: the ``eval`` config section (``distance_threshold``, ``max_targets``,
-      ``max_pixels``, ``num_bins``, ``roc_thresholds``).
+      ``max_pixels``, ``num_bins``, ``roc_thresholds``, ``protocol``).
     curves: also compute the histograms and the target-level sweep (the sweep only when
       ``roc_thresholds`` is not empty: it labels components at every threshold, the
       costliest part of an evaluation; it shares each image's compaction with the
       operating point, :func:`irst_jax.evaluation.metrics.operating_point_and_sweep_statistics`).
+    values_units: ``"logits"`` (network outputs) or ``"scores"`` (maps in [0, 1]): the units
+      of a protocol's own sweep.
 
   Returns:
     ``{'stats': per-image statistics [B]}``, plus ``'hist'`` [2, K] and ``'sweep'``
     (dict of [T, B]) when ``curves``.
   """
   common = dict(distance_threshold=float(eval_config.distance_threshold),
-                max_targets=int(eval_config.max_targets), max_pixels=eval_config.max_pixels)
-  if curves and len(roc_thresholds(eval_config)):
+                max_targets=int(eval_config.max_targets), max_pixels=eval_config.max_pixels,
+                fa_rule=protocols.get(eval_config).fa_rule)
+  thresholds, on_values = sweep_thresholds(eval_config, values_units)
+  if curves and len(thresholds):
     stats, sweep = metrics.operating_point_and_sweep_statistics(
-        values, threshold, scores, mask, valid, roc_thresholds(eval_config), **common)
+        values, threshold, values if on_values else scores, mask, valid, thresholds, **common)
     out = {"stats": stats, "sweep": sweep}
   else:
     out = {"stats": metrics.batch_statistics(values, mask, valid, threshold=threshold, **common)}
@@ -220,11 +241,12 @@ def evaluation_outputs(values: jax.Array, threshold: float, scores: jax.Array, m
 
 
 class Evaluation:
-  """Host-side accumulation of :func:`evaluation_outputs` (any leading shape)."""
+  """Host-side accumulation of :func:`evaluation_outputs` (any leading shape); ``values_units``
+  as given to :func:`evaluation_outputs` (the thresholds recorded in ``target_roc``)."""
 
-  def __init__(self, eval_config):
+  def __init__(self, eval_config, values_units: str = "logits"):
     self.metrics = metrics.MetricAccumulator()
-    self.curves = CurveAccumulator(roc_thresholds(eval_config))
+    self.curves = CurveAccumulator(sweep_thresholds(eval_config, values_units)[0])
 
   def update(self, outputs: Mapping) -> None:
     self.metrics.update(outputs["stats"])

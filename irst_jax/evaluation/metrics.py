@@ -22,13 +22,24 @@ and devices:
   (pixels of all test images at original size).  Fa is returned as a plain
   fraction; the field prints it multiplied by 1e6 ("x1e-6").
 
-  Known quirk not reproduced: the official DNA-Net metric code drops from the false
-  alarm count every unmatched predicted component whose *area* equals that of some
-  matched component (it removes components by area).  We follow BasicIRSTD, which
-  counts every pixel of every unmatched predicted component.
+  Two rules for the false alarm pixels (``fa_rule``, static):
 
-Everything is evaluated at the original image size: images are zero padded to a
-multiple of 32 for the network and a ``valid`` mask (1 on original pixels, 0 on
+  - ``"pixels"`` (default; BasicIRSTD ``metrics.py`` since its 2024-01-25 change): every
+    predicted pixel outside the matched predicted components.
+  - ``"area"`` (BasicIRSTD ``metrics.py`` before 2024-01-25, the official DNA-Net
+    ``model/metric.py``): the reference lists the areas of all predicted components and of
+    the matched ones and sums ``[x for x in areas if x not in matched_areas]``, so every
+    predicted component, matched or not, whose area equals the area of some matched
+    component of the same image is left out.  Computed here from the same component tables:
+    the matching records the matched areas (at most ``max_targets``), and a component counts
+    when its area is none of them.
+
+  The evaluation protocols that choose between them are in
+  :mod:`irst_jax.evaluation.protocols`.
+
+Everything is evaluated on the maps given, at the original image size by default (the
+``dnanet`` protocol resizes them first): images are zero padded to a multiple of 32 for the
+network and a ``valid`` mask (1 on original pixels, 0 on
 padding) is multiplied into both prediction and ground truth, and only valid pixels
 are counted in ``pixels``.  Layout is NHWC with a single channel.
 
@@ -57,6 +68,7 @@ __all__ = [
     "f_measure",
     "MetricAccumulator",
     "STAT_KEYS",
+    "FA_RULES",
 ]
 
 STAT_KEYS = (
@@ -69,6 +81,9 @@ STAT_KEYS = (
     "false_alarm_pixels",
     "target_overflow",
 )
+
+#: False alarm rules of :func:`batch_statistics` (see the module docstring).
+FA_RULES = ("pixels", "area")
 
 
 # --------------------------------------------------------------------------- #
@@ -115,7 +130,9 @@ def _greedy_match(table_t, table_p, distance_threshold: float, max_targets: int)
 
   Tables are (area, mean row, mean col) over segments; a segment with area > 0 is a
   component and increasing segment index is label order.  Returns (matched flag per true
-  segment, taken flag per predicted segment, number of true components).
+  segment, taken flag per predicted segment, number of true components, int32
+  ``[max_targets]`` areas of the matched predicted components in matching order, 0 where
+  a true target found none or beyond the image's targets).
   """
   area_t, r_t, c_t = table_t
   area_p, r_p, c_p = table_p
@@ -129,7 +146,7 @@ def _greedy_match(table_t, table_p, distance_threshold: float, max_targets: int)
   # Sequential over the true targets exactly like the reference loops; the loop stops
   # after the image's last true target (under vmap: the batch's largest count).
   def match_one(carry):
-    k, prev, taken, matched = carry
+    k, prev, taken, matched, areas = carry
     t = jnp.argmax(is_t & (seg_t > prev)).astype(jnp.int32)  # next true component
     dr = r_p - r_t[t]
     dc = c_p - c_t[t]
@@ -138,18 +155,29 @@ def _greedy_match(table_t, table_p, distance_threshold: float, max_targets: int)
     first = jnp.argmax(ok)  # smallest label satisfying the condition
     taken = taken | ((seg_p == first) & hit)
     matched = matched | ((seg_t == t) & hit)
-    return k + 1, t, taken, matched
+    areas = areas.at[k].set(jnp.where(hit, area_p[first], 0).astype(jnp.int32))
+    return k + 1, t, taken, matched, areas
 
   n_loop = jnp.minimum(targets, max_targets)
   init = (jnp.array(0, jnp.int32), jnp.array(-1, jnp.int32), jnp.zeros(area_p.shape, bool),
-          jnp.zeros(area_t.shape, bool))
-  _, _, taken, matched = jax.lax.while_loop(lambda c: c[0] < n_loop, match_one, init)
-  return matched, taken, targets
+          jnp.zeros(area_t.shape, bool), jnp.zeros((max_targets,), jnp.int32))
+  _, _, taken, matched, areas = jax.lax.while_loop(lambda c: c[0] < n_loop, match_one, init)
+  return matched, taken, targets, areas
 
 
-def _counts(pred_pixels, intersection, union, pixels, table_p, matched, taken, targets,
-            max_targets):
-  matched_pixels = jnp.sum(jnp.where(taken, table_p[0], 0)).astype(jnp.float32)
+def _false_alarm_pixels(pred_pixels, table_p, taken, matched_areas, fa_rule):
+  """False alarm pixels of one prediction by ``fa_rule`` (module docstring)."""
+  area = table_p[0]
+  if fa_rule == "pixels":
+    return pred_pixels - jnp.sum(jnp.where(taken, area, 0)).astype(jnp.float32)
+  # "area": `[x for x in image_area_total if x not in image_area_match]` of the reference;
+  # unused entries of matched_areas are 0, which no component's area equals.
+  same = jnp.any(area[:, None] == matched_areas[None, :], axis=1)
+  return jnp.sum(jnp.where((area > 0) & ~same, area, 0)).astype(jnp.float32)
+
+
+def _counts(pred_pixels, intersection, union, pixels, table_p, match, max_targets, fa_rule):
+  matched, taken, targets, matched_areas = match
   out = {
       "intersection": intersection,
       "union": union,
@@ -157,27 +185,28 @@ def _counts(pred_pixels, intersection, union, pixels, table_p, matched, taken, t
       "predicted": pred_pixels,
       "targets": targets,
       "matched": jnp.sum(matched, dtype=jnp.int32),
-      "false_alarm_pixels": pred_pixels - matched_pixels,
+      "false_alarm_pixels": _false_alarm_pixels(pred_pixels, table_p, taken, matched_areas,
+                                                fa_rule),
       "target_overflow": targets > max_targets,
   }
   return {k: v.astype(jnp.float32) for k, v in out.items()}
 
 
 def _image_statistics(pred: jax.Array, gt: jax.Array, valid: jax.Array, *,
-                      distance_threshold: float, max_targets: int) -> dict[str, jax.Array]:
+                      distance_threshold: float, max_targets: int, fa_rule: str = "pixels"
+                      ) -> dict[str, jax.Array]:
   """Statistics of one image on the dense path (labels over the whole image)."""
   (table_t, _), (table_p, _) = _dense_table(gt), _dense_table(pred)
-  matched, taken, targets = _greedy_match(table_t, table_p, distance_threshold, max_targets)
+  match = _greedy_match(table_t, table_p, distance_threshold, max_targets)
   # Pixel counts as float32 sums (exact below 2**24 pixels an image; XLA:CPU sums float32
   # an order of magnitude faster than bool).
   p, g = pred.astype(jnp.float32), gt.astype(jnp.float32)
   return _counts(jnp.sum(p), jnp.sum(p * g), jnp.sum(jnp.maximum(p, g)),
-                 jnp.sum(valid.astype(jnp.float32)), table_p, matched, taken, targets,
-                 max_targets)
+                 jnp.sum(valid.astype(jnp.float32)), table_p, match, max_targets, fa_rule)
 
 
 def _image_sweep(score, gt, valid, thresholds, op_pred, *, distance_threshold, max_targets,
-                 max_pixels):
+                 max_pixels, fa_rule="pixels"):
   """Statistics of one image at every threshold (``score > t``) and, if ``op_pred`` is
   given, of that prediction too (last row), on the compacted path.
 
@@ -206,17 +235,17 @@ def _image_sweep(score, gt, valid, thresholds, op_pred, *, distance_threshold, m
 
   def one(fg, fg_labels):
     table_p = _slot_table(fg_labels, fg, rows, cols)
-    matched, taken, targets = _greedy_match(table_t, table_p, distance_threshold, max_targets)
+    match = _greedy_match(table_t, table_p, distance_threshold, max_targets)
     predicted = jnp.sum(fg.astype(jnp.float32))
     inter = jnp.sum((fg & g_slot).astype(jnp.float32))
-    return _counts(predicted, inter, predicted + gt_pixels - inter, pixels, table_p, matched,
-                   taken, targets, max_targets)
+    return _counts(predicted, inter, predicted + gt_pixels - inter, pixels, table_p, match,
+                   max_targets, fa_rule)
 
   return jax.vmap(one)(fgs, labels[1:]), count > max_pixels
 
 
 def _sweep_batch(scores, mask, valid, thresholds, values=None, threshold=None, *,
-                 distance_threshold, max_targets, max_pixels):
+                 distance_threshold, max_targets, max_pixels, fa_rule="pixels"):
   """Statistics ``[T, B]`` of the predictions ``scores > t``, and ``[T + 1, B]`` with the
   operating prediction ``values > threshold`` as last row, for ground truth ``mask > 0``;
   inputs ``[B, H, W, 1]``, each comparison made on pixels with ``valid > 0`` only.
@@ -228,7 +257,7 @@ def _sweep_batch(scores, mask, valid, thresholds, values=None, threshold=None, *
   comparisons are made per image inside each path: the raw inputs, not boolean copies of
   them that XLA would materialise, are the operands of the conds.
   """
-  kw = dict(distance_threshold=distance_threshold, max_targets=max_targets)
+  kw = dict(distance_threshold=distance_threshold, max_targets=max_targets, fa_rule=fa_rule)
   inputs = (scores, mask, valid) + ((values,) if values is not None else ())
 
   def booleans(s, m, v, op=None):  # one image's [H, W, 1] inputs -> score, gt, valid, op
@@ -275,8 +304,8 @@ def _check_nhwc(*arrays) -> None:
 
 def batch_statistics(logits: jax.Array, mask: jax.Array, valid: jax.Array, *,
                      threshold: float = 0.0, distance_threshold: float = 3.0,
-                     max_targets: int = 32, max_pixels: int | None = 1024
-                     ) -> dict[str, jax.Array]:
+                     max_targets: int = 32, max_pixels: int | None = 1024,
+                     fa_rule: str = "pixels") -> dict[str, jax.Array]:
   """Per-image sufficient statistics for IoU, nIoU, Pd, Fa and F-measure (jit-compatible).
 
   Layout NHWC.  Prediction is ``logits > threshold`` (``threshold = 0`` is
@@ -309,37 +338,49 @@ def batch_statistics(logits: jax.Array, mask: jax.Array, valid: jax.Array, *,
     distance_threshold: centroid distance in pixels.
     max_targets: static cap on true components matched per image.
     max_pixels: static capacity of the compacted labelling, or ``None``.
+    fa_rule: ``"pixels"`` or ``"area"`` (static; module docstring): which predicted pixels
+      ``false_alarm_pixels`` counts.
 
   Returns:
     dict of float32 arrays of shape ``[B]`` (all counts in pixels or
     components): ``intersection``, ``union``, ``pixels`` (valid pixels),
     ``predicted`` (predicted pixels), ``targets`` (true components), ``matched``
-    (matched true components), ``false_alarm_pixels`` (predicted pixels outside matched
-    predicted components), ``target_overflow`` (1.0 if ``targets > max_targets``).
+    (matched true components), ``false_alarm_pixels`` (``"pixels"``: predicted pixels
+    outside matched predicted components; ``"area"``: pixels of the predicted components
+    whose area is no matched component's area), ``target_overflow`` (1.0 if
+    ``targets > max_targets``).
 
   Raises:
-    ValueError: if the inputs are not ``[B, H, W, 1]`` of the same shape.
+    ValueError: if the inputs are not ``[B, H, W, 1]`` of the same shape, or an unknown
+      ``fa_rule``.
   """
   _check_nhwc(logits, mask, valid)
   return _batch_statistics(logits, mask, valid, threshold=float(threshold),
                            distance_threshold=float(distance_threshold),
-                           max_targets=int(max_targets), max_pixels=max_pixels)
+                           max_targets=int(max_targets), max_pixels=max_pixels,
+                           fa_rule=_check_fa_rule(fa_rule))
+
+
+def _check_fa_rule(fa_rule: str) -> str:
+  if fa_rule not in FA_RULES:
+    raise ValueError(f"fa_rule={fa_rule!r}: expected one of {list(FA_RULES)}")
+  return fa_rule
 
 
 @functools.partial(jax.jit, static_argnames=("threshold", "distance_threshold", "max_targets",
-                                             "max_pixels"))
+                                             "max_pixels", "fa_rule"))
 def _batch_statistics(logits, mask, valid, *, threshold, distance_threshold, max_targets,
-                      max_pixels):
+                      max_pixels, fa_rule):
   stats = _sweep_statistics(logits, mask, valid, jnp.array([threshold], jnp.float32),
                             distance_threshold=distance_threshold, max_targets=max_targets,
-                            max_pixels=max_pixels)
+                            max_pixels=max_pixels, fa_rule=fa_rule)
   return {k: v[0] for k, v in stats.items()}
 
 
 def sweep_statistics(scores: jax.Array, mask: jax.Array, valid: jax.Array,
                      thresholds: jax.Array, *, distance_threshold: float = 3.0,
-                     max_targets: int = 32, max_pixels: int | None = 1024
-                     ) -> dict[str, jax.Array]:
+                     max_targets: int = 32, max_pixels: int | None = 1024,
+                     fa_rule: str = "pixels") -> dict[str, jax.Array]:
   """:func:`batch_statistics` at several thresholds at once (target-level ROC).
 
   Prediction at threshold ``t`` is ``scores > t``; everything else is as in
@@ -354,27 +395,31 @@ def sweep_statistics(scores: jax.Array, mask: jax.Array, valid: jax.Array,
     dict of float32 arrays of shape ``[T, B]`` with the keys of :func:`batch_statistics`.
 
   Raises:
-    ValueError: bad shapes (inputs not ``[B, H, W, 1]`` alike, thresholds not 1-D).
+    ValueError: bad shapes (inputs not ``[B, H, W, 1]`` alike, thresholds not 1-D), an
+      unknown ``fa_rule``.
   """
   _check_nhwc(scores, mask, valid)
   if jnp.ndim(thresholds) != 1:
     raise ValueError(f"thresholds must be 1-D [T], got shape {jnp.shape(thresholds)}")
   return _sweep_statistics(scores, mask, valid, jnp.asarray(thresholds, jnp.float32),
                            distance_threshold=float(distance_threshold),
-                           max_targets=int(max_targets), max_pixels=max_pixels)
+                           max_targets=int(max_targets), max_pixels=max_pixels,
+                           fa_rule=_check_fa_rule(fa_rule))
 
 
-@functools.partial(jax.jit, static_argnames=("distance_threshold", "max_targets", "max_pixels"))
+@functools.partial(jax.jit, static_argnames=("distance_threshold", "max_targets", "max_pixels",
+                                             "fa_rule"))
 def _sweep_statistics(scores, mask, valid, thresholds, *, distance_threshold, max_targets,
-                      max_pixels):
+                      max_pixels, fa_rule="pixels"):
   return _sweep_batch(scores, mask, valid, thresholds, distance_threshold=distance_threshold,
-                      max_targets=max_targets, max_pixels=max_pixels)
+                      max_targets=max_targets, max_pixels=max_pixels, fa_rule=fa_rule)
 
 
 def operating_point_and_sweep_statistics(
     values: jax.Array, threshold: float, scores: jax.Array, mask: jax.Array, valid: jax.Array,
     thresholds: jax.Array, *, distance_threshold: float = 3.0, max_targets: int = 32,
-    max_pixels: int | None = 1024) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    max_pixels: int | None = 1024, fa_rule: str = "pixels"
+    ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
   """:func:`batch_statistics` of ``values > threshold`` and :func:`sweep_statistics` of
   ``scores`` in one pass: each image's support (the union of every prediction and the
   ground truth) is compacted and its ground truth labelled once for both.
@@ -387,7 +432,8 @@ def operating_point_and_sweep_statistics(
     :func:`sweep_statistics`).
 
   Raises:
-    ValueError: bad shapes (inputs not ``[B, H, W, 1]`` alike, thresholds not 1-D).
+    ValueError: bad shapes (inputs not ``[B, H, W, 1]`` alike, thresholds not 1-D), an
+      unknown ``fa_rule``.
   """
   _check_nhwc(values, scores, mask, valid)
   if jnp.ndim(thresholds) != 1:
@@ -395,17 +441,17 @@ def operating_point_and_sweep_statistics(
   stats = _operating_point_and_sweep(
       values, scores, mask, valid, jnp.asarray(thresholds, jnp.float32),
       threshold=float(threshold), distance_threshold=float(distance_threshold),
-      max_targets=int(max_targets), max_pixels=max_pixels)
+      max_targets=int(max_targets), max_pixels=max_pixels, fa_rule=_check_fa_rule(fa_rule))
   return {k: v[-1] for k, v in stats.items()}, {k: v[:-1] for k, v in stats.items()}
 
 
 @functools.partial(jax.jit, static_argnames=("threshold", "distance_threshold", "max_targets",
-                                             "max_pixels"))
+                                             "max_pixels", "fa_rule"))
 def _operating_point_and_sweep(values, scores, mask, valid, thresholds, *, threshold,
-                               distance_threshold, max_targets, max_pixels):
+                               distance_threshold, max_targets, max_pixels, fa_rule):
   return _sweep_batch(scores, mask, valid, thresholds, values, threshold,
                       distance_threshold=distance_threshold, max_targets=max_targets,
-                      max_pixels=max_pixels)
+                      max_pixels=max_pixels, fa_rule=fa_rule)
 
 
 def detection_maps(pred: jax.Array, gt: jax.Array, *, distance_threshold: float = 3.0,
@@ -422,8 +468,8 @@ def detection_maps(pred: jax.Array, gt: jax.Array, *, distance_threshold: float 
   """
   table_t, lab_t = _dense_table(gt)
   table_p, lab_p = _dense_table(pred)
-  matched, taken, _ = _greedy_match(table_t, table_p, float(distance_threshold),
-                                    int(max_targets))
+  matched, taken, _, _ = _greedy_match(table_t, table_p, float(distance_threshold),
+                                       int(max_targets))
   detected = taken[lab_p] & pred
   return {"detected": detected, "false_alarm": pred & ~detected,
           "missed": gt & ~matched[lab_t]}

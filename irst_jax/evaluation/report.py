@@ -5,10 +5,10 @@ so importing this module (as training does) does not import it.
 
 `write_report(out_dir, values, curves, examples, eval_config)` writes
 
-* ``metrics.json``: the table numbers (IoU, nIoU, Pd, Fa as a fraction, F-measure, AUC, AP,
+* ``metrics.json``: the evaluation protocol (``eval.protocol``), the table numbers (IoU, nIoU, Pd, Fa as a fraction, F-measure, AUC, AP,
   F-area, images) and the curves as lists;
 * ``roc.png``: pixel-level ROC (TPR vs FPR, with AUC) and target-level ROC (Pd vs Fa x1e-6,
-  one point per threshold of ``eval.roc_thresholds``);
+  one point per threshold of ``eval.roc_thresholds`` or of the protocol's own sweep);
 * ``pr.png``: precision vs recall with AP;
 * ``grid.png`` (when examples are given): one row per image: input, ground truth, and the
   prediction at the operating threshold with the Pd/Fa matching outcome coloured
@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from skimage.measure import label, regionprops
 
-from irst_jax.evaluation import metrics
+from irst_jax.evaluation import metrics, protocols
 
 __all__ = ["write_report", "plot_curves", "qualitative_grid", "to_jsonable"]
 
@@ -153,7 +153,8 @@ def write_report(out_dir, values: Mapping[str, float], curves: Mapping,
   """Writes metrics.json, roc.png, pr.png and (with examples) grid.png; returns out_dir."""
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  record = {"title": title, "metrics": to_jsonable(values), "curves": to_jsonable(curves)}
+  record = {"title": title, "protocol": protocols.get(eval_config).name,
+            "metrics": to_jsonable(values), "curves": to_jsonable(curves)}
   (out_dir / "metrics.json").write_text(json.dumps(record, indent=1))
   plot_curves(curves, out_dir, title)
   if examples:

@@ -1,7 +1,8 @@
 """Scores another method's predictions (a folder of PNGs) with the project's metrics.
 
   python -m irst_jax.evaluation.score --predictions=DIR --dataset=nuaa_sirst \
-      [--builder_config=50_50] --split=test [--threshold=0.5] [--out_dir=DIR]
+      [--builder_config=50_50] --split=test [--threshold=0.5] [--protocol=basicirstd] \
+      [--out_dir=DIR]
 
 (also as ``python -m irst_jax.score``).
 
@@ -14,6 +15,11 @@ Grey PNGs are read as they are; RGB/RGBA/palette PNGs are converted to grey (Pil
 16-bit colour and other modes are refused, naming the file (:func:`read_score_map`).
 Prediction at the operating point: ``score > threshold`` (default 0.5, i.e. 8-bit value
 >= 128, 16-bit value >= 32768).
+
+``--protocol`` (:mod:`irst_jax.evaluation.protocols`): ``basicirstd`` (default),
+``basicirstd_2023`` (area-based Fa) or ``dnanet`` (prediction scores resized bilinearly and
+masks with nearest to 256 x 256, area-based Fa, Pd/Fa at scores > i / 10, i = 0..10, the
+reference's thresholds ``v > 25.5 i`` on an 8-bit map ``v``).
 
 Prints the table of IoU, nIoU, Pd, Fa (x1e-6), AUC, AP, F-measure, F-area (same code as
 ``--mode=eval``: :mod:`irst_jax.evaluation.curves`, :mod:`irst_jax.evaluation.metrics`) and,
@@ -34,7 +40,7 @@ from PIL import Image
 from irst_jax import compilation_cache, errors
 from irst_jax.data import pipeline
 from irst_jax.evaluation import curves as curves_lib
-from irst_jax.evaluation import report, tables
+from irst_jax.evaluation import protocols, report, tables
 
 __all__ = ["score_folder", "read_predictions", "read_score_map", "dataset_config", "define_flags",
            "main"]
@@ -166,12 +172,13 @@ def read_predictions(folder, sizes: dict[str, tuple[int, int]]) -> dict[str, np.
 def score_folder(predictions, data_config: ml_collections.ConfigDict, split: str,
                  eval_config: ml_collections.ConfigDict, batch_size: int = 8
                  ) -> tuple[dict[str, float], dict]:
-  """(table numbers, curves) of the PNG predictions in `predictions` on a dataset split."""
+  """(table numbers, curves) of the PNG predictions in `predictions` on a dataset split,
+  under the protocol of ``eval_config.protocol`` (:mod:`irst_jax.evaluation.protocols`)."""
   source = pipeline.load_builder(data_config).as_data_source(split=split)
   scores = read_predictions(predictions, _names_and_sizes(source))
   step = jax.jit(lambda s, m, v: curves_lib.evaluation_outputs(
-      s, float(eval_config.threshold), s, m, v, eval_config))
-  evaluation = curves_lib.Evaluation(eval_config)
+      s, float(eval_config.threshold), s, m, v, eval_config, values_units="scores"))
+  evaluation = curves_lib.Evaluation(eval_config, values_units="scores")
   for batch in pipeline.create_eval_iterator(data_config, split=split, batch_size=batch_size,
                                              num_devices=1):
     mask, valid = batch["mask"][0], batch["valid"][0]
@@ -180,7 +187,8 @@ def score_folder(predictions, data_config: ml_collections.ConfigDict, split: str
       if name:
         h, w = scores[name].shape
         score[j, :h, :w, 0] = scores[name]
-    evaluation.update(jax.device_get(step(score, mask, valid)))
+    resized = protocols.network_batch(eval_config, {"image": score, "mask": mask, "valid": valid})
+    evaluation.update(jax.device_get(step(resized["image"], resized["mask"], resized["valid"])))
   return evaluation.result()
 
 
@@ -188,6 +196,7 @@ def define_flags() -> None:
   """Command-line flags (defined only when run as a command, so that importing is free);
   ``--predictions`` is required."""
   global _PREDICTIONS, _DATASET, _BUILDER_CONFIG, _SPLIT, _THRESHOLD, _DATA_DIR, _MANUAL_DIR, _OUT_DIR
+  global _PROTOCOL
   _PREDICTIONS = flags.DEFINE_string("predictions", None, "Folder of <name>.png predictions.")
   _DATASET = flags.DEFINE_string("dataset", "nuaa_sirst", "Dataset name (nuaa_sirst, nudt_sirst, "
                                  "mdvsfa_cgan).")
@@ -197,6 +206,8 @@ def define_flags() -> None:
   _THRESHOLD = flags.DEFINE_float("threshold", 0.5, "Operating threshold on scores in [0, 1].")
   _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir (default $TFDS_DATA_DIR).")
   _MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Raw dataset folder (official layout).")
+  _PROTOCOL = flags.DEFINE_enum("protocol", protocols.DEFAULT, sorted(protocols.PROTOCOLS),
+                                "Evaluation protocol (irst_jax.evaluation.protocols).")
   _OUT_DIR = flags.DEFINE_string("out_dir", None, "Writes metrics.json, roc.png, pr.png there.")
   flags.mark_flag_as_required("predictions")
 
@@ -209,10 +220,12 @@ def main(argv):
 
   eval_config = default.get_base_config().eval
   eval_config.threshold = _THRESHOLD.value
+  eval_config.protocol = _PROTOCOL.value
   data = dataset_config(_DATASET.value, _BUILDER_CONFIG.value, _DATA_DIR.value, _MANUAL_DIR.value)
   values, curves = score_folder(_PREDICTIONS.value, data, _SPLIT.value, eval_config)
   name = pathlib.Path(_PREDICTIONS.value).name
-  print(f"{data.name}/{data.builder_config} {_SPLIT.value}: {int(values['images'])} images")
+  print(f"{data.name}/{data.builder_config} {_SPLIT.value}: {int(values['images'])} images, "
+        f"protocol {_PROTOCOL.value}")
   print(tables.markdown_table({name: values}))
   if _OUT_DIR.value:
     report.write_report(_OUT_DIR.value, values, curves, (), eval_config,
