@@ -132,6 +132,7 @@ def test_automatic_tiling_and_large_sides(local_forward, monkeypatch):
     Detector(local_forward, MANIFEST, tile=0)(image)
   tiled = Detector(local_forward, MANIFEST, tile=128, overlap=32)(image)
   assert tiled.score.shape == (40, 300)
+  assert Detector(local_forward, MANIFEST).tile_size((40, 300)) == detector_lib.DEFAULT_TILE
   with pytest.raises(ValueError, match="multiple of 32"):
     Detector(local_forward, MANIFEST, tile=100)
   with pytest.raises(ValueError, match="tta must be one of"):

@@ -32,7 +32,8 @@ evaluation.
 
 Frames of any size (tiling): a frame larger than the tiling limit (:attr:`Detector.tile`;
 by default frames of more than ``AUTO_TILE_PIXELS`` = 2048 x 2048 pixels, in tiles of
-``DEFAULT_TILE`` = 1024 with an overlap of 128) is run in overlapping square tiles, all of
+``DEFAULT_TILE`` = 1024 with an overlap of 128, and frames with a side above MAX_SIDE) is
+run in overlapping square tiles, all of
 one shape (one compilation) and at origins that are multiples of the model's 32, so that
 every tile sees the strided grid of whole-frame inference. The score map is stitched by
 centre cropping: along each axis two neighbouring tiles meet in the middle of their
@@ -444,7 +445,8 @@ class Detector:
     tta: test-time augmentation, one of TTA_MODES (module docstring).
     tile: tile side in pixels (a multiple of :attr:`pad_multiple`): frames with a side above
       it are run in tiles (module docstring); None (default): frames of more than
-      AUTO_TILE_PIXELS pixels are tiled with DEFAULT_TILE; 0: never tile.
+      AUTO_TILE_PIXELS pixels or with a side above MAX_SIDE are tiled with DEFAULT_TILE;
+      0: never tile.
     overlap: overlap of neighbouring tiles in pixels (a multiple of pad_multiple, below the
       tile); default: tile / 8 rounded down to a multiple of pad_multiple (128 for 1024).
     tile_batch: tiles per network call.
@@ -496,7 +498,7 @@ class Detector:
     """The tile side an image of `shape` (H, W) is run with, or None (one piece)."""
     h, w = (int(x) for x in shape[:2])
     if self.tile is None:
-      return DEFAULT_TILE if h * w > AUTO_TILE_PIXELS else None
+      return DEFAULT_TILE if h * w > AUTO_TILE_PIXELS or max(h, w) > MAX_SIDE else None
     if self.tile == 0:
       return None
     return int(self.tile) if max(h, w) > self.tile else None
