@@ -142,7 +142,8 @@ class Prediction:
   detections: list[Detection]
 
 
-def to_grey(image: np.ndarray, uint16_scaling: str = "full_range") -> np.ndarray:
+def to_grey(image: np.ndarray, uint16_scaling: str = "full_range",
+            value_range: Optional[tuple[float, float]] = None) -> np.ndarray:
   """Grey float32 [H, W] on the 0..255 scale of the training images, from an image array.
 
   Args:
@@ -154,6 +155,8 @@ def to_grey(image: np.ndarray, uint16_scaling: str = "full_range") -> np.ndarray
     uint16_scaling: 'full_range' (x * 255 / 65535) or 'min_max' (each image stretched
       from its own minimum..maximum to 0..255; for raw sensor frames that use only part
       of the 16-bit range). A choice left open by the papers, whose data are 8-bit.
+    value_range: for 'min_max', the (minimum, maximum) to stretch from instead of the
+      image's own (the tiles of a frame use the frame's).
 
   Raises:
     ValueError: empty image, unsupported shape, dtype or scaling, non-finite values.
@@ -183,7 +186,7 @@ def to_grey(image: np.ndarray, uint16_scaling: str = "full_range") -> np.ndarray
     x = image.astype(np.float64)
     if uint16_scaling == "full_range":
       return (x * (255.0 / 65535.0)).astype(np.float32)
-    low, high = x.min(), x.max()
+    low, high = (x.min(), x.max()) if value_range is None else value_range
     return ((x - low) * (255.0 / max(high - low, 1.0))).astype(np.float32)
   image = image.astype(np.float32)
   if not np.all(np.isfinite(image)):
@@ -550,14 +553,23 @@ class Detector:
       out.append((mean.astype(np.float32), mean > self.threshold, None))
     return out
 
-  def predict_tiled(self, grey: np.ndarray, tile: int) -> Prediction:
-    """Predicts one grey float32 [H, W] image (:func:`to_grey`) in tiles of side `tile`
-    (module docstring), `tile_batch` tiles a network call.
+  def predict_tiled(self, image: np.ndarray, tile: int) -> Prediction:
+    """Predicts one image (any array :func:`to_grey` accepts) in tiles of side `tile`
+    (module docstring), `tile_batch` tiles a network call. Each tile is converted to grey
+    on its own (with the frame's minimum and maximum for 'min_max' scaling), so no float
+    copy of the whole frame is made.
 
     Raises:
-      ValueError: a tile or the detector's overlap that is not a multiple of pad_multiple.
+      ValueError: a tile or the detector's overlap that is not a multiple of pad_multiple;
+        what :func:`to_grey` raises.
     """
-    height, width = grey.shape
+    image = np.asarray(image)
+    to_grey(image[:1, :1], self.uint16_scaling)  # checks shape and dtype
+    value_range = None
+    if self.uint16_scaling == "min_max" and image.dtype == np.uint16:
+      plane = image[..., 0] if image.ndim == 3 and image.shape[-1] in (1, 2) else image
+      value_range = (float(plane.min()), float(plane.max()))
+    height, width = image.shape[:2]
     m = self.pad_multiple
     tile_h, rows = axis_tiles(height, tile, self.overlap, m)
     tile_w, cols = axis_tiles(width, tile, self.overlap, m)
@@ -567,7 +579,8 @@ class Detector:
     count = min(self.tile_batch, len(tiles))
     for start in range(0, len(tiles), count):
       chunk = tiles[start:start + count]
-      crops = [grey[r[0]:r[0] + tile_h, c[0]:c[0] + tile_w] for r, c in chunk]
+      crops = [to_grey(image[r[0]:r[0] + tile_h, c[0]:c[0] + tile_w], self.uint16_scaling,
+                       value_range) for r, c in chunk]
       for ((y0, y1, y2), (x0, x1, x2)), (s, k, _) in zip(
           chunk, self._maps(crops, (tile_h, tile_w), count, labelled=False)):
         score[y1:y2, x1:x2] = s[y1 - y0:y2 - y0, x1 - x0:x2 - x0]
@@ -602,21 +615,22 @@ class Detector:
       ValueError: sides above MAX_SIDE of an image that is not tiled, a canvas that does not
         hold an image or is not positive, more images than batch_size, bad arrays (to_grey).
     """
-    grey = [to_grey(image, self.uint16_scaling) for image in images]
-    results: list[Optional[Prediction]] = [None] * len(grey)
-    whole = []
-    for i, g in enumerate(grey):
-      tile = self.tile_size(g.shape)
+    results: list[Optional[Prediction]] = [None] * len(images)
+    whole, grey_whole = [], []
+    for i, image in enumerate(images):
+      image = np.asarray(image)
+      tile = self.tile_size(image.shape[:2]) if image.ndim in (2, 3) else None
       if tile is not None:
-        results[i] = self.predict_tiled(g, tile)
-      elif max(g.shape) > MAX_SIDE:
+        results[i] = self.predict_tiled(image, tile)
+        continue
+      g = to_grey(image, self.uint16_scaling)
+      if max(g.shape) > MAX_SIDE:
         raise ValueError(f"image of {g.shape[0]}x{g.shape[1]} pixels: sides above {MAX_SIDE} "
                          "are not supported without tiling")
-      else:
-        whole.append(i)
+      whole.append(i)
+      grey_whole.append(g)
     if not whole:
       return results
-    grey_whole = [grey[i] for i in whole]
     if canvas is None:
       m = self.pad_multiple
       canvas = (max(-(-g.shape[0] // m) * m for g in grey_whole),

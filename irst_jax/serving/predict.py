@@ -177,10 +177,14 @@ def load_detector(model: str | pathlib.Path, checkpoint: str = "best", **kwargs
 
 
 def overlay(grey: np.ndarray, prediction: detector_lib.Prediction) -> Image.Image:
-  """RGB image: grey (0..255, clipped), mask pixels tinted red, boxes and ids in yellow."""
-  base = np.empty(grey.shape, np.uint8)
-  for start in range(0, grey.shape[0], 1024):  # row bands: no float copy of a large frame
-    base[start:start + 1024] = np.clip(np.rint(grey[start:start + 1024]), 0, 255)
+  """RGB image: grey (uint8, or float 0..255 rounded and clipped), mask pixels tinted red,
+  boxes and ids in yellow."""
+  if grey.dtype == np.uint8:
+    base = grey
+  else:
+    base = np.empty(grey.shape, np.uint8)
+    for start in range(0, grey.shape[0], 1024):  # row bands: no float copy of a large frame
+      base[start:start + 1024] = np.clip(np.rint(grey[start:start + 1024]), 0, 255)
   rgb = np.repeat(base[..., None], 3, axis=-1)
   del base
   red = np.array([255, 0, 0], np.float32)
@@ -211,7 +215,7 @@ PNG_COMPRESS_LEVEL = 1
 
 def _write(out: pathlib.Path, name: str, grey: np.ndarray, prediction: detector_lib.Prediction,
            save_scores: bool) -> None:
-  Image.fromarray(prediction.mask.astype(np.uint8) * 255, "L").save(
+  Image.fromarray(prediction.mask.view(np.uint8) * np.uint8(255), "L").save(
       out / "masks" / f"{name}.png", compress_level=PNG_COMPRESS_LEVEL)
   overlay(grey, prediction).save(out / "overlays" / f"{name}.png",
                                  compress_level=PNG_COMPRESS_LEVEL)
@@ -331,13 +335,25 @@ def run(detector: detector_lib.Detector, inputs: Iterable[str], output: str | pa
     if writing is not None:
       writing.result()
   # Tiled frames one at a time, written before the next is read: one frame's maps in memory.
+  # The detector converts each tile to grey; a uint8 frame is drawn as it is (its grey).
   for i in tiled:
-    grey = read(i)
-    if grey is None:
+    try:
+      image = read_image(files[i])
+      if image.shape[:2] != sizes[i]:
+        raise ImageReadError(f"{files[i]}: decoded size {image.shape[:2]} differs from the "
+                             f"header's {sizes[i]}")
+      prediction = detector.predict_batch([image])[0]
+    except ValueError as e:
+      fail(i, e)
+      progress.update(1)
       continue
-    prediction = detector.predict_batch([grey])[0]
-    results[i] = {"image": str(files[i]), "height": grey.shape[0], "width": grey.shape[1],
+    results[i] = {"image": str(files[i]), "height": sizes[i][0], "width": sizes[i][1],
                   "detections": [d.as_dict() for d in prediction.detections]}
+    if not save_scores:  # frees the float32 score map before the overlay is drawn
+      prediction = dataclasses.replace(prediction, score=None)
+    grey = image if image.dtype == np.uint8 else detector_lib.to_grey(
+        image, detector.uint16_scaling)
+    del image
     write_all([(i, grey)], [prediction])
     del grey, prediction
   progress.close()
