@@ -204,3 +204,37 @@ def test_tta_with_tiles_and_batches(local_forward):
   np.testing.assert_allclose(batch[0].score, a.score, rtol=0, atol=1e-6)
   np.testing.assert_allclose(batch[1].score, alone.score, rtol=0, atol=1e-6)
   assert _geometry(batch[1]) == _geometry(alone)
+
+
+def test_tiles_of_a_16_bit_frame_share_its_min_max_scaling(local_forward):
+  rng = np.random.default_rng(6)
+  image = rng.integers(1000, 3000, (200, 300)).astype(np.uint16)
+  image[10, 10], image[150, 250] = 500, 4000   # the frame's minimum and maximum, in two tiles
+  kwargs = dict(uint16_scaling="min_max")
+  whole = Detector(local_forward, MANIFEST, tile=0, **kwargs)(image)
+  tiled = Detector(local_forward, MANIFEST, tile=128, overlap=32, **kwargs)(image)
+  np.testing.assert_allclose(tiled.score, whole.score, rtol=0, atol=1e-6)
+
+
+def test_predict_writes_tiled_frames(local_forward, tmp_path):
+  from PIL import Image
+  from irst_jax.serving import predict
+  rng = np.random.default_rng(7)
+  big = rng.integers(0, 256, (300, 200)).astype(np.uint8)
+  small = rng.integers(0, 256, (40, 50)).astype(np.uint8)
+  (tmp_path / "in").mkdir()
+  Image.fromarray(big).save(tmp_path / "in" / "big.png")
+  Image.fromarray(small).save(tmp_path / "in" / "small.png")
+  detector = Detector(local_forward, MANIFEST, tile=128, overlap=32)
+  report = predict.run(detector, [str(tmp_path / "in")], tmp_path / "out", save_scores=True,
+                       show_progress=False)
+  assert [r["height"] for r in report.images] == [300, 40] and not report.failures
+  expected = Detector(local_forward, MANIFEST, tile=0)(big)
+  mask = np.asarray(Image.open(tmp_path / "out" / "masks" / "big.png")) > 0
+  np.testing.assert_array_equal(mask, expected.mask)
+  np.testing.assert_allclose(np.load(tmp_path / "out" / "scores" / "big.npy"), expected.score,
+                             rtol=0, atol=1e-6)
+  overlay = np.asarray(Image.open(tmp_path / "out" / "overlays" / "big.png"))
+  # the uint8 frame drawn as it is: the overlay of its float grey image
+  np.testing.assert_array_equal(
+      overlay, np.asarray(predict.overlay(big.astype(np.float32), expected)))
