@@ -19,7 +19,7 @@ Written into the output folder, for a video ``<name>.<ext>``:
   videos/<name>.json   the stream (path, fps, size, frames) and per frame: frame, time,
                        detections
   videos/<name>.mp4    with save_video: the annotated frames (the overlays of
-                       :func:`irst_jax.serving.predict.overlay`), H.264 (MPEG-4 part 2
+                       :func:`irst_jax.serving.draw.overlay`), H.264 (MPEG-4 part 2
                        when the FFmpeg build has no H.264 encoder) at the input's frame rate
 """
 from __future__ import annotations
@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from irst_jax import errors
 from irst_jax.serving import detector as detector_lib
+from irst_jax.serving import draw
 
 #: File suffixes routed to the video reader by ``predict`` (any container FFmpeg reads can
 #: also be given to :func:`run_video` directly).
@@ -146,9 +147,6 @@ def run_video(detector: detector_lib.Detector, path: str | pathlib.Path,
       cannot be decoded (the files written so far are kept).
     ValueError: batch_size < 1.
   """
-  # Imported here: predict imports this module, and overlay lives in predict.
-  from irst_jax.serving import predict  # pylint: disable=import-outside-toplevel
-
   if batch_size < 1:
     raise ValueError(f"batch_size must be at least 1, got {batch_size}")
   av = import_av()
@@ -194,7 +192,7 @@ def run_video(detector: detector_lib.Detector, path: str | pathlib.Path,
           for d in detections:
             rows.writerow({"frame": index, "time": time, **d})
           if writer is not None:
-            writer.write(np.asarray(predict.overlay(g, prediction)))
+            writer.write(np.asarray(draw.overlay(g, prediction)))
         progress.update(len(batch))
 
       batch: list[tuple[int, float, np.ndarray]] = []
