@@ -126,10 +126,6 @@ def peak_bytes(compiled) -> Optional[int]:
              + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
 
 
-def _shapes(tree):
-  return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
-
-
 def profile(config: ml_collections.ConfigDict, image_size: int = 256, runs: int = 20,
             train_batch: Optional[int] = None, name: Optional[str] = None,
             measure_train: bool = True) -> Profile:
