@@ -153,14 +153,15 @@ def test_oversized_and_unreadable_headers_are_failures(detector, tmp_path):
   (tmp_path / "in").mkdir()
   Image.fromarray(np.zeros((1, 16385), np.uint8)).save(tmp_path / "in" / "wide.png")
   (tmp_path / "in" / "junk.png").write_bytes(b"not a png")
-  report = predict.run(detector, [str(tmp_path / "in")], tmp_path / "out", show_progress=False)
+  untiled = detector_lib.Detector(detector.forward, detector.manifest, tile=0)
+  report = predict.run(untiled, [str(tmp_path / "in")], tmp_path / "out", show_progress=False)
   assert report.images == [] and report.failures == [
       (str(tmp_path / "in" / "junk.png"),
        f"{tmp_path / 'in' / 'junk.png'}: cannot read the image (UnidentifiedImageError: "
        f"cannot identify image file '{tmp_path / 'in' / 'junk.png'}')"),
       (str(tmp_path / "in" / "wide.png"),
        f"{tmp_path / 'in' / 'wide.png'}: image of 1x16385 pixels: sides above 16384 are not "
-       "supported")]
+       "supported without tiling (--tile)")]
 
 
 def test_batch_sizes_split_evenly():

@@ -5,7 +5,8 @@
     result = detector(image)        # [H, W], [H, W, 1], [H, W, 3] or [H, W, 4]; any size
     result.score, result.mask, result.detections
 
-This module imports nothing but the standard library, numpy and jax at import time, so that
+This module imports nothing but the standard library, numpy and jax at import time (and
+scipy, a dependency of jax, when it labels a mask on the host), so that
 an exported artifact (:mod:`irst_jax.serving.export`; a copy of this file is written into it
 as ``irst_detector.py``) runs on a machine without irst_jax's training or model code. It
 imports nothing of irst_jax: the in-framework detector of a workdir is built by
@@ -28,6 +29,33 @@ plans at most four canvases for a whole folder (:mod:`irst_jax.data.canvas`). Sc
 image are those of the network on the canvas it was padded to: networks with global pooling
 (ACM's global attention) give slightly different scores on different canvases, as in the
 evaluation.
+
+Frames of any size (tiling): a frame larger than the tiling limit (:attr:`Detector.tile`;
+by default frames of more than ``AUTO_TILE_PIXELS`` = 2048 x 2048 pixels, in tiles of
+``DEFAULT_TILE`` = 1024 with an overlap of 128, and frames with a side above MAX_SIDE) is
+run in overlapping square tiles, all of
+one shape (one compilation) and at origins that are multiples of the model's 32, so that
+every tile sees the strided grid of whole-frame inference. The score map is stitched by
+centre cropping: along each axis two neighbouring tiles meet in the middle of their
+overlap, so each pixel comes from the tile where it lies farthest from a tile border (at
+least overlap / 2 pixels from any border inside the frame). The mask is thresholded and its
+components labelled on the stitched map (on the host, 8-connected, as the module does), so
+a target straddling a tile border is one detection. For a network whose receptive field
+reaches less than overlap / 2 pixels, the stitched map equals whole-frame inference; the
+networks of irst_jax see further (and ACM's global attention pools each whole tile), so
+their stitched scores differ slightly from whole-frame ones near tile borders. Memory is
+that of the frame's maps (grey, score, mask and labels) plus one batch of tiles.
+
+Test-time augmentation (:attr:`Detector.tta`): ``'flips'`` runs the network on the 4 flips
+of each image (identity, horizontal, vertical, both), ``'flips_transpose'`` on the 8
+transforms of the dihedral group of the square (the flips of the image and of its
+transpose), maps each output back and averages the sigmoid probabilities (not the logits:
+the average is the ensemble's probability, on the scale of the threshold, and one transform
+with an extreme logit cannot outvote the others); the mask is ``mean > threshold`` and its
+components are labelled on the host. Each pixel's values are summed in sorted order, so the
+result is exactly equivariant: TTA of a flipped (or transposed) image is the flipped TTA of
+the image, bit for bit. Padding stays
+bottom/right of each transformed image, as for any image.
 """
 from __future__ import annotations
 
@@ -55,6 +83,15 @@ MAX_SIDE = 16384
 #: Canvas sides are multiples of this unless the manifest says otherwise (every model's 32).
 PAD_MULTIPLE = 32
 UINT16_SCALINGS = ("full_range", "min_max")
+#: Test-time augmentations: none, the 4 flips, the 8 flips of the image and its transpose.
+TTA_MODES = ("none", "flips", "flips_transpose")
+#: Frames of more pixels than this are tiled unless the Detector's tile says otherwise.
+AUTO_TILE_PIXELS = 2048 * 2048
+#: Tile side and overlap of automatic tiling (pixels, multiples of PAD_MULTIPLE).
+DEFAULT_TILE = 1024
+DEFAULT_OVERLAP = 128
+#: Tiles per network call (the batch of the tiled program).
+DEFAULT_TILE_BATCH = 2
 
 #: forward(images [B, H, W, 1] float32 0..255, sizes [B, 2] int32 (h, w of each image in the
 #:   top-left corner), logit_threshold float32 scalar)
@@ -105,7 +142,8 @@ class Prediction:
   detections: list[Detection]
 
 
-def to_grey(image: np.ndarray, uint16_scaling: str = "full_range") -> np.ndarray:
+def to_grey(image: np.ndarray, uint16_scaling: str = "full_range",
+            value_range: Optional[tuple[float, float]] = None) -> np.ndarray:
   """Grey float32 [H, W] on the 0..255 scale of the training images, from an image array.
 
   Args:
@@ -117,6 +155,8 @@ def to_grey(image: np.ndarray, uint16_scaling: str = "full_range") -> np.ndarray
     uint16_scaling: 'full_range' (x * 255 / 65535) or 'min_max' (each image stretched
       from its own minimum..maximum to 0..255; for raw sensor frames that use only part
       of the 16-bit range). A choice left open by the papers, whose data are 8-bit.
+    value_range: for 'min_max', the (minimum, maximum) to stretch from instead of the
+      image's own (the tiles of a frame use the frame's).
 
   Raises:
     ValueError: empty image, unsupported shape, dtype or scaling, non-finite values.
@@ -146,7 +186,7 @@ def to_grey(image: np.ndarray, uint16_scaling: str = "full_range") -> np.ndarray
     x = image.astype(np.float64)
     if uint16_scaling == "full_range":
       return (x * (255.0 / 65535.0)).astype(np.float32)
-    low, high = x.min(), x.max()
+    low, high = (x.min(), x.max()) if value_range is None else value_range
     return ((x - low) * (255.0 / max(high - low, 1.0))).astype(np.float32)
   image = image.astype(np.float32)
   if not np.all(np.isfinite(image)):
@@ -157,7 +197,6 @@ def to_grey(image: np.ndarray, uint16_scaling: str = "full_range") -> np.ndarray
 def find_detections(labels: np.ndarray, score: np.ndarray) -> list[Detection]:
   """The components of a label map [H, W] (0 = background) with their scores [H, W]."""
   labels = np.asarray(labels)
-  score = np.asarray(score, np.float64)
   rows, cols = np.nonzero(labels)  # raster order
   if rows.size == 0:
     return []
@@ -165,7 +204,7 @@ def find_detections(labels: np.ndarray, score: np.ndarray) -> list[Detection]:
   order = np.argsort(first, kind="stable")  # raster order of each component's first pixel
   n = ids.size
   area = np.bincount(inverse, minlength=n)
-  values = score[rows, cols]
+  values = np.asarray(score)[rows, cols].astype(np.float64)  # no float64 copy of the map
 
   def reduce(fn, init, data):
     out = np.full(n, init, data.dtype)
@@ -308,6 +347,95 @@ def load_export(path: str | pathlib.Path) -> tuple[Forward, dict[str, Any]]:
   return (lambda images, sizes, threshold: call(weights, images, sizes, threshold)), manifest
 
 
+#: A transform of the dihedral group: (transpose, flip rows (vertical), flip columns
+#: (horizontal)), applied in that order; see :func:`apply_transform`.
+Transform = tuple[bool, bool, bool]
+
+
+def tta_transforms(tta: str) -> list[Transform]:
+  """The transforms of a test-time augmentation mode (identity first).
+
+  Raises:
+    ValueError: `tta` not in TTA_MODES.
+  """
+  if tta not in TTA_MODES:
+    raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
+  flips = [(False, False), (False, True), (True, False), (True, True)]
+  if tta == "none":
+    flips = flips[:1]
+  transposes = (False, True) if tta == "flips_transpose" else (False,)
+  return [(t, rows, cols) for t in transposes for rows, cols in flips]
+
+
+def apply_transform(x: np.ndarray, transform: Transform) -> np.ndarray:
+  """`x` [..., H, W] transposed (to [..., W, H]) and/or flipped (views, no copy)."""
+  transpose, flip_rows, flip_cols = transform
+  if transpose:
+    x = np.swapaxes(x, -1, -2)
+  if flip_rows:
+    x = x[..., ::-1, :]
+  if flip_cols:
+    x = x[..., :, ::-1]
+  return x
+
+
+def invert_transform(x: np.ndarray, transform: Transform) -> np.ndarray:
+  """The inverse of :func:`apply_transform`: ``invert_transform(apply_transform(x, t), t) == x``."""
+  transpose, flip_rows, flip_cols = transform
+  if flip_cols:
+    x = x[..., :, ::-1]
+  if flip_rows:
+    x = x[..., ::-1, :]
+  if transpose:
+    x = np.swapaxes(x, -1, -2)
+  return x
+
+
+def axis_tiles(length: int, tile: int, overlap: int, multiple: int = PAD_MULTIPLE
+               ) -> tuple[int, list[tuple[int, int, int]]]:
+  """Tiles along one axis of `length` pixels: (tile size, [(origin, start, stop)]).
+
+  Tile k covers ``[origin, origin + size)`` (the part beyond `length` is padding) and owns
+  the output pixels ``[start, stop)``. The size is `tile`, or the axis padded to `multiple`
+  when that is shorter (one tile). Origins are ``0, s, 2 s, ...`` with the stride
+  ``s = tile - overlap`` and a last one ending at the padded axis end, all multiples of
+  `multiple` (the network's strided grid stays that of the whole frame); two neighbours
+  meet in the middle of their overlap (centre-crop stitching), so every owned pixel inside
+  the frame is at least ``overlap // 2`` pixels from its tile's borders.
+
+  Raises:
+    ValueError: length < 1; tile or overlap not multiples of `multiple`; overlap outside
+      ``[0, tile)``.
+  """
+  if length < 1:
+    raise ValueError(f"axis length must be positive, got {length}")
+  if tile < multiple or tile % multiple or overlap < 0 or overlap % multiple or overlap >= tile:
+    raise ValueError(f"tile {tile} and overlap {overlap}: expected a tile that is a positive "
+                     f"multiple of {multiple} and an overlap in [0, tile) that is a multiple "
+                     f"of {multiple}")
+  padded = -(-length // multiple) * multiple
+  size = min(tile, padded)
+  last = padded - size
+  origins = list(range(0, last, tile - overlap)) + [last]
+  cuts = ([0] + [min((origins[k + 1] + origins[k] + size) // 2, length)
+                 for k in range(len(origins) - 1)] + [length])
+  return size, [(o, cuts[k], cuts[k + 1]) for k, o in enumerate(origins)]
+
+
+def label_mask(mask: np.ndarray) -> np.ndarray:
+  """int32 [H, W] labels of the 8-connected components of a bool mask (0 = background), on
+  the host (``scipy.ndimage.label``; the components of ``metrics.connected_components``)."""
+  from scipy import ndimage  # a dependency of jax; imported when a mask is labelled on the host
+  labels, _ = ndimage.label(mask, structure=np.ones((3, 3), bool))
+  return labels
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+  """float64 sigmoid of float32 logits (0 below -709, where exp overflows)."""
+  with np.errstate(over="ignore"):
+    return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+
+
 class Detector:
   """A trained IRSTD network as a function of an image: score map, mask, detections.
 
@@ -317,13 +445,24 @@ class Detector:
     threshold: probability threshold of the mask (default: the manifest's, i.e. the
       training config's eval.threshold, 0.5 in every config).
     uint16_scaling: how 16-bit images map to 0..255, see :func:`to_grey`.
+    tta: test-time augmentation, one of TTA_MODES (module docstring).
+    tile: tile side in pixels (a multiple of :attr:`pad_multiple`): frames with a side above
+      it are run in tiles (module docstring); None (default): frames of more than
+      AUTO_TILE_PIXELS pixels or with a side above MAX_SIDE are tiled with DEFAULT_TILE;
+      0: never tile.
+    overlap: overlap of neighbouring tiles in pixels (a multiple of pad_multiple, below the
+      tile); default: tile / 8 rounded down to a multiple of pad_multiple (128 for 1024).
+    tile_batch: tiles per network call.
 
   Raises:
-    ValueError: threshold outside (0, 1), unknown uint16_scaling.
+    ValueError: threshold outside (0, 1), unknown uint16_scaling or tta, a tile or overlap
+      that is not a multiple of pad_multiple, an overlap not below the tile, tile_batch < 1.
   """
 
   def __init__(self, forward: Forward, manifest: dict[str, Any],
-               threshold: Optional[float] = None, uint16_scaling: str = "full_range"):
+               threshold: Optional[float] = None, uint16_scaling: str = "full_range",
+               tta: str = "none", tile: Optional[int] = None, overlap: Optional[int] = None,
+               tile_batch: int = DEFAULT_TILE_BATCH):
     self.forward = forward
     self.manifest = manifest
     self.threshold = float(manifest["threshold"] if threshold is None else threshold)
@@ -331,6 +470,22 @@ class Detector:
     if uint16_scaling not in UINT16_SCALINGS:
       raise ValueError(f"uint16_scaling must be one of {UINT16_SCALINGS}, got {uint16_scaling!r}")
     self.uint16_scaling = uint16_scaling
+    self.transforms = tta_transforms(tta)
+    self.tta = tta
+    m = self.pad_multiple
+    self.tile = tile
+    if overlap is None:
+      overlap = ((DEFAULT_TILE if not tile else tile) // 8) // m * m
+    self.overlap = int(overlap)
+    if tile_batch < 1:
+      raise ValueError(f"tile_batch must be at least 1, got {tile_batch}")
+    self.tile_batch = int(tile_batch)
+    if tile is not None and tile > MAX_SIDE:
+      raise ValueError(f"tile {tile} is above the module's largest side {MAX_SIDE}")
+    if tile is None or tile > 0:
+      axis_tiles(1, DEFAULT_TILE if tile is None else int(tile), self.overlap, m)  # checks
+    elif tile < 0:
+      raise ValueError(f"tile must be 0 (no tiling), positive or None (automatic), got {tile}")
 
   @classmethod
   def from_export(cls, path: str | pathlib.Path, **kwargs) -> "Detector":
@@ -342,9 +497,98 @@ class Detector:
     """Side multiple of default canvases: the manifest's ``input.pad_multiple`` (32)."""
     return int(self.manifest.get("input", {}).get("pad_multiple", PAD_MULTIPLE))
 
+  def tile_size(self, shape: tuple[int, int]) -> Optional[int]:
+    """The tile side an image of `shape` (H, W) is run with, or None (one piece)."""
+    h, w = (int(x) for x in shape[:2])
+    if self.tile is None:
+      return DEFAULT_TILE if h * w > AUTO_TILE_PIXELS or max(h, w) > MAX_SIDE else None
+    if self.tile == 0:
+      return None
+    return int(self.tile) if max(h, w) > self.tile else None
+
   def __call__(self, image: np.ndarray) -> Prediction:
     """Predicts one image of any size (see :func:`to_grey` for shapes and dtypes)."""
     return self.predict_batch([image])[0]
+
+  def _network(self, grey: Sequence[np.ndarray], canvas: tuple[int, int], count: int,
+               logit_threshold: np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """(logits float32 [n, H, W], labels int32 [n, H, W]) of n images on a canvas (H, W),
+    the batch completed to `count` with dummy images (zeros of size 1 x 1)."""
+    batch = np.zeros((count, canvas[0], canvas[1], 1), np.float32)
+    sizes = np.ones((count, 2), np.int32)
+    for i, g in enumerate(grey):
+      batch[i, :g.shape[0], :g.shape[1], 0] = g
+      sizes[i] = g.shape
+    logits, labels = self.forward(batch, sizes, logit_threshold)
+    return np.asarray(logits)[:len(grey), ..., 0], np.asarray(labels)[:len(grey)]
+
+  def _maps(self, grey: Sequence[np.ndarray], canvas: tuple[int, int], count: int,
+            labelled: bool) -> list[tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]]:
+    """[(score float32 [h, w], mask bool [h, w], labels int32 [h, w] or None)] of images
+    of one canvas: the module's labels when `labelled` and without TTA, else None (the
+    caller labels the mask)."""
+    if self.tta == "none":
+      threshold = self.logit_threshold if labelled else np.float32(np.inf)  # inf: no labelling
+      logits, labels = self._network(grey, canvas, count, threshold)
+      out = []
+      for g, lg, lab in zip(grey, logits, labels):
+        h, w = g.shape
+        lg = lg[:h, :w]
+        out.append((_sigmoid(lg).astype(np.float32), lg > self.logit_threshold,
+                    lab[:h, :w] if labelled else None))
+      return out
+    stacks = [np.empty((len(self.transforms),) + g.shape, np.float64) for g in grey]
+    for k, t in enumerate(self.transforms):
+      moved = [apply_transform(g, t) for g in grey]
+      logits, _ = self._network(moved, canvas[::-1] if t[0] else canvas, count,
+                                np.float32(np.inf))
+      for stack, m, lg in zip(stacks, moved, logits):
+        stack[k] = invert_transform(_sigmoid(lg[:m.shape[0], :m.shape[1]]), t)
+    out = []
+    for stack in stacks:
+      # Summed in sorted order: the sum of a pixel's values does not depend on which
+      # transform gave which, so TTA of a transformed image is exactly the transformed TTA.
+      stack.sort(axis=0)
+      mean = stack.sum(axis=0) / len(self.transforms)
+      out.append((mean.astype(np.float32), mean > self.threshold, None))
+    return out
+
+  def predict_tiled(self, image: np.ndarray, tile: int) -> Prediction:
+    """Predicts one image (any array :func:`to_grey` accepts) in tiles of side `tile`
+    (module docstring), `tile_batch` tiles a network call. Each tile is converted to grey
+    on its own (with the frame's minimum and maximum for 'min_max' scaling), so no float
+    copy of the whole frame is made.
+
+    Raises:
+      ValueError: a tile or the detector's overlap that is not a multiple of pad_multiple;
+        what :func:`to_grey` raises.
+    """
+    image = np.asarray(image)
+    to_grey(image[:1, :1], self.uint16_scaling)  # checks shape and dtype
+    value_range = None
+    if self.uint16_scaling == "min_max" and image.dtype == np.uint16:
+      plane = image[..., 0] if image.ndim == 3 and image.shape[-1] in (1, 2) else image
+      value_range = (float(plane.min()), float(plane.max()))
+    height, width = image.shape[:2]
+    m = self.pad_multiple
+    tile_h, rows = axis_tiles(height, tile, self.overlap, m)
+    tile_w, cols = axis_tiles(width, tile, self.overlap, m)
+    score = np.empty((height, width), np.float32)
+    mask = np.empty((height, width), bool)
+    tiles = [(r, c) for r in rows for c in cols]
+    count = min(self.tile_batch, len(tiles))
+    for start in range(0, len(tiles), count):
+      chunk = tiles[start:start + count]
+      crops = [to_grey(image[r[0]:r[0] + tile_h, c[0]:c[0] + tile_w], self.uint16_scaling,
+                       value_range) for r, c in chunk]
+      for ((y0, y1, y2), (x0, x1, x2)), (s, k, _) in zip(
+          chunk, self._maps(crops, (tile_h, tile_w), count, labelled=False)):
+        score[y1:y2, x1:x2] = s[y1 - y0:y2 - y0, x1 - x0:x2 - x0]
+        mask[y1:y2, x1:x2] = k[y1 - y0:y2 - y0, x1 - x0:x2 - x0]
+    labels = label_mask(mask)
+    detections = find_detections(labels, score)
+    del labels
+    return Prediction(score=score, mask=mask, detections=detections)
 
   def predict_batch(self, images: Sequence[np.ndarray], canvas: Optional[tuple[int, int]] = None,
                     batch_size: Optional[int] = None) -> list[Prediction]:
@@ -352,12 +596,15 @@ class Detector:
 
     Each image is placed in the top-left corner of a `canvas` (H, W) and the module is told
     its size, so padding never enters its mask or detections; results are cropped back to
-    each image's size. One compilation serves every call with the same canvas and batch.
+    each image's size. One compilation serves every call with the same canvas and batch
+    (with TTA, one call a transform; transposes run on the canvas (W, H)). Images that
+    :meth:`tile_size` tiles are predicted one by one in tiles (:meth:`predict_tiled`),
+    outside the canvas and the batch.
 
     Args:
       images: arrays accepted by :func:`to_grey`, of any sizes.
-      canvas: (H, W) holding every image; default: the smallest multiple of
-        :attr:`pad_multiple` holding them all.
+      canvas: (H, W) holding every image that is not tiled; default: the smallest multiple
+        of :attr:`pad_multiple` holding them all.
       batch_size: when given, the batch is completed with dummy images (zeros of size 1 x 1)
         to this many, so that batches of fewer images reuse the same compiled program.
 
@@ -365,43 +612,44 @@ class Detector:
       One Prediction per image, in order.
 
     Raises:
-      ValueError: sides above MAX_SIDE, a canvas that does not hold an image or is not
-        positive, more images than batch_size, bad arrays (to_grey).
+      ValueError: sides above MAX_SIDE of an image that is not tiled, a canvas that does not
+        hold an image or is not positive, more images than batch_size, bad arrays (to_grey).
     """
-    grey = [to_grey(image, self.uint16_scaling) for image in images]
-    if not grey:
-      return []
-    for g in grey:
+    results: list[Optional[Prediction]] = [None] * len(images)
+    whole, grey_whole = [], []
+    for i, image in enumerate(images):
+      image = np.asarray(image)
+      tile = self.tile_size(image.shape[:2]) if image.ndim in (2, 3) else None
+      if tile is not None:
+        results[i] = self.predict_tiled(image, tile)
+        continue
+      g = to_grey(image, self.uint16_scaling)
       if max(g.shape) > MAX_SIDE:
         raise ValueError(f"image of {g.shape[0]}x{g.shape[1]} pixels: sides above {MAX_SIDE} "
-                         "are not supported")
+                         "are not supported without tiling")
+      whole.append(i)
+      grey_whole.append(g)
+    if not whole:
+      return results
     if canvas is None:
       m = self.pad_multiple
-      canvas = (max(-(-g.shape[0] // m) * m for g in grey),
-                max(-(-g.shape[1] // m) * m for g in grey))
+      canvas = (max(-(-g.shape[0] // m) * m for g in grey_whole),
+                max(-(-g.shape[1] // m) * m for g in grey_whole))
     height, width = (int(side) for side in canvas)
     if min(height, width) < 1 or max(height, width) > MAX_SIDE:
       raise ValueError(f"canvas must be (H, W) with 1 <= H, W <= {MAX_SIDE}, got {canvas}")
-    too_big = [g.shape for g in grey if g.shape[0] > height or g.shape[1] > width]
+    too_big = [g.shape for g in grey_whole if g.shape[0] > height or g.shape[1] > width]
     if too_big:
       raise ValueError(f"canvas {height}x{width} does not hold an image of "
                        f"{too_big[0][0]}x{too_big[0][1]} pixels")
-    count = len(grey) if batch_size is None else int(batch_size)
-    if count < len(grey):
-      raise ValueError(f"{len(grey)} images do not fit in a batch of {batch_size}")
-    batch = np.zeros((count, height, width, 1), np.float32)
-    sizes = np.ones((count, 2), np.int32)  # dummies: a 1 x 1 image of zeros
-    for i, g in enumerate(grey):
-      batch[i, :g.shape[0], :g.shape[1], 0] = g
-      sizes[i] = g.shape
-    logits, labels = self.forward(batch, sizes, self.logit_threshold)
-    logits, labels = np.asarray(logits)[:len(grey), ..., 0], np.asarray(labels)[:len(grey)]
-    predictions = []
-    for g, lg, lab in zip(grey, logits, labels):
-      h, w = g.shape
-      with np.errstate(over="ignore"):  # exp(-logit) = inf for logits below -709: score 0
-        score = (1.0 / (1.0 + np.exp(-lg[:h, :w].astype(np.float64)))).astype(np.float32)
-      lab = lab[:h, :w]
-      predictions.append(Prediction(score=score, mask=lab > 0,
-                                    detections=find_detections(lab, score)))
-    return predictions
+    count = len(grey_whole) if batch_size is None else int(batch_size)
+    if count < len(grey_whole):
+      raise ValueError(f"{len(grey_whole)} images do not fit in a batch of {batch_size}")
+    for i, (score, mask, labels) in zip(whole, self._maps(grey_whole, (height, width), count,
+                                                          labelled=True)):
+      if labels is None:
+        labels = label_mask(mask)
+      else:
+        mask = labels > 0
+      results[i] = Prediction(score=score, mask=mask, detections=find_detections(labels, score))
+    return results

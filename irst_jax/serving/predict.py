@@ -3,6 +3,8 @@
   python -m irst_jax.serving.predict --model=runs/acm_unet/export --input=frames/ --output=out/
   python -m irst_jax.serving.predict --model=runs/acm_unet --input='data/*.png' --input=x.tif \
       --output=out/ --save_scores --batch_size=8 [--threshold=0.5] [--uint16_scaling=min_max]
+  python -m irst_jax.predict --model=runs/acm_unet/export --input=big.tif --tile=512 --overlap=64
+  python -m irst_jax.predict --model=runs/acm_unet/export --input=clip.mp4 --save_video --tta=flips
 
 --model is an exported artifact (irst_jax.serving.export; needs only jax + numpy) or a training
 workdir (its --checkpoint, in-framework). Inputs: PNG, BMP, TIFF, JPEG; 1-bit, 8-bit grey,
@@ -16,6 +18,16 @@ dummy images), so a folder of any mix of sizes compiles at most four programs. T
 never enters masks or detections (see :meth:`irst_jax.serving.detector.Detector.predict_batch`).
 Images are decoded one batch at a time.
 
+Large frames: a frame above the tiling limit (--tile; by default frames of more than 2048 x
+2048 pixels, in tiles of 1024 overlapping by 128) is predicted alone in tiles of one shape
+whose score maps are stitched before thresholding and labelling, so memory stays bounded and
+no detection is split at a tile border (:mod:`irst_jax.serving.detector`); such frames may
+have sides above the module's 16384. --tta=flips / flips_transpose averages the sigmoid
+probabilities over 4 / 8 flips and transposes (exactly equivariant). Videos (the suffixes of
+:data:`irst_jax.serving.video.SUFFIXES`, read with PyAV: the extra ``irst_jax[video]``) are
+predicted frame by frame in batches, see :mod:`irst_jax.serving.video`; a video that cannot
+be opened or decoded stops the command with a one-line error (exit status 2).
+
 Written into --output:
   masks/<name>.png       binary mask, 0 / 255 (L)
   overlays/<name>.png    the grey image with mask pixels tinted red and each detection's
@@ -25,6 +37,7 @@ Written into --output:
                          area (pixels), x_min, y_min, x_max, y_max (inclusive), peak_score,
                          mean_score
   detections.json        per image: path, size, detections; the failures; the model manifest
+  videos/<name>.csv|json|mp4   per video: see irst_jax.serving.video
 <name> is the file's stem (made unique with _2, _3, ... when stems repeat). A file that
 cannot be read is reported (naming it and why) and skipped; the others are still processed,
 the failures are listed at the end and the exit code is 1.
@@ -41,12 +54,14 @@ from typing import Iterable, Optional
 
 import numpy as np
 from absl import app, flags
-from PIL import Image, ImageDraw
+from PIL import Image
 from tqdm import tqdm
 
 from irst_jax import compilation_cache, errors
 from irst_jax.data import canvas as canvas_lib
 from irst_jax.serving import detector as detector_lib
+from irst_jax.serving.draw import overlay
+from irst_jax.serving import video as video_lib
 
 SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg")
 _EIGHT_BIT_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "La")
@@ -162,26 +177,14 @@ def load_detector(model: str | pathlib.Path, checkpoint: str = "best", **kwargs
                           " nor a training workdir (config.json)")
 
 
-def overlay(grey: np.ndarray, prediction: detector_lib.Prediction) -> Image.Image:
-  """RGB image: grey (0..255, clipped), mask pixels tinted red, boxes and ids in yellow."""
-  base = np.clip(np.rint(grey), 0, 255).astype(np.uint8)
-  rgb = np.repeat(base[..., None], 3, axis=-1)
-  red = np.array([255, 0, 0], np.float32)
-  rgb[prediction.mask] = (0.5 * rgb[prediction.mask] + 0.5 * red).astype(np.uint8)
-  img = Image.fromarray(rgb, "RGB")
-  draw = ImageDraw.Draw(img)
-  for d in prediction.detections:
-    draw.rectangle((d.x_min - 2, d.y_min - 2, d.x_max + 2, d.y_max + 2), outline=(255, 255, 0))
-    draw.text((d.x_max + 4, max(d.y_min - 6, 0)), str(d.target_id), fill=(255, 255, 0))
-  return img
-
-
 @dataclasses.dataclass
 class Report:
-  """What :func:`run` did: per image {'image', 'height', 'width', 'detections'}, failures."""
+  """What :func:`run` did: per image {'image', 'height', 'width', 'detections'}, failures,
+  and the videos' reports."""
 
   images: list[dict]
   failures: list[tuple[str, str]]
+  videos: list[video_lib.VideoReport] = dataclasses.field(default_factory=list)
 
 
 #: zlib level of the written PNGs: 1 writes them several times faster than PIL's default 6,
@@ -191,7 +194,7 @@ PNG_COMPRESS_LEVEL = 1
 
 def _write(out: pathlib.Path, name: str, grey: np.ndarray, prediction: detector_lib.Prediction,
            save_scores: bool) -> None:
-  Image.fromarray(prediction.mask.astype(np.uint8) * 255, "L").save(
+  Image.fromarray(prediction.mask.view(np.uint8) * np.uint8(255), "L").save(
       out / "masks" / f"{name}.png", compress_level=PNG_COMPRESS_LEVEL)
   overlay(grey, prediction).save(out / "overlays" / f"{name}.png",
                                  compress_level=PNG_COMPRESS_LEVEL)
@@ -205,22 +208,37 @@ def _batch_size(count: int, batch_size: int) -> int:
   return -(-count // -(-count // batch_size))
 
 
+def is_video(spec: str) -> bool:
+  """Whether an input is a video file: a path (not a glob) with a video suffix."""
+  return (not any(c in spec for c in "*?[")
+          and pathlib.Path(spec).suffix.lower() in video_lib.SUFFIXES)
+
+
 def run(detector: detector_lib.Detector, inputs: Iterable[str], output: str | pathlib.Path, *,
         save_scores: bool = False, batch_size: int = 8, show_progress: bool = True,
-        max_canvases: int = canvas_lib.MAX_CANVASES) -> Report:
-  """Predicts every image of `inputs` (files, folders, globs) and writes the outputs.
+        max_canvases: int = canvas_lib.MAX_CANVASES, save_video: bool = False) -> Report:
+  """Predicts every image and video of `inputs` (files, folders, globs) and writes the outputs.
 
   Sizes come from the image headers; `max_canvases` canvases (multiples of the detector's
-  pad_multiple) are planned for all of them; the images of each canvas are decoded and
-  predicted `batch_size` at a time (one compiled program per canvas). Outputs, records and
-  detections.csv rows keep the input order.
+  pad_multiple) are planned for the images that are not tiled; the images of each canvas are
+  decoded and predicted `batch_size` at a time (one compiled program per canvas); then each
+  image above the detector's tiling limit is decoded and predicted alone, in tiles. Outputs,
+  records and detections.csv rows keep the input order. Inputs named as files with a video
+  suffix (:func:`is_video`; folders and globs yield images only) are predicted frame by
+  frame (:func:`irst_jax.serving.video.run_video`, with `save_video`) after the images.
 
   Raises:
     ValueError: batch_size or max_canvases < 1.
+    VideoReadError, MissingDependencyError: a video cannot be read; PyAV is missing.
   """
   if batch_size < 1 or max_canvases < 1:
     raise ValueError(f"batch_size and max_canvases must be at least 1, got {batch_size}, "
                      f"{max_canvases}")
+  inputs = list(inputs)
+  videos = [pathlib.Path(spec) for spec in inputs if is_video(spec)]
+  inputs = [spec for spec in inputs if not is_video(spec)]
+  if videos:
+    video_lib.import_av()   # before any image work: a missing extra is reported at once
   out = pathlib.Path(output)
   for sub in ("masks", "overlays") + (("scores",) if save_scores else ()):
     (out / sub).mkdir(parents=True, exist_ok=True)
@@ -240,17 +258,20 @@ def run(detector: detector_lib.Detector, inputs: Iterable[str], output: str | pa
     except ValueError as e:
       fail(i, e)
       continue
-    if max(sizes[i]) > detector_lib.MAX_SIDE:
+    if max(sizes[i]) > detector_lib.MAX_SIDE and detector.tile_size(sizes[i]) is None:
       fail(i, ValueError(f"image of {sizes[i][0]}x{sizes[i][1]} pixels: sides above "
-                         f"{detector_lib.MAX_SIDE} are not supported"))
+                         f"{detector_lib.MAX_SIDE} are not supported without tiling (--tile)"))
       del sizes[i]
+  tiled = [i for i, size in sizes.items() if detector.tile_size(size) is not None]
+  whole = {i: size for i, size in sizes.items() if i not in tiled}
   groups: dict[tuple[int, int], list[int]] = {}
-  if sizes:
-    canvases = canvas_lib.plan_canvases(list(sizes.values()), detector.pad_multiple, max_canvases)
-    for i, size in sizes.items():  # input order within each canvas
+  if whole:
+    canvases = canvas_lib.plan_canvases(list(whole.values()), detector.pad_multiple, max_canvases)
+    for i, size in whole.items():  # input order within each canvas
       groups.setdefault(canvas_lib.assign(size, canvases), []).append(i)
 
-  progress = tqdm(total=len(files), desc="predict", unit="image", disable=not show_progress)
+  progress = tqdm(total=len(files), desc="predict", unit="image",
+                  disable=not show_progress or not files)
   progress.update(len(files) - len(sizes))
 
   def read(i: int) -> Optional[np.ndarray]:
@@ -292,10 +313,37 @@ def run(detector: detector_lib.Detector, inputs: Iterable[str], output: str | pa
         writing = pool.submit(write_all, chunk, predictions)
     if writing is not None:
       writing.result()
+  # Tiled frames one at a time, written before the next is read: one frame's maps in memory.
+  # The detector converts each tile to grey; a uint8 frame is drawn as it is (its grey).
+  for i in tiled:
+    try:
+      image = read_image(files[i])
+      if image.shape[:2] != sizes[i]:
+        raise ImageReadError(f"{files[i]}: decoded size {image.shape[:2]} differs from the "
+                             f"header's {sizes[i]}")
+      prediction = detector.predict_batch([image])[0]
+    except ValueError as e:
+      fail(i, e)
+      progress.update(1)
+      continue
+    results[i] = {"image": str(files[i]), "height": sizes[i][0], "width": sizes[i][1],
+                  "detections": [d.as_dict() for d in prediction.detections]}
+    if not save_scores:  # frees the float32 score map before the overlay is drawn
+      prediction = dataclasses.replace(prediction, score=None)
+    grey = image if image.dtype == np.uint8 else detector_lib.to_grey(
+        image, detector.uint16_scaling)
+    del image
+    write_all([(i, grey)], [prediction])
+    del grey, prediction
   progress.close()
   failures = failures + [(str(files[i]), file_failures[i]) for i in sorted(file_failures)]
 
-  report = Report(images=[results[i] for i in sorted(results)], failures=failures)
+  video_reports = [
+      video_lib.run_video(detector, path, out, name=name, batch_size=batch_size,
+                          save_video=save_video, show_progress=show_progress)
+      for path, name in zip(videos, output_names(videos))]
+  report = Report(images=[results[i] for i in sorted(results)], failures=failures,
+                  videos=video_reports)
   with (out / "detections.csv").open("w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
     writer.writeheader()
@@ -305,6 +353,10 @@ def run(detector: detector_lib.Detector, inputs: Iterable[str], output: str | pa
   (out / "detections.json").write_text(json.dumps(
       {"threshold": detector.threshold, "images": report.images,
        "failures": [{"input": s, "error": m} for s, m in failures],
+       "videos": [{"video": v.path, "frames": len(v.frames),
+                   "detections": sum(len(f["detections"]) for f in v.frames)}
+                  for v in report.videos],
+       "tta": detector.tta,
        "model": {k: detector.manifest.get(k) for k in ("model", "checkpoint", "normalization")}},
       indent=2))
   return report
@@ -323,6 +375,17 @@ def define_flags() -> None:
   flags.DEFINE_integer("batch_size", 8, "Images per network call (of one padded shape).")
   flags.DEFINE_enum("uint16_scaling", "full_range", list(detector_lib.UINT16_SCALINGS),
                     "How 16-bit images map to the 0..255 training scale.")
+  flags.DEFINE_integer("tile", None,
+                       "Tile side (a multiple of 32): frames with a side above it are run in "
+                       "tiles and stitched. Default: frames of more than 2048x2048 pixels in "
+                       "tiles of 1024; 0: never tile.")
+  flags.DEFINE_integer("overlap", None, "Overlap of neighbouring tiles (a multiple of 32, "
+                       "below --tile; default --tile / 8).")
+  flags.DEFINE_integer("tile_batch", detector_lib.DEFAULT_TILE_BATCH, "Tiles per network call.")
+  flags.DEFINE_enum("tta", "none", list(detector_lib.TTA_MODES),
+                    "Test-time augmentation: average the sigmoid probabilities over the 4 "
+                    "flips, or the 8 flips and transposes.")
+  flags.DEFINE_bool("save_video", False, "For video inputs: also write the annotated video.")
   flags.mark_flags_as_required(["model", "input", "output"])
 
 
@@ -332,10 +395,15 @@ def main(argv) -> Optional[int]:
   compilation_cache.enable()
   f = flags.FLAGS
   detector = load_detector(f.model, f.checkpoint, threshold=f.threshold,
-                           uint16_scaling=f.uint16_scaling)
-  report = run(detector, f.input, f.output, save_scores=f.save_scores, batch_size=f.batch_size)
+                           uint16_scaling=f.uint16_scaling, tta=f.tta, tile=f.tile,
+                           overlap=f.overlap, tile_batch=f.tile_batch)
+  report = run(detector, f.input, f.output, save_scores=f.save_scores, batch_size=f.batch_size,
+               save_video=f.save_video)
   count = sum(len(r["detections"]) for r in report.images)
   print(f"{len(report.images)} image(s), {count} detection(s) -> {f.output}")
+  for v in report.videos:
+    count = sum(len(frame["detections"]) for frame in v.frames)
+    print(f"{v.path}: {len(v.frames)} frame(s), {count} detection(s)")
   if report.failures:
     print(f"{len(report.failures)} input(s) failed:")
     for _, message in report.failures:
