@@ -1,6 +1,6 @@
 """CGRANet (Zhong et al., JSTARS 2023): Res2Net-50 v1b 26w x 4s backbone, context-guided
 modules, multiscale aggregation, axial + reverse attention, four deep-supervision maps
-(irst_jax/models/cgranet.py; 23,926,283 parameters with grey input, paper 26.12 M, see there).
+(irst_jax/models/cgranet.py; 24,082,808 parameters with grey input, paper 26.12 M, see there).
 
 Run:   python -m irst_jax.main --config=cgranet:mdvsfa_cgan --workdir=runs/cgranet
        Not yet run to the end: 40 min on one shared core of the 2-core CPU machine reached
