@@ -36,6 +36,9 @@ _EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Artifact directory writte
                                   "--mode=export (default: WORKDIR/export).")
 _EVAL_DIR = flags.DEFINE_string("eval_dir", None, "Report folder of --mode=eval (metrics.json, "
                                 "roc.png, pr.png, grid.png; default WORKDIR/eval/CHECKPOINT_SPLIT).")
+_PROTOCOL = flags.DEFINE_enum("protocol", None, ["basicirstd", "basicirstd_2023", "dnanet"],
+                              "Evaluation protocol of --mode=eval (default: the config's "
+                              "eval.protocol; irst_jax/evaluation/protocols.py).")
 _SPLIT = flags.DEFINE_string("split", None, "Split evaluated by --mode=eval (default: the "
                              "config's dataset.eval_split).")
 
@@ -61,7 +64,7 @@ def main(argv):
     print(f"exported the {_CHECKPOINT.value} checkpoint of {_WORKDIR.value} to {path}")
   else:
     values = train.evaluate_workdir(_WORKDIR.value, _CHECKPOINT.value, _CONFIG.value, _SPLIT.value,
-                                    _EVAL_DIR.value)
+                                    _EVAL_DIR.value, protocol=_PROTOCOL.value)
     print(tables.metrics_line(values))
     print(tables.markdown_table({_CHECKPOINT.value: values}))
     print(json.dumps(values, indent=2))

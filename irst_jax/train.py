@@ -537,12 +537,15 @@ def _check_finite(loss: float, step: int, epoch: int, store: checkpoints.Checkpo
 def evaluate_workdir(workdir: str, which: str = "best",
                      config: Optional[ml_collections.ConfigDict] = None,
                      split: Optional[str] = None,
-                     out_dir: Optional[str] = None) -> dict[str, float]:
+                     out_dir: Optional[str] = None,
+                     protocol: Optional[str] = None) -> dict[str, float]:
   """Evaluates the `which` ('best' or 'latest') checkpoint of a workdir on `split`.
 
   Returns the table numbers (IoU, nIoU, Pd, Fa, F-measure, AUC, AP, F-area, images) and
   writes the report (`report.write_report`: metrics.json, roc.png, pr.png, grid.png of the
-  first `eval.grid_images` images) into `out_dir` (default `<workdir>/eval/<which>_<split>`).
+  first `eval.grid_images` images) into `out_dir` (default `<workdir>/eval/<which>_<split>`,
+  plus `_<protocol>` for a protocol other than the default). `protocol` overrides the
+  config's `eval.protocol` (irst_jax/evaluation/protocols.py).
   Eval options missing from an older workdir's saved config take the current defaults.
   May run beside a training run of the same workdir (it only reads the checkpoints).
   Images are normalised with the workdir's stored statistics (normalization.json,
@@ -559,6 +562,9 @@ def evaluate_workdir(workdir: str, which: str = "best",
     checkpoints.check_same_model(checkpoints.read_saved_config(workdir), config,
                                  pathlib.Path(workdir) / checkpoints.CONFIG_FILE)
   config = _with_eval_defaults(config or saved)
+  if protocol is not None:
+    with config.unlocked():
+      config.eval.protocol = protocol
   config = checkpoints.with_saved_normalization(config, workdir)   # the trained statistics
   config_checks.check_model(config)
   config_checks.check_eval(config)
@@ -579,7 +585,9 @@ def evaluate_workdir(workdir: str, which: str = "best",
       make_eval_step(model, config.eval, curves=True), replicate(state), config, split,
       keep_images=int(config.eval.grid_images))
   if jax.process_index() == 0:
-    report.write_report(out_dir or pathlib.Path(workdir) / "eval" / f"{which}_{split}", values,
+    name = f"{which}_{split}" + ("" if config.eval.protocol == protocols.DEFAULT
+                                 else f"_{config.eval.protocol}")
+    report.write_report(out_dir or pathlib.Path(workdir) / "eval" / name, values,
                         curves, examples, config.eval,
                         title=f"{config.model.name} {which} on {config.dataset.name} {split}")
   return values

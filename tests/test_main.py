@@ -120,11 +120,13 @@ def test_main_command_trains_and_evaluates(prepared_fake_nuaa, tmp_path):
   assert out.returncode == 0, out.stderr[-3000:]
   assert "final: IoU" in out.stdout and "best (step 1)" in out.stdout
   evaluated = subprocess.run([sys.executable, "-m", "irst_jax.main", "--mode=eval",
-                              f"--workdir={workdir}"], cwd=ROOT, env=env, capture_output=True,
-                             text=True, timeout=900)
+                              f"--workdir={workdir}", "--protocol=basicirstd_2023"], cwd=ROOT,
+                             env=env, capture_output=True, text=True, timeout=900)
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   best = json.loads((workdir / checkpoints.BEST_METRICS_FILE).read_text())
-  assert f"IoU {best['IoU']:.4f}" in evaluated.stdout
+  assert f"IoU {best['IoU']:.4f}" in evaluated.stdout   # the protocol changes Fa only
+  report = json.loads((workdir / "eval" / "best_test_basicirstd_2023" / "metrics.json").read_text())
+  assert report["protocol"] == "basicirstd_2023"
 
 
 def test_eval_network_on_own_size_equals_per_size_evaluation(prepared_fake_nuaa):
