@@ -31,6 +31,7 @@ from PIL import Image
 from irst_jax import compilation_cache
 from irst_jax import curves as curves_lib
 from irst_jax import errors
+from irst_jax import platform_settings
 from irst_jax import report
 from irst_jax.data import pipeline
 
@@ -216,6 +217,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  platform_settings.apply()   # XLA CPU flags, on CPU only, before JAX starts
   _define_flags()
   flags.mark_flag_as_required("predictions")
   errors.run_main(main)

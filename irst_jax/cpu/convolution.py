@@ -266,18 +266,23 @@ def conv_transpose_4x4_s2(x: jax.Array, kernel: jax.Array) -> jax.Array:
       conv_general_dilated(x, phases, (1, 1), ((1, 1), (1, 1)), dimension_numbers=_NHWC))
 
 
-def convolution_equations(fn, *args) -> list:
+def convolution_equations(fn, *args, platform: str | None = None) -> list:
   """The `conv_general_dilated` equations of the jaxpr of `fn(*args)`, including those inside
   custom-VJP and other sub-jaxprs, in order: which convolutions a function really runs (each
-  with `invars` avals and `params`: strides, padding, dilations). Call it on a CPU form itself:
-  through `irst_jax.cpu.form` the jaxpr holds both the CPU and the plain form."""
+  with `invars` avals and `params`: strides, padding, dilations). With `platform` (e.g. "cpu"
+  or "cuda"), of each `jax.lax.platform_dependent` only the branch that platform runs."""
   found = []
 
   def walk(jaxpr):
     for equation in jaxpr.eqns:
       if equation.primitive.name == "conv_general_dilated":
         found.append(equation)
-      for value in equation.params.values():
+      params = dict(equation.params)
+      if platform is not None and params.get("branches_platforms") is not None:
+        params["branches"] = [
+            branch for branch, platforms in zip(params["branches"], params["branches_platforms"])
+            if platforms is None or platform in platforms][:1]
+      for value in params.values():
         for sub in (value if isinstance(value, (tuple, list)) else (value,)):
           if hasattr(sub, "eqns"):
             walk(sub)

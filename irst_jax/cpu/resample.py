@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from irst_jax.cpu.convolution import materialise
+from irst_jax.cpu import convolution
 
 
 def _gathered_sum(x: jax.Array, axis: int, indices, weights):
@@ -56,5 +56,5 @@ def linear(x: jax.Array, axis: int, lo: np.ndarray, hi: np.ndarray, frac: np.nda
     return _gathered_sum(x, axis, indices, weights)
 
   resample.defvjp(lambda x: (_gathered_sum(x, axis, indices, weights), None),
-                  lambda _, g: (_gathered_sum(materialise(g), axis, src_t, w_t),))
+                  lambda _, g: (_gathered_sum(convolution.materialise(g), axis, src_t, w_t),))
   return resample(x)
