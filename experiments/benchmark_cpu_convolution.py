@@ -12,7 +12,7 @@ For each of `--mode` (benchmark.py's flag: train, infer or both, the default), c
 pmapped train step of `irst_jax/train.py` or the jitted eval-mode forward pass of
 `benchmark.py` twice: as shipped, and without
 - `--without=materialise`: `cpu_convolution.materialise` made the identity, so convolutions
-  and the bilinear resampler (`layers._resampler`) no longer materialise their inputs and
+  and the bilinear resampler (`irst_jax/cpu/resample.py`) no longer materialise their inputs and
   cotangents (XLA then fuses the producers of those arrays into each consumer);
 - `--without=rewrites`: no narrow-output padding, single-channel space-to-depth form or
   stride-2 sub-pixel input gradient (`cpu_convolution._REWRITES` emptied);
