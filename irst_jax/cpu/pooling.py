@@ -27,7 +27,7 @@ def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
 
 def _pool_taps(x):
   _, h, w, _ = x.shape
-  ho, wo = -(-h // 2), -(-w // 2)
+  ho, wo = (h - 1) // 2 + 1, (w - 1) // 2 + 1   # ceil(h / 2), written as the plain pool's size
   padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
   n, _, _, c = padded.shape
   # lax.slice, not strided indexing: the same slice for static shapes, and a slice rather
