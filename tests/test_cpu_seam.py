@@ -116,3 +116,17 @@ def test_cpu_form_under_pmap_and_grad_equals_the_plain_form(monkeypatch):
   ours = step()
   _use(monkeypatch, "plain")
   _assert_close(ours, step())
+
+
+def test_convolution_equations_of_one_platform():
+  """The jaxpr holds both forms; `platform=` picks the convolutions that platform runs: the
+  transposed convolution is an input-dilated one on CUDA and a sub-pixel one on CPU."""
+  from irst_jax.cpu import convolution
+  variables, x = _inputs()
+  forward = lambda v, x: _Tiny().apply(v, x, train=False)
+  dilations = {
+      platform: [tuple(e.params["lhs_dilation"]) for e in convolution.convolution_equations(
+          forward, variables, x, platform=platform)]
+      for platform in ("cpu", "cuda", None)}
+  assert dilations["cuda"].count((2, 2)) == 1 and (2, 2) not in dilations["cpu"]
+  assert len(dilations[None]) == len(dilations["cpu"]) + len(dilations["cuda"])

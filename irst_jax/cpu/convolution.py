@@ -166,8 +166,10 @@ _REWRITES = (_single_channel_stride2_as_space_to_depth, _stride2_with_sub_pixel_
              _strided_1x1_as_subsampled, _narrow_output_padded)
 
 
-def _xnnpack_form(lhs, rhs, window_strides, padding, **kwargs):
-  plain_nhwc = (
+def _is_plain_nhwc(lhs, rhs, padding, kwargs) -> bool:
+  """NHWC input, HWIO kernel, explicit padding pairs; no dilation, groups, precision or
+  preferred element type: the convolutions this module rewrites."""
+  return (
       not isinstance(padding, str)
       and kwargs.get("dimension_numbers") is not None
       and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, kwargs["dimension_numbers"])
@@ -176,7 +178,10 @@ def _xnnpack_form(lhs, rhs, window_strides, padding, **kwargs):
               for name in ("lhs_dilation", "rhs_dilation", "feature_group_count",
                            "batch_group_count"))
       and kwargs.get("precision") is None and kwargs.get("preferred_element_type") is None)
-  if plain_nhwc:
+
+
+def _xnnpack_form(lhs, rhs, window_strides, padding, **kwargs):
+  if _is_plain_nhwc(lhs, rhs, padding, kwargs):
     for rewrite in _REWRITES:
       out = rewrite(lhs, rhs, window_strides, padding)
       if out is not None:
@@ -190,25 +195,20 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides, padding
   module's docstring. The rewrites apply only to NHWC input with an HWIO kernel (flax's
   layout), explicit padding pairs, no dilation, groups, precision or preferred element type;
   everything else is only materialised."""
-  if _is_shifted_sums_shape(lhs, rhs, window_strides, padding, kwargs):
+  if _is_plain_nhwc(lhs, rhs, padding, kwargs) and _is_shifted_sums_shape(
+      lhs, rhs, window_strides, padding):
     return shifted_sums_conv(lhs, rhs)
   out = _xnnpack_form(_materialised_value(lhs), rhs, window_strides, padding, **kwargs)
   return _materialised_cotangent(out)
 
 
-def _is_shifted_sums_shape(lhs, rhs, window_strides, padding, kwargs):
+def _is_shifted_sums_shape(lhs, rhs, window_strides, padding) -> bool:
+  """A 'same' k x k (odd k > 1), stride-1 convolution of at most 2 features to 1."""
   k = rhs.shape[0]
-  return (rhs.ndim == 4 and rhs.shape[3] == 1 and rhs.shape[2] <= _MAX_SHIFTED_SUMS_FEATURES
+  return (rhs.shape[3] == 1 and rhs.shape[2] <= _MAX_SHIFTED_SUMS_FEATURES
           and k == rhs.shape[1] and k % 2 == 1 and k > 1 and lhs.shape[3] == rhs.shape[2]
-          and tuple(window_strides) == (1, 1) and not isinstance(padding, str)
-          and [tuple(p) for p in padding] == [(k // 2, k // 2)] * 2
-          and kwargs.get("dimension_numbers") is not None
-          and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, kwargs["dimension_numbers"])
-          == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
-          and all(kwargs.get(name) in (None, 1, (1, 1), [1, 1])
-                  for name in ("lhs_dilation", "rhs_dilation", "feature_group_count",
-                               "batch_group_count"))
-          and kwargs.get("precision") is None and kwargs.get("preferred_element_type") is None)
+          and tuple(window_strides) == (1, 1)
+          and [tuple(p) for p in padding] == [(k // 2, k // 2)] * 2)
 
 
 @jax.custom_vjp
