@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import serve_steps  # noqa: E402
 
-from irst_jax import malloc_tuning, models, optim, train  # noqa: E402
+from irst_jax import models, optim, platform_settings, train  # noqa: E402
 
 CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=False)
 BATCH = flags.DEFINE_integer("batch_size", 8, "Global batch size.")
@@ -71,7 +71,6 @@ def setup(config, n: int, size: int):
 
 def main(argv):
   del argv
-  malloc_tuning.apply()   # as irst_jax.main does
   config = CONFIG.value
   n, size, devices = BATCH.value, SIZE.value, jax.local_device_count()
   model, state, schedule, batch = setup(config, n, size)
@@ -105,6 +104,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  malloc_tuning.restart_with_huge_pages()   # as irst_jax.main does
+  platform_settings.apply(malloc=True, huge_pages=True)   # as irst_jax.main does
   flags.mark_flag_as_required("config")
   app.run(main)

@@ -3,8 +3,8 @@
   python experiments/benchmark_convolutions_vs_torch.py --config=configs/acm_unet.py
 
 Traces the network's training forward pass (batch `--batch_size`, `--image_size` squared) and
-collects its convolutions as the layers call them (before `irst_jax/models/cpu_convolution.py`
-rewrites them: the trace runs as if on an accelerator). For each distinct shape, times in one
+collects its convolutions as the layers call them (before `irst_jax/cpu/convolution.py`
+rewrites them: the forms an accelerator runs). For each distinct shape, times in one
 process, one after the other and `--rounds` times: the JAX forward pass, input gradient and
 weight gradient, each jitted alone with `cpu_convolution.conv_general_dilated` (so with the CPU
 forms that the network runs), and PyTorch's `aten.convolution` and `aten.convolution_backward`
@@ -19,7 +19,6 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -29,8 +28,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from irst_jax import malloc_tuning, models  # noqa: E402
-from irst_jax.models import cpu_convolution  # noqa: E402
+from irst_jax import models, platform_settings  # noqa: E402
+from irst_jax.cpu import convolution as cpu_convolution  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.")
 _BATCH = flags.DEFINE_integer("batch_size", 8, "Batch size.")
@@ -50,9 +49,8 @@ def network_convolutions(config, n: int, size: int) -> collections.Counter:
 
   def forward(v, x, rng):
     return model.apply(v, x, train=True, mutable=["batch_stats"], rngs={"dropout": rng})
-  with mock.patch.object(jax, "default_backend", lambda: "gpu"):  # the layers' own convolutions
-    equations = cpu_convolution.convolution_equations(forward, variables, x,
-                                                      jax.random.PRNGKey(0))
+  equations = cpu_convolution.convolution_equations(   # the layers' own, plain convolutions
+      forward, variables, x, jax.random.PRNGKey(0), platform="cuda")
   found = collections.Counter()
   for e in equations:
     p = e.params
@@ -103,7 +101,6 @@ def _passes(lhs_shape, rhs_shape, strides, padding) -> dict:
 
 def main(argv):
   del argv
-  malloc_tuning.apply()
   torch.set_num_threads(os.cpu_count())
   shapes = network_convolutions(_CONFIG.value, _BATCH.value, _SIZE.value)
   totals = collections.Counter()
@@ -132,6 +129,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  malloc_tuning.restart_with_huge_pages()   # as irst_jax.main does
+  platform_settings.apply(malloc=True, huge_pages=True)   # as irst_jax.main does
   flags.mark_flag_as_required("config")
   app.run(main)

@@ -1,4 +1,4 @@
-"""Train step (or inference) with and without one of `irst_jax/models/cpu_convolution.py`'s
+"""Train step (or inference) with and without one of `irst_jax/cpu/convolution.py`'s
 CPU forms, interleaved in one process.
 
   python experiments/benchmark_cpu_convolution.py --config=configs/acm_unet.py --mode=train \
@@ -12,7 +12,7 @@ For each of `--mode` (benchmark.py's flag: train, infer or both, the default), c
 pmapped train step of `irst_jax/train.py` or the jitted eval-mode forward pass of
 `benchmark.py` twice: as shipped, and without
 - `--without=materialise`: `cpu_convolution.materialise` made the identity, so convolutions
-  and the bilinear resampler (`layers._resampler`) no longer materialise their inputs and
+  and the bilinear resampler (`irst_jax/cpu/resample.py`) no longer materialise their inputs and
   cotangents (XLA then fuses the producers of those arrays into each consumer);
 - `--without=rewrites`: no narrow-output padding, single-channel space-to-depth form or
   stride-2 sub-pixel input gradient (`cpu_convolution._REWRITES` emptied);
@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchmark  # noqa: E402
 
-from irst_jax import malloc_tuning, models, train  # noqa: E402
-from irst_jax.models import cpu_convolution  # noqa: E402
+from irst_jax import models, platform_settings, train  # noqa: E402
+from irst_jax.cpu import convolution as cpu_convolution  # noqa: E402
 
 # --config, --batch_size, --image_size and --mode (train, infer or both) are benchmark.py's flags.
 _STEPS = flags.DEFINE_integer("steps_per_round", 4, "Timed steps per variant and round.")
@@ -91,7 +91,6 @@ def _compiled_step(model, config, schedule, state, batch, mode: str, shipped: bo
 
 def main(argv):
   del argv
-  malloc_tuning.apply()
   config, n = benchmark.CONFIG.value, benchmark.BATCH.value
   model, state, schedule, batch = benchmark.setup(config, n, benchmark.SIZE.value)
   without = f"without {_WITHOUT.value}"
@@ -122,6 +121,6 @@ def _compare(runs: dict, without: str, mode: str, n: int) -> None:
 
 
 if __name__ == "__main__":
-  malloc_tuning.restart_with_huge_pages()   # as irst_jax.main does
+  platform_settings.apply(malloc=True, huge_pages=True)   # as irst_jax.main does
   flags.mark_flag_as_required("config")
   app.run(main)

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from irst_jax import models
+from irst_jax import models, platform_settings
 from irst_jax.serving import export
 from irst_jax.serving.detector import Detector
 
@@ -65,4 +65,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  platform_settings.apply()   # XLA CPU flags, on CPU only, as the entry points do
   app.run(main)

@@ -35,6 +35,7 @@ from skimage.measure import label, regionprops
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from configs import default  # noqa: E402
+from irst_jax import platform_settings  # noqa: E402
 from irst_jax.evaluation import curves  # noqa: E402
 from irst_jax.data import pipeline  # noqa: E402
 
@@ -172,4 +173,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  platform_settings.apply()   # XLA CPU flags, on CPU only, as the entry points do
   app.run(main)

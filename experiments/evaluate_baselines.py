@@ -24,6 +24,7 @@ from absl import app, flags
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from configs import default  # noqa: E402
+from irst_jax import platform_settings  # noqa: E402
 from irst_jax.evaluation import baselines, curves, score, tables  # noqa: E402
 from irst_jax.data import pipeline  # noqa: E402
 
@@ -78,4 +79,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  platform_settings.apply()   # XLA CPU flags, on CPU only, as the entry points do
   app.run(main)

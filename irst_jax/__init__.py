@@ -1,7 +1,7 @@
-"""irst_jax: single-frame infrared small target detection (IRSTD) in JAX/Flax."""
+"""irst_jax: single-frame infrared small target detection (IRSTD) in JAX/Flax.
 
-from irst_jax import xla_cpu_flags
-
-xla_cpu_flags.apply()
+Importing it changes no environment variable, flag or allocator: the command-line entry points
+apply the CPU process settings (`irst_jax.platform_settings`).
+"""
 
 __version__ = "0.1.0"

@@ -44,7 +44,8 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from irst_jax import checkpoints, compilation_cache, convert, errors, models, optim, train
+from irst_jax import (checkpoints, compilation_cache, convert, errors, models, optim,
+                      platform_settings, train)
 from irst_jax.data import pipeline
 
 #: Keys under which a checkpoint dict may nest its state_dict, in the order tried.
@@ -231,5 +232,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  platform_settings.apply()   # XLA CPU flags, on CPU only, before JAX starts
   define_flags()
   errors.run_main(main)

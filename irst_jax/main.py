@@ -22,7 +22,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from irst_jax import compilation_cache, errors, malloc_tuning, train
+from irst_jax import compilation_cache, errors, platform_settings, train
 from irst_jax.evaluation import tables
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -46,7 +46,6 @@ _SPLIT = flags.DEFINE_string("split", None, "Split evaluated by --mode=eval (def
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  malloc_tuning.apply()   # before JAX starts its threads (first use below)
   compilation_cache.enable()   # before the first compilation
   logging.info("JAX %s, devices: %s", jax.__version__, jax.local_devices())
   if _MODE.value == "train":
@@ -71,6 +70,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  malloc_tuning.restart_with_huge_pages()
+  platform_settings.apply(malloc=True, huge_pages=True)   # CPU only, before JAX starts
   flags.mark_flag_as_required("workdir")
   errors.run_main(main)

@@ -3,25 +3,23 @@
 XLA:CPU allocates each executable's temporary buffer (for a train step, every activation
 kept for the backward pass) at every call. glibc serves blocks that large with fresh
 ``mmap``'d pages and unmaps them on free, so every step page-faults its whole working set
-again: about 1.6 million minor faults in one ACM-U-Net run of ``experiments/benchmark.py``
-(30 train steps, batch 8, 256x256), about half of the system time. With ``mmap`` disabled,
-trimming off and one arena (threads from other arenas would otherwise still ``mmap`` large
-blocks), freed blocks stay in the heap and the next step reuses them: 0.4 million faults,
-and ACM-U-Net trains faster (experiments/results/benchmark_acm_unet.md). The cost: the
-process's resident memory stays at its peak (1.7 GB against 1.3-1.4 GB in that benchmark).
+again. With ``mmap`` disabled, trimming off and one arena (threads from other arenas would
+otherwise still ``mmap`` large blocks), freed blocks stay in the heap and the next step reuses
+them. The cost: the process's resident memory stays at its peak. Measurements and commands:
+docs/performance.md.
 
-:func:`apply` is called by the command-line entry point (:mod:`irst_jax.main`) and the
-benchmarks at start-up, not on ``import irst_jax``: it changes the allocator of the whole
-process. It acts on Linux with glibc only; ``IRST_JAX_MALLOC_TUNING=0`` turns it off. The
-equivalent environment setting, for other programs, is
+:func:`apply` changes the allocator of the whole process, so only command-line entry points
+call it, on the CPU backend (`irst_jax.platform_settings`), never ``import irst_jax``. It acts
+on Linux with glibc only; ``IRST_JAX_MALLOC_TUNING=0`` turns it off. The equivalent
+environment setting, for other programs, is
 ``GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647:glibc.malloc.arena_max=1``.
 
 Transparent huge pages for the heap. Where the kernel gives huge pages only to memory that
 asks for them (``/sys/kernel/mm/transparent_hugepage/enabled`` = ``madvise``, the common
 default), glibc asks for its heap only when started with the tunable ``glibc.malloc.hugetlb=1``;
 ``mallopt`` cannot set it. :func:`restart_with_huge_pages` therefore restarts the program
-once with that tunable added; the entry point and the benchmarks call it first. It makes
-ACM-U-Net train and infer a few per cent faster (experiments/results/benchmark_acm_unet.md).
+once with that tunable added; `irst_jax.main` (through `irst_jax.platform_settings`) and the
+benchmarks call it first, on the CPU backend only.
 """
 from __future__ import annotations
 

@@ -1,24 +1,20 @@
 """XLA CPU settings under which irst_jax's networks train and infer fastest.
 
 XLA's CPU backend (jaxlib 0.10) hands convolutions to YNNPACK by default. For the narrow
-(8-64 channel) convolutions of IRSTD networks, XNNPACK runs them much faster, and above all
-their weight gradients, which YNNPACK computes as a whole-image-window convolution behind
-two transposes of the activations: ACM-U-Net and DNA-Net train and infer faster with
-XNNPACK, and DNA-Net's train step needs less memory.
-
+(8-64 channel) convolutions of IRSTD networks, XNNPACK runs them faster, and above all their
+weight gradients, which YNNPACK computes as a whole-image-window convolution behind two
+transposes of the activations; DNA-Net's train step also needs less memory with XNNPACK.
 XLA's concurrency-optimised scheduler (off by default) orders the step's ops so that
-independent ones can run at the same time on the CPU's threads; ACM-U-Net trains a few per
-cent faster with it (`experiments/benchmark_xla_flags.py`).
+independent ones can run at the same time on the CPU's threads. Measurements and commands:
+docs/performance.md.
 
-Measurements: experiments/results/benchmark_xla_cpu_flags.md.
-
-:func:`apply` adds :data:`FLAGS` to the ``XLA_FLAGS`` environment variable. It runs when
-``irst_jax`` is imported, which must happen before JAX creates its CPU backend (the first
-array or computation) for the flags to take effect; a flag the user already set in
-``XLA_FLAGS`` is left as it is. The flags are experimental XLA options, and XLA aborts on
-flags it does not know, so they are added only for the jaxlib series they were measured on
-(:data:`JAXLIB_SERIES`). They concern the CPU backend only; GPU runs are unaffected.
-Set ``IRST_JAX_XLA_CPU_FLAGS=0`` to leave ``XLA_FLAGS`` untouched.
+:func:`apply` adds :data:`FLAGS` to the ``XLA_FLAGS`` environment variable, which XLA reads
+when JAX creates its CPU backend (the first array or computation). Command-line entry points
+call it, on the CPU backend only, through `irst_jax.platform_settings`; ``import irst_jax``
+does not. A flag the user already set in ``XLA_FLAGS`` is left as it is. The flags are
+experimental XLA options, and XLA aborts on flags it does not know, so they are added only
+for the jaxlib series they were measured on (:data:`JAXLIB_SERIES`). Set
+``IRST_JAX_XLA_CPU_FLAGS=0`` to leave ``XLA_FLAGS`` untouched.
 """
 from __future__ import annotations
 

@@ -25,6 +25,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from irst_jax import platform_settings
+
+# The tests run under the XLA CPU flags the command-line entry points set (on CPU only);
+# before any computation, so before JAX starts its backend.
+platform_settings.apply()
+
 # One persistent compilation cache for the session, shared with the pytest-xdist workers and
 # the CLI subprocesses (they inherit the environment): the tests train and evaluate the same
 # tiny networks on the same fake data many times. The process that made it removes it.

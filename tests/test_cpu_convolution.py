@@ -1,5 +1,6 @@
-"""cpu_convolution: the CPU forms of the convolution give the plain convolution's values and
-gradients, keep flax.linen.Conv's variables, and compile to what they are for."""
+"""irst_jax.cpu.convolution: the CPU forms of the convolution give the plain convolution's values
+and gradients, layers.Conv keeps flax.linen.Conv's variables, the forms compile to what they
+are for, and `cpu.form` puts them in place on CPU only (also in a multi-platform export)."""
 import functools
 import re
 
@@ -9,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from irst_jax.models import cpu_convolution
+from irst_jax.cpu import convolution as cpu_convolution
+from irst_jax.models import layers
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -44,7 +46,7 @@ def test_materialising_conv_has_the_values_and_gradients_of_lax_conv():
 
 def test_conv_module_keeps_flax_conv_variables_and_names():
   x = jnp.ones((1, 8, 8, 3))
-  ours = cpu_convolution.Conv(4, (3, 3)).init(jax.random.PRNGKey(0), x)
+  ours = layers.Conv(4, (3, 3)).init(jax.random.PRNGKey(0), x)
   flax_conv = nn.Conv(4, (3, 3)).init(jax.random.PRNGKey(0), x)
   assert jax.tree_util.tree_structure(ours) == jax.tree_util.tree_structure(flax_conv)
   for o, f in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(flax_conv)):
@@ -53,7 +55,7 @@ def test_conv_module_keeps_flax_conv_variables_and_names():
   class Two(nn.Module):
     @nn.compact
     def __call__(self, x):
-      return cpu_convolution.Conv(2, (1, 1))(cpu_convolution.Conv(3, (1, 1))(x))
+      return layers.Conv(2, (1, 1))(layers.Conv(3, (1, 1))(x))
   assert set(Two().init(jax.random.PRNGKey(0), x)["params"]) == {"Conv_0", "Conv_1"}
 
 
@@ -190,9 +192,43 @@ def test_strided_1x1_convolution_runs_on_the_subsampled_input(height, width, str
 
 def test_flax_conv_module_gets_both_rewrites_in_turn():
   x = jnp.ones((1, 16, 16, 1))
-  model = cpu_convolution.Conv(4, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+  model = layers.Conv(4, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
   variables = model.init(jax.random.PRNGKey(0), x)
   assert variables["params"]["kernel"].shape == (3, 3, 1, 4)
-  assert _convolutions(model.apply, variables, x) == [((1, 8, 8, 4), (2, 2, 4, 8))]
+  cpu_model = model.clone(conv_general_dilated=cpu_convolution.conv_general_dilated)
+  assert _convolutions(cpu_model.apply, variables, x) == [((1, 8, 8, 4), (2, 2, 4, 8))]
   want = nn.Conv(4, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1))).apply(variables, x)
   np.testing.assert_allclose(model.apply(variables, x), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape,kernel_size", [((2, 9, 13, 2), 7), ((1, 6, 5, 3), 3)])
+def test_shifted_sums_equal_convolution_and_its_gradient(shape, kernel_size):
+  rng = np.random.default_rng(kernel_size)
+  x = jnp.asarray(rng.normal(size=shape).astype(np.float32))
+  kernel = jnp.asarray(rng.normal(size=(kernel_size, kernel_size, shape[-1], 1)).astype(
+      np.float32))
+  pad = kernel_size // 2
+
+  def reference(x, kernel):
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((pad, pad), (pad, pad)),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  # float64 numpy reference of the forward: sum over the window of the zero-padded input.
+  xp = np.pad(np.asarray(x, np.float64), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  expected = np.zeros(shape[:3] + (1,))
+  for dy in range(kernel_size):
+    for dx in range(kernel_size):
+      window = xp[:, dy:dy + shape[1], dx:dx + shape[2], :]
+      expected[..., 0] += window @ np.asarray(kernel[dy, dx, :, 0], np.float64)
+  out = jax.jit(cpu_convolution.shifted_sums_conv)(x, kernel)
+  assert out.shape == shape[:3] + (1,)
+  np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-5, atol=1e-5)
+
+  loss = lambda f: lambda x, k: jnp.sum(jnp.sin(f(x, k)))
+  got = jax.grad(loss(cpu_convolution.shifted_sums_conv), argnums=(0, 1))(x, kernel)
+  want = jax.grad(loss(reference), argnums=(0, 1))(x, kernel)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-4)
+  # cpu_convolution.conv_general_dilated takes this form for at most 2 features to 1, 'same'.
+  forms = _convolutions(_ours((1, 1), ((pad, pad), (pad, pad))), x, kernel)
+  assert forms == ([] if shape[-1] <= 2 else [(shape, kernel.shape)])

@@ -16,8 +16,9 @@ from skimage import measure
 
 from irst_jax import checkpoints, models
 from irst_jax.data import pipeline
+from irst_jax.cpu import convolution as cpu_convolution
 from irst_jax.evaluation import components
-from irst_jax.models import cpu_convolution, layers
+from irst_jax.models import layers
 from irst_jax.serving import export
 from irst_jax.serving.detector import (
   ArtifactError,

@@ -1,4 +1,6 @@
-"""layers.BatchNorm against flax.linen.BatchNorm: output, gradients and running statistics."""
+"""layers: BatchNorm against flax.linen.BatchNorm (output, gradients, running statistics), the max
+pools, bilinear resampling and the transposed convolution against references; each in its plain
+form and in its CPU form (irst_jax.cpu), which must agree."""
 import functools
 
 import flax.linen as nn
@@ -7,7 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from irst_jax.models import layers
+from irst_jax.cpu import batch_norm as cpu_batch_norm
+from irst_jax.cpu import pooling as cpu_pooling
+from irst_jax.models import attention, layers
 
 
 def _flax_batch_norm(train: bool, axis_name=None):
@@ -18,6 +22,16 @@ def _flax_batch_norm(train: bool, axis_name=None):
 def _ours(train: bool, axis_name=None):
   """layers.batch_norm with flax's biased running variance, for like-for-like comparisons."""
   return functools.partial(layers.batch_norm(train, axis_name), unbiased_running_var=False)
+
+
+@pytest.fixture(params=["cpu form", "plain form"])
+def form(request, monkeypatch):
+  """Runs a test with layers' CPU forms (what `cpu.form` picks on CPU) or their plain forms."""
+  if request.param == "plain form":
+    for name in ("_normalize_with_batch_statistics", "_linear", "max_pool_3x3_s2",
+                 "max_pool_2x2", "conv_transpose_4x4_s2"):
+      monkeypatch.setattr(layers, name, getattr(layers, name).plain)
+  return request.param
 
 
 def _inputs(shape=(4, 6, 5, 3), seed=0):
@@ -48,7 +62,7 @@ def test_same_variables_as_flax():
 
 @pytest.mark.parametrize("shape", [(4, 6, 5, 3), (2, 8, 8, 3)])  # 120 pixels, 128 = 4 x 32
 @pytest.mark.parametrize("train", [True, False])
-def test_forward_gradients_and_running_statistics_match_flax(train, shape):
+def test_forward_gradients_and_running_statistics_match_flax(train, shape, form):
   x, g = _inputs(shape)
   variables = _flax_batch_norm(train)().init(jax.random.key(0), x)
   rng = np.random.default_rng(1)
@@ -63,7 +77,7 @@ def test_forward_gradients_and_running_statistics_match_flax(train, shape):
   np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
 
 
-def test_constant_channel_has_clipped_variance_and_finite_gradient():
+def test_constant_channel_has_clipped_variance_and_finite_gradient(form):
   x, g = _inputs()
   x = x.at[..., 1].set(2.0)
   variables = _ours(True)().init(jax.random.key(0), x)
@@ -73,7 +87,7 @@ def test_constant_channel_has_clipped_variance_and_finite_gradient():
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_synchronised_statistics_under_pmap_axis():
+def test_synchronised_statistics_under_pmap_axis(form):
   """Two shards on a named axis (vmap stands in for pmap): equals flax's pmean'd BatchNorm."""
   x, g = _inputs((2, 3, 6, 5, 3))
   variables = _flax_batch_norm(True)().init(jax.random.key(0), x[0])
@@ -110,7 +124,7 @@ def test_running_variance_is_unbiased_as_in_torch():
 def test_channel_sums_equal_sums_over_pixels(shape):
   rng = np.random.default_rng(3)
   a, b = rng.normal(size=(2,) + shape).astype(np.float32)
-  got = layers.channel_sums(jnp.asarray(a), jnp.asarray(b))
+  got = cpu_batch_norm.channel_sums(jnp.asarray(a), jnp.asarray(b))
   want = np.stack([a.reshape(-1, shape[-1]).sum(0), b.reshape(-1, shape[-1]).sum(0)])
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
@@ -135,15 +149,36 @@ def _max_pool_reference(x, g):
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 6, 3), (1, 7, 9, 2)])
-def test_max_pool_3x3_s2_and_gradient_equal_first_maximum_reference(shape):
+@pytest.mark.parametrize("pool", [layers.max_pool_3x3_s2.plain, cpu_pooling.max_pool_3x3_s2],
+                         ids=["plain", "cpu"])
+def test_max_pool_3x3_s2_and_gradient_equal_first_maximum_reference(shape, pool):
   rng = np.random.default_rng(4)
   x = rng.integers(0, 3, size=shape).astype(np.float32)  # many ties
   ho, wo = -(-shape[1] // 2), -(-shape[2] // 2)
   g = rng.normal(size=(shape[0], ho, wo, shape[3])).astype(np.float32)
-  y, vjp = jax.vjp(layers.max_pool_3x3_s2, jnp.asarray(x))
+  y, vjp = jax.vjp(jax.jit(pool), jnp.asarray(x))
   y_ref, dx_ref = _max_pool_reference(x, g)
   np.testing.assert_array_equal(y, y_ref)
   np.testing.assert_allclose(vjp(jnp.asarray(g))[0], dx_ref, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 6, 3), (1, 7, 9, 2)])
+def test_max_pool_2x2_and_gradient_equal_reference(shape):
+  """PyTorch MaxPool2d(2, 2) (floor mode) on distinct values: the plain and the CPU form."""
+  rng = np.random.default_rng(5)
+  x = rng.permutation(np.prod(shape)).reshape(shape).astype(np.float32)   # no ties
+  n, h, w, c = shape
+  windows = x[:, :h // 2 * 2, :w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, c)
+  y_ref = windows.max(axis=(2, 4))
+  g = rng.normal(size=y_ref.shape).astype(np.float32)
+  dx_ref = np.zeros_like(x)
+  dx_ref[:, :h // 2 * 2, :w // 2 * 2] = (
+      (windows == y_ref[:, :, None, :, None]) * g[:, :, None, :, None]).reshape(
+          n, h // 2 * 2, w // 2 * 2, c)
+  for pool in (layers.max_pool_2x2.plain, cpu_pooling.max_pool_2x2, layers.max_pool_2x2):
+    y, vjp = jax.vjp(jax.jit(pool), jnp.asarray(x))
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(vjp(jnp.asarray(g))[0], dx_ref)
 
 
 def _interpolation_matrix(n_in, n_out, align_corners):
@@ -166,7 +201,7 @@ def _interpolation_matrix(n_in, n_out, align_corners):
                                                ((16, 16), (1, 4)), ((3, 3), (48, 48)),
                                                ((32, 16), (8, 16))])
 def test_resize_bilinear_and_its_gradient_equal_interpolation_matrices(size_in, size_out,
-                                                                        align_corners):
+                                                                        align_corners, form):
   rng = np.random.default_rng(sum(size_in + size_out))
   x = rng.normal(size=(2,) + size_in + (3,)).astype(np.float32)
   rows = _interpolation_matrix(size_in[0], size_out[0], align_corners)
@@ -202,41 +237,38 @@ def test_resize_bilinear_with_symbolic_sizes_equals_interpolation_matrices(align
       np.testing.assert_allclose(y, np.einsum("oh,nhwc,pw->nopc", rows, x, cols), atol=1e-5)
 
 
-@pytest.mark.parametrize("shape,kernel_size", [((2, 9, 13, 2), 7), ((1, 6, 5, 3), 3)])
-def test_conv_to_one_channel_equals_convolution_and_its_gradient(shape, kernel_size):
-  rng = np.random.default_rng(kernel_size)
-  x = jnp.asarray(rng.normal(size=shape).astype(np.float32))
-  kernel = jnp.asarray(rng.normal(size=(kernel_size, kernel_size, shape[-1], 1)).astype(
-      np.float32))
-  pad = kernel_size // 2
+def _conv_transpose_reference(x, kernel):
+  """PyTorch ConvTranspose2d(k=4, s=2, p=1) written as loops (float64): input pixel (i, j)
+  adds x[i, j] @ kernel[ky, kx] to output pixel (2i + ky - 1, 2j + kx - 1)."""
+  n, h, w, _ = x.shape
+  out = np.zeros((n, 2 * h + 2, 2 * w + 2, kernel.shape[3]))
+  for ky in range(4):
+    for kx in range(4):
+      out[:, ky:ky + 2 * h:2, kx:kx + 2 * w:2] += np.einsum(
+          "nhwi,io->nhwo", x.astype(np.float64), kernel[ky, kx].astype(np.float64))
+  return out[:, 1:-1, 1:-1]
 
-  def reference(x, kernel):
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((pad, pad), (pad, pad)),
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
-  # float64 numpy reference of the forward: sum over the window of the zero-padded input.
-  xp = np.pad(np.asarray(x, np.float64), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  expected = np.zeros(shape[:3] + (1,))
-  for dy in range(kernel_size):
-    for dx in range(kernel_size):
-      window = xp[:, dy:dy + shape[1], dx:dx + shape[2], :]
-      expected[..., 0] += window @ np.asarray(kernel[dy, dx, :, 0], np.float64)
-  out = jax.jit(layers.conv_to_one_channel)(x, kernel)
-  assert out.shape == shape[:3] + (1,)
-  np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-5, atol=1e-5)
-
+def test_conv_transpose_4x4_s2_equals_reference_and_forms_agree():
+  rng = np.random.default_rng(6)
+  x = rng.normal(size=(2, 5, 6, 3)).astype(np.float32)
+  kernel = rng.normal(size=(4, 4, 3, 2)).astype(np.float32)
+  variables = {"params": {"kernel": kernel, "bias": np.array([0.5, -1.0], np.float32)}}
+  y = layers.ConvTranspose4x4(2).apply(variables, x)
+  np.testing.assert_allclose(y, _conv_transpose_reference(x, kernel) + [0.5, -1.0],
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(layers.conv_transpose_4x4_s2.plain(x, kernel),
+                             _conv_transpose_reference(x, kernel), rtol=1e-5, atol=1e-5)
   loss = lambda f: lambda x, k: jnp.sum(jnp.sin(f(x, k)))
-  got = jax.grad(loss(layers.conv_to_one_channel), argnums=(0, 1))(x, kernel)
-  want = jax.grad(loss(reference), argnums=(0, 1))(x, kernel)
+  got = jax.grad(loss(layers.conv_transpose_4x4_s2), argnums=(0, 1))(x, kernel)
+  want = jax.grad(loss(layers.conv_transpose_4x4_s2.plain), argnums=(0, 1))(x, kernel)
   for g, w in zip(got, want):
-    np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
 
 
-def test_conv_to_one_channel_module_has_flax_conv_variables():
-  x = jnp.ones((1, 8, 8, 2))
-  ours = layers.ConvToOneChannel(7).init(jax.random.PRNGKey(0), x)
-  flax_conv = nn.Conv(1, (7, 7), use_bias=False, kernel_init=layers.he_normal).init(
-      jax.random.PRNGKey(0), x)
-  np.testing.assert_array_equal(ours["params"]["kernel"], flax_conv["params"]["kernel"])
+def test_cbam_spatial_attention_needs_an_odd_kernel():
+  x = jnp.ones((1, 8, 8, 4))
+  variables = attention.CBAMSpatialAttention(7).init(jax.random.PRNGKey(0), x)
+  assert variables["params"]["conv1"]["kernel"].shape == (7, 7, 2, 1)
   with pytest.raises(ValueError, match="odd"):
-    layers.ConvToOneChannel(4).init(jax.random.PRNGKey(0), x)
+    attention.CBAMSpatialAttention(4).init(jax.random.PRNGKey(0), x)

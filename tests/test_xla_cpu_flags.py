@@ -1,4 +1,5 @@
 """irst_jax.xla_cpu_flags: what is added to XLA_FLAGS, and when nothing is."""
+import os
 import subprocess
 import sys
 
@@ -45,16 +46,18 @@ def test_opt_out_and_unmeasured_jaxlib(monkeypatch, measured_jaxlib):
   assert env == {"XLA_FLAGS": "--xla_cpu_enable_fast_math=false"}
 
 
-def test_importing_irst_jax_sets_the_flags_before_the_backend_starts():
+def test_entry_point_settings_set_the_flags_before_the_backend_starts():
   # A fresh interpreter: the flags are in the environment and XLA accepts them (it aborts on
   # unknown flags) when the CPU backend compiles a convolution.
-  code = ("import os, irst_jax, jax, jax.numpy as jnp\n"
+  code = ("import os\nfrom irst_jax import platform_settings\nplatform_settings.apply()\n"
+          "import jax, jax.numpy as jnp\n"
           "x = jnp.ones((1, 8, 8, 4)); w = jnp.ones((3, 3, 4, 4))\n"
           "y = jax.lax.conv_general_dilated(x, w, (1, 1), 'SAME',\n"
           "    dimension_numbers=('NHWC', 'HWIO', 'NHWC'))\n"
           "print(float(y[0, 4, 4, 0]), os.environ.get('XLA_FLAGS', ''))\n")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                       env={"PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu"}).stdout.split()
+                       env={"PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu",
+                            "PYTHONPATH": os.environ.get("PYTHONPATH", "")}).stdout.split()
   assert float(out[0]) == 36.0
   expected = list(xla_cpu_flags.FLAGS) if xla_cpu_flags._jaxlib_series() in \
       xla_cpu_flags.JAXLIB_SERIES else []

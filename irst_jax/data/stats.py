@@ -43,7 +43,7 @@ import numpy as np
 from absl import app, flags
 from skimage import measure
 
-from irst_jax import errors
+from irst_jax import errors, platform_settings
 
 #: Target area, as % of the image, at or below which ACM counts a target as tiny.
 TINY_AREA_PERCENT = 0.02
@@ -307,4 +307,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  platform_settings.apply()   # XLA CPU flags, on CPU only, before JAX starts
   errors.run_main(main)

@@ -234,5 +234,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from irst_jax import platform_settings  # pylint: disable=import-outside-toplevel
+  platform_settings.apply()   # XLA CPU flags, on CPU only, before JAX starts
   define_flags()
   errors.run_main(main)

@@ -267,8 +267,8 @@ class CBAMSpatialAttention(nn.Module):
 
   NHWC input [N, H, W, C]; the channel-mean map comes first in the 2-channel concatenation,
   the convolution (`conv1`, k = 7, padding 3) has no bias (the DNA-Net reference's
-  `SpatialAttention`); it is `layers.ConvToOneChannel` (fused shifted multiply-adds: XLA:CPU's
-  convolution libraries are ~20x slower on this 2 -> 1 channel shape).
+  `SpatialAttention`). Raises ValueError for an even `kernel_size` ('same' padding needs an
+  odd one).
   """
   kernel_size: int = 7
   kernel_init: nn.initializers.Initializer = layers.he_normal
@@ -277,7 +277,11 @@ class CBAMSpatialAttention(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     pooled = jnp.concatenate([jnp.mean(x, axis=-1, keepdims=True),
                               jnp.max(x, axis=-1, keepdims=True)], axis=-1)
-    y = layers.ConvToOneChannel(self.kernel_size, self.kernel_init, name="conv1")(pooled)
+    if self.kernel_size % 2 != 1:
+      raise ValueError(f"kernel_size must be odd for 'same' padding, got {self.kernel_size}")
+    k, pad = self.kernel_size, self.kernel_size // 2
+    y = layers.Conv(1, (k, k), padding=((pad, pad), (pad, pad)), use_bias=False,
+                    kernel_init=self.kernel_init, name="conv1")(pooled)
     return nn.sigmoid(y)
 
 

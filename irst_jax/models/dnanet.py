@@ -60,9 +60,7 @@ BACKBONES = {
 
 
 def _conv(features: int, kernel: int, name: str, use_bias: bool = True) -> nn.Conv:
-  # Plain flax convolutions: with layers.Conv's materialised operands DNA-Net trained slower
-  # on CPU (experiments/benchmark_cpu_convolution.py --config=configs/dnanet.py --mode=train;
-  # experiments/results/benchmark_dnanet.md).
+  # flax.linen.Conv, not layers.Conv: DNA-Net trains faster with it (docs/performance.md).
   pad = kernel // 2
   return nn.Conv(features, (kernel, kernel), padding=((pad, pad), (pad, pad)),
                  use_bias=use_bias, kernel_init=xavier_normal, name=name)

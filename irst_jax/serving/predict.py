@@ -57,7 +57,7 @@ from absl import app, flags
 from PIL import Image
 from tqdm import tqdm
 
-from irst_jax import compilation_cache, errors
+from irst_jax import compilation_cache, errors, platform_settings
 from irst_jax.data import canvas as canvas_lib
 from irst_jax.serving import detector as detector_lib
 from irst_jax.serving.draw import overlay
@@ -413,5 +413,6 @@ def main(argv) -> Optional[int]:
 
 
 if __name__ == "__main__":
+  platform_settings.apply()   # XLA CPU flags, on CPU only, before JAX starts
   define_flags()
   errors.run_main(main)

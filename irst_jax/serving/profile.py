@@ -265,6 +265,7 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  from irst_jax import errors
+  from irst_jax import errors, platform_settings
+  platform_settings.apply()   # XLA CPU flags, on CPU only, before JAX starts
   define_flags()
   errors.run_main(main)

@@ -1,50 +1,36 @@
-"""Convolutions in the forms XLA:CPU (jaxlib 0.10, XNNPACK; `irst_jax/xla_cpu_flags.py`) runs
-fastest: `conv_general_dilated` and `Conv`, used by every network in place of
-`jax.lax.conv_general_dilated` and `flax.linen.Conv`. Values are those of the plain
-convolution (bitwise, or up to float32 summation order where a form is rewritten); other
-backends get the plain convolution.
+"""Convolutions in the forms XLA:CPU (XNNPACK, under `irst_jax/xla_cpu_flags.py`) runs fastest.
 
-On the CPU backend:
-1. The input, and in the backward pass the output cotangent, are *materialised*: computed
-   once into a buffer of their own (:func:`materialise`). XLA:CPU computes a weight gradient
-   from transposed copies of the input and output cotangent, and its fusion pass duplicates
-   the elementwise chain producing each of them (BatchNorm, ReLU, residual adds: up to five
-   activations deep, 16-30 operands) into the transposes, which then read all those
-   activations with strided access: 8x slower than transposing one buffer (8x64x64x16: 1.3
-   against 0.2 ms). ACM-U-Net trains faster with it (`experiments/benchmark_cpu_convolution.py
-   --without=materialise`; experiments/results/benchmark_acm_unet.md).
-2. Four forms that XNNPACK does not take, or takes slowly, are rewritten (NHWC/HWIO, no
-   dilation, no groups):
-   - a k x k (k > 1) convolution with 2-7 output features gets its kernel zero-padded to 8
-     output features and its output sliced back: XLA otherwise runs it with its own, slower
-     kernel. ACM's FCN head (8x64x64x16 -> 4, 3x3): forward 7.3 -> 3.7 ms, forward +
-     gradients 11.9 -> 7.3 ms;
-   - the forward pass of a 3x3, stride-2, padding-1 convolution of a single-channel input
-     (the stem of a network on grey images) becomes a 2x2 convolution of its space-to-depth
-     [N, H/2, W/2, 4] input. 8x256x256x1 -> 8: forward 7.9 -> 3.8 ms; -> 16: 8.4 -> 4.9 ms;
-     -> 32: 9.9 -> 6.6 ms;
-   - the input gradient of a 3x3, stride-2, padding-1 convolution with at most 16 input
-     features is a 2x2 convolution of the output gradient to the four input phases, then
-     depth-to-space (sub-pixel form), instead of XLA's convolution of the output gradient
-     dilated with zeros. Input gradient, 8x256x256x1 -> 8: 7.6 -> 5.0 ms; 8x64x64x16 -> 32:
-     4.5 -> 2.7 ms; 8x32x32x32 -> 64 would go 2.2 -> 2.4 ms, so wider inputs keep XLA's.
-   - a strided 1x1 convolution without padding (ResNet shortcut) convolves the subsampled
-     input `lhs[:, ::s, ::s]`; its gradients then need no dilated convolution. Gradients,
-     stride 2: 8x64x64x16 -> 32 1.8 -> 0.9 ms; 8x32x32x32 -> 64 0.85 -> 0.59 ms.
-   Whole-network effect (`experiments/benchmark_cpu_convolution.py --without=rewrites` or
-   `--without=sub_pixel`): experiments/results/benchmark_acm_unet.md.
+:func:`conv_general_dilated` has the arguments, values and gradients of
+`jax.lax.conv_general_dilated` (bitwise, or up to float32 summation order where a form is
+rewritten); `irst_jax.models.layers` puts it, :func:`conv_transpose_4x4_s2` and
+:func:`shifted_sums_conv` in place of the plain forms on CPU only (`irst_jax.cpu.form`).
+The forms (measurements and commands: docs/performance.md):
+
+- materialised operands: the input, and in the backward pass the output cotangent, are computed
+  once into a buffer of their own, so that XLA does not duplicate the elementwise chain
+  producing them into the transposes of the weight gradient;
+- a k x k convolution with 2-7 output features has its kernel padded to 8 output features
+  (XNNPACK takes it; XLA's own kernel is slower);
+- the forward pass of a 3x3, stride-2, padding-1 convolution of a single-channel input is a 2x2
+  convolution of its space-to-depth input;
+- the input gradient of a 3x3, stride-2, padding-1 convolution with at most 16 input features is
+  a sub-pixel convolution of the output gradient (XNNPACK does not take XLA's zero-dilated one);
+- a strided 1x1 convolution without padding convolves the subsampled input;
+- a 'same' k x k convolution of at most 2 features to 1 (CBAM's spatial attention) is k * k * C
+  shifted multiply-adds, one fused pass (XLA:CPU's convolution libraries are slow at this shape);
+- the 4x4, stride-2 transposed convolution is a 3x3 convolution to the four output phases and
+  depth-to-space (its gradient is then free of dilated convolutions).
 """
 from __future__ import annotations
 
-from typing import Any
-
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 _MIN_XNNPACK_FEATURES = 8   # fewer output features: padded up to this many
 _MAX_SUB_PIXEL_FEATURES = 16   # more input features: XLA's own stride-2 input gradient
+_MAX_SHIFTED_SUMS_FEATURES = 2   # more input features: a convolution to one feature as it is
 
 
 def materialise(x: jax.Array) -> jax.Array:
@@ -107,8 +93,7 @@ def _single_channel_stride2_as_space_to_depth(lhs, rhs, strides, padding):
 def _stride2_with_sub_pixel_input_gradient(lhs, rhs, strides, padding):
   """3x3 / stride 2 / padding 1 (H, W even), at most 16 input features and at least 8 output
   features (fewer: `_narrow_output_padded`): the plain forward pass, gradients as
-  `_stride2_gradients`. With 32 or more input features XLA's own input gradient was as fast
-  or faster (8x32x32x32 -> 64: 2.2 against 2.4 ms)."""
+  `_stride2_gradients`. With 32 or more input features XLA's own input gradient is as fast."""
   if (lhs.shape[3] > _MAX_SUB_PIXEL_FEATURES or rhs.shape[3] < _MIN_XNNPACK_FEATURES
       or not _is_3x3_stride2_pad1(lhs, rhs, strides, padding)):
     return None
@@ -135,7 +120,7 @@ def _space_to_depth_forward(lhs, rhs):
 def depth_to_space(phases: jax.Array) -> jax.Array:
   """[N, h, w, 4 C] with channels ordered (row phase, column phase, C) -> [N, 2h, 2w, C]:
   output pixel (2i + r, 2j + c) is channel block (r, c) of input pixel (i, j). The output of
-  a sub-pixel convolution (`layers.ConvTranspose4x4`, `_sub_pixel_input_gradient`)."""
+  a sub-pixel convolution (:func:`conv_transpose_4x4_s2`, `_sub_pixel_input_gradient`)."""
   n, h, w, c4 = phases.shape
   blocks = phases.reshape(n, h, w, 2, 2, c4 // 4).transpose(0, 1, 3, 2, 4, 5)
   return blocks.reshape(n, 2 * h, 2 * w, c4 // 4)
@@ -181,8 +166,10 @@ _REWRITES = (_single_channel_stride2_as_space_to_depth, _stride2_with_sub_pixel_
              _strided_1x1_as_subsampled, _narrow_output_padded)
 
 
-def _xnnpack_form(lhs, rhs, window_strides, padding, **kwargs):
-  plain_nhwc = (
+def _is_plain_nhwc(lhs, rhs, padding, kwargs) -> bool:
+  """NHWC input, HWIO kernel, explicit padding pairs; no dilation, groups, precision or
+  preferred element type: the convolutions this module rewrites."""
+  return (
       not isinstance(padding, str)
       and kwargs.get("dimension_numbers") is not None
       and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, kwargs["dimension_numbers"])
@@ -191,7 +178,10 @@ def _xnnpack_form(lhs, rhs, window_strides, padding, **kwargs):
               for name in ("lhs_dilation", "rhs_dilation", "feature_group_count",
                            "batch_group_count"))
       and kwargs.get("precision") is None and kwargs.get("preferred_element_type") is None)
-  if plain_nhwc:
+
+
+def _xnnpack_form(lhs, rhs, window_strides, padding, **kwargs):
+  if _is_plain_nhwc(lhs, rhs, padding, kwargs):
     for rewrite in _REWRITES:
       out = rewrite(lhs, rhs, window_strides, padding)
       if out is not None:
@@ -202,27 +192,97 @@ def _xnnpack_form(lhs, rhs, window_strides, padding, **kwargs):
 def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides, padding,
                          **kwargs) -> jax.Array:
   """`jax.lax.conv_general_dilated` (same arguments, result and errors) in the forms of this
-  module's docstring on the CPU backend; the plain convolution elsewhere. The two rewrites
-  apply only to NHWC input with an HWIO kernel (flax's layout), explicit padding pairs, no
-  dilation, groups, precision or preferred element type; everything else is only
-  materialised."""
-  if jax.default_backend() != "cpu":
-    return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, **kwargs)
+  module's docstring. The rewrites apply only to NHWC input with an HWIO kernel (flax's
+  layout), explicit padding pairs, no dilation, groups, precision or preferred element type;
+  everything else is only materialised."""
+  if _is_plain_nhwc(lhs, rhs, padding, kwargs) and _is_shifted_sums_shape(
+      lhs, rhs, window_strides, padding):
+    return shifted_sums_conv(lhs, rhs)
   out = _xnnpack_form(_materialised_value(lhs), rhs, window_strides, padding, **kwargs)
   return _materialised_cotangent(out)
 
 
-def convolution_equations(fn, *args) -> list:
+def _is_shifted_sums_shape(lhs, rhs, window_strides, padding) -> bool:
+  """A 'same' k x k (odd k > 1), stride-1 convolution of at most 2 features to 1."""
+  k = rhs.shape[0]
+  return (rhs.shape[3] == 1 and rhs.shape[2] <= _MAX_SHIFTED_SUMS_FEATURES
+          and k == rhs.shape[1] and k % 2 == 1 and k > 1 and lhs.shape[3] == rhs.shape[2]
+          and tuple(window_strides) == (1, 1)
+          and [tuple(p) for p in padding] == [(k // 2, k // 2)] * 2)
+
+
+@jax.custom_vjp
+def shifted_sums_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """'Same' k x k convolution (stride 1, zero padding k // 2, odd k) of NHWC ``x`` [N, H, W, C]
+  with an HWIO ``kernel`` [k, k, C, 1] -> [N, H, W, 1], as k * k * C shifted multiply-adds of
+  the zero-padded channel planes (one fused pass); the gradient is the convolution's, in this
+  module's forms. Equal to the convolution up to float32 summation order."""
+  return _shifted_sums(x, kernel)
+
+
+def _shifted_sums(x, kernel):
+  k, c = kernel.shape[0], x.shape[-1]
+  n, h, w = x.shape[:3]
+  pad = k // 2
+  out = jnp.zeros((n, h, w), jnp.result_type(x, kernel))
+  for ci in range(c):
+    plane = jnp.pad(x[..., ci], ((0, 0), (pad, pad), (pad, pad)))
+    for dy in range(k):
+      for dx in range(k):
+        out = out + plane[:, dy:dy + h, dx:dx + w] * kernel[dy, dx, ci, 0]
+  return out[..., None]
+
+
+def _shifted_sums_gradients(residuals, g):
+  # Through the materialised convolution (the shape is no longer one of shifted sums' below).
+  x, kernel = residuals
+  return jax.vjp(lambda x, k: _materialised_cotangent(_xnnpack_form(
+      _materialised_value(x), k, (1, 1), ((k.shape[0] // 2,) * 2,) * 2, dimension_numbers=_NHWC)),
+      x, kernel)[1](g)
+
+
+shifted_sums_conv.defvjp(lambda x, kernel: (_shifted_sums(x, kernel), (x, kernel)),
+                         _shifted_sums_gradients)
+
+
+# Sub-pixel form of a stride-2, kernel-4, padding-1 transposed convolution. Per axis,
+# out[2i] = x[i-1] w[3] + x[i] w[1] and out[2i+1] = x[i] w[2] + x[i+1] w[0]: phase a of the
+# output is a 3-tap convolution over x[i-1], x[i], x[i+1] with taps _PHASE_TAPS[a, tap, k].
+_PHASE_TAPS = np.zeros((2, 3, 4), np.float32)
+_PHASE_TAPS[0, 0, 3] = _PHASE_TAPS[0, 1, 1] = _PHASE_TAPS[1, 1, 2] = _PHASE_TAPS[1, 2, 0] = 1.0
+
+
+def conv_transpose_4x4_s2(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """PyTorch's `ConvTranspose2d(kernel_size=4, stride=2, padding=1)` of NHWC ``x`` [N, H, W, I]
+  with ``kernel`` [4, 4, I, O] (kernel[ky, kx, i, o] = torch_weight[i, o, ky, kx]), no bias,
+  -> [N, 2H, 2W, O], as one 3x3 convolution to the 4 * O output phases (this module's
+  :func:`conv_general_dilated`) and :func:`depth_to_space`. Exact (each output sums the same
+  products)."""
+  c_in, features = kernel.shape[2:]
+  taps = jnp.asarray(_PHASE_TAPS, x.dtype)
+  phases = jnp.einsum("ayk,bxl,klio->yxiabo", taps, taps, kernel)
+  phases = phases.reshape(3, 3, c_in, 4 * features)
+  return depth_to_space(
+      conv_general_dilated(x, phases, (1, 1), ((1, 1), (1, 1)), dimension_numbers=_NHWC))
+
+
+def convolution_equations(fn, *args, platform: str | None = None) -> list:
   """The `conv_general_dilated` equations of the jaxpr of `fn(*args)`, including those inside
   custom-VJP and other sub-jaxprs, in order: which convolutions a function really runs (each
-  with `invars` avals and `params`: strides, padding, dilations)."""
+  with `invars` avals and `params`: strides, padding, dilations). With `platform` (e.g. "cpu"
+  or "cuda"), of each `jax.lax.platform_dependent` only the branch that platform runs."""
   found = []
 
   def walk(jaxpr):
     for equation in jaxpr.eqns:
       if equation.primitive.name == "conv_general_dilated":
         found.append(equation)
-      for value in equation.params.values():
+      params = dict(equation.params)
+      if platform is not None and params.get("branches_platforms") is not None:
+        params["branches"] = [
+            branch for branch, platforms in zip(params["branches"], params["branches_platforms"])
+            if platforms is None or platform in platforms][:1]
+      for value in params.values():
         for sub in (value if isinstance(value, (tuple, list)) else (value,)):
           if hasattr(sub, "eqns"):
             walk(sub)
@@ -230,9 +290,3 @@ def convolution_equations(fn, *args) -> list:
             walk(sub.jaxpr)
   walk(jax.make_jaxpr(fn)(*args).jaxpr)
   return found
-
-
-class Conv(nn.Conv):
-  """`flax.linen.Conv` (same fields, variables and default names) computed with
-  :func:`conv_general_dilated`."""
-  conv_general_dilated: Any = conv_general_dilated

@@ -1,0 +1,50 @@
+"""The XLA:CPU forms of a few layers, swapped in where the computation runs on CPU.
+
+Each form computes the values and gradients of a plain layer of `irst_jax.models.layers`
+(bitwise, or up to float32 summation order; tested) in a form that XLA's CPU backend runs
+faster. :func:`form` puts it in place with `jax.lax.platform_dependent`, so the choice is made
+when the program is lowered for a platform: a program compiled for CPU holds the CPU form
+only, one compiled for a GPU the plain form only, and one `jax.export` for several platforms
+carries both, each used on its own platform. Measurements: docs/performance.md.
+
+  convolution   materialised operands, narrow outputs padded, stride-2 sub-pixel gradients,
+                strided 1x1 as subsampling, space-to-depth stem, shifted sums for a
+                convolution to one feature, sub-pixel transposed convolution
+  batch_norm    train-mode BatchNorm: two-stage channel sums, one-pass custom gradient
+  pooling       max pools without reduce-window or select-and-scatter
+  resample      linear resampling with a gathered, not scattered, gradient
+
+Importing this package changes nothing in the process; the CPU process settings (XLA flags,
+malloc) are `irst_jax.platform_settings`, applied by the command-line entry points.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable, TypeVar
+
+import jax
+
+from irst_jax.cpu import batch_norm, convolution, pooling, resample
+
+__all__ = ["batch_norm", "convolution", "form", "pooling", "resample"]
+
+_F = TypeVar("_F", bound=Callable)
+
+
+def form(cpu_form: Callable) -> Callable[[_F], _F]:
+  """Decorator: the decorated (plain) function, computed as ``cpu_form`` (same arguments and
+  results) where the program runs on CPU.
+
+  The returned function calls ``jax.lax.platform_dependent(cpu=cpu_form, default=plain)`` on
+  the call's arguments (arrays and static values alike, closed over); both forms are traced,
+  only the one of the lowering platform is compiled. It keeps the plain function as
+  ``.plain`` and the CPU form as ``.cpu_form``.
+  """
+  def decorate(plain: _F) -> _F:
+    @functools.wraps(plain)
+    def dispatch(*args, **kwargs):
+      return jax.lax.platform_dependent(cpu=lambda: cpu_form(*args, **kwargs),
+                                        default=lambda: plain(*args, **kwargs))
+    dispatch.plain, dispatch.cpu_form = plain, cpu_form
+    return dispatch
+  return decorate
