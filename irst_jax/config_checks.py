@@ -180,7 +180,7 @@ def check_training_config(config: ml_collections.ConfigDict, num_devices: int
               "keep_checkpoints"):
     _positive_int(config, f"train.{key}")
   if "steps_per_dispatch" in train:   # absent from the saved configs of older runs
-    _positive_int(config, "train.steps_per_dispatch")
+    _positive_int(config, "train.steps_per_dispatch", minimum=0)   # 0: by backend
   if not _is_int(_field(config, "train.seed")):
     raise ConfigError(f"train.seed={train.seed!r}: expected an integer")
   limit = train.get("time_limit_minutes") or 0.0

@@ -8,7 +8,8 @@ the whole batch.
 
 Input: the training split is held on every device (`irst_jax.data.device_data`) and each step
 draws and augments its examples inside the compiled program; `train.steps_per_dispatch` steps
-run in one pmapped `lax.scan` (`make_train_chunk`). An epoch of S = N // batch steps runs as
+run in one pmapped `lax.scan` (`make_train_chunk`; automatic: 16 on GPU / TPU, 1 on CPU, see
+`steps_per_dispatch`). An epoch of S = N // batch steps runs as
 chunks of K = min(steps_per_dispatch, S) steps and, when K does not divide S, one last chunk of
 S mod K steps: at most two compiled training programs. The loss of each step comes back once
 per chunk (checked for NaN one chunk late, so that the device never waits on the host), and
@@ -138,21 +139,34 @@ def make_train_chunk(model, loss_name: str, schedule: optax.Schedule,
                                      order=order)
       return step_fn(state, {"image": batch["image"], "mask": batch["mask"]})
 
+    if num_steps == 1:   # no loop: the program of one step
+      state, metrics = body(state, jnp.asarray(first, jnp.int32))
+      return state, jax.tree_util.tree_map(lambda x: x[None], metrics)
     return jax.lax.scan(body, state, first + jnp.arange(num_steps, dtype=jnp.int32))
 
   return jax.pmap(chunk, axis_name=AXIS, donate_argnums=(0,), devices=devices,
                   in_axes=(0, 0, None, None))
 
 
-def steps_per_dispatch(train_config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
-  """K = min(train.steps_per_dispatch, steps_per_epoch) (the field's default when a saved
-  config predates it)."""
-  return max(1, min(int(train_config.get("steps_per_dispatch", DEFAULT_STEPS_PER_DISPATCH)),
-                    steps_per_epoch))
+def steps_per_dispatch(train_config: ml_collections.ConfigDict, steps_per_epoch: int,
+                       backend: Optional[str] = None) -> int:
+  """K = min(train.steps_per_dispatch, steps_per_epoch) training steps a dispatch.
+
+  `train.steps_per_dispatch` = 0 (the default; also for saved configs that predate the field)
+  chooses by backend (default: JAX's default backend): `ACCELERATOR_STEPS_PER_DISPATCH` on GPU
+  and TPU, where one dispatch of several steps keeps the device from waiting on the host
+  between steps, and 1 on CPU, where the host is the device and XLA:CPU runs the step as the
+  body of a while loop (`lax.scan`) several times slower than as a program of its own.
+  """
+  value = int(train_config.get("steps_per_dispatch", 0))
+  if value == 0:
+    cpu = (backend or jax.default_backend()) == "cpu"
+    value = 1 if cpu else ACCELERATOR_STEPS_PER_DISPATCH
+  return max(1, min(value, steps_per_epoch))
 
 
-#: `train.steps_per_dispatch` of configs that lack it (see irst_jax/configs/default.py).
-DEFAULT_STEPS_PER_DISPATCH = 16
+#: Steps a dispatch on GPU / TPU when `train.steps_per_dispatch` is 0 (automatic).
+ACCELERATOR_STEPS_PER_DISPATCH = 16
 
 
 def make_eval_step(model, eval_config: ml_collections.ConfigDict, curves: bool = False

@@ -238,3 +238,17 @@ def test_scan_of_steps_equals_single_steps():
     np.testing.assert_allclose(np.asarray(a)[0], np.asarray(b)[0], atol=1e-6)
     moved = max(moved, float(np.abs(np.asarray(a)[0] - np.asarray(s0)).max()))
   assert moved > 1e-4   # the steps changed the parameters: the comparison means something
+
+
+def test_steps_per_dispatch():
+  import ml_collections
+
+  from irst_jax import train
+
+  def k(value, steps, backend):
+    return train.steps_per_dispatch(ml_collections.ConfigDict({"steps_per_dispatch": value}),
+                                    steps, backend)
+
+  assert (k(0, 13, "gpu"), k(0, 41, "gpu"), k(0, 41, "tpu"), k(0, 41, "cpu")) == (13, 16, 16, 1)
+  assert (k(5, 13, "cpu"), k(5, 3, "gpu"), k(1, 13, "gpu")) == (5, 3, 1)
+  assert train.steps_per_dispatch(ml_collections.ConfigDict({}), 41, "gpu") == 16   # older configs

@@ -51,6 +51,7 @@ def test_resumed_run_equals_uninterrupted_run(prepared_fake_nuaa, tmp_path, monk
   def config(num_epochs=2):
     tiny = _tiny_config(prepared_fake_nuaa, num_epochs)
     tiny.train.batch_size = 2   # 6 training images: three steps an epoch
+    tiny.train.steps_per_dispatch = 16   # a scan of the epoch's 3 steps (CPU's default: 1)
     return tiny
   lengths = []   # the chunk lengths compiled, run by run
   make_chunk = train.make_train_chunk
@@ -58,7 +59,7 @@ def test_resumed_run_equals_uninterrupted_run(prepared_fake_nuaa, tmp_path, monk
       lengths.append(k["num_steps"]), make_chunk(*a, **k))[1])
   straight, resumed, epochwise = tmp_path / "straight", tmp_path / "resumed", tmp_path / "epochwise"
   result = train.train_and_evaluate(config(), str(straight))
-  assert lengths == [3]   # min(steps_per_dispatch=16, 3 steps an epoch): one program
+  assert lengths == [3]   # min(steps_per_dispatch, 3 steps an epoch): one program
   interrupted = config()
   interrupted.train.time_limit_minutes = 1e-9   # stops after its first dispatch: step 1
   interrupted.train.steps_per_dispatch = 1
