@@ -37,7 +37,6 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from flax import jax_utils
 from flax.training import train_state
 from jax.experimental import multihost_utils
 from tqdm import tqdm
@@ -280,6 +279,16 @@ def replicate(tree: Any, devices: Optional[list] = None) -> Any:
   return jax.tree_util.tree_map(
       lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (len(devices),) + np.shape(x)),
                                sharding), tree)
+
+
+def _first_replica(tree: Any) -> Any:
+  """Host copies (numpy) of the first local device's replica of every leaf of a replicated tree.
+
+  Reads each leaf's first shard instead of slicing it (`flax.jax_utils.unreplicate` runs one
+  small program a leaf); copies, so that the state's buffers can be donated to the next step
+  while an asynchronous checkpoint still writes these arrays.
+  """
+  return jax.tree_util.tree_map(lambda x: np.array(x.addressable_shards[0].data)[0], tree)
 
 
 def _checkpoint_state(state: TrainState, epoch: int) -> dict:
@@ -582,13 +591,13 @@ def _train_loop(config: ml_collections.ConfigDict, workdir_path: pathlib.Path, m
       done_epochs = epoch + 1 if finished else epoch   # the checkpoint's epoch: resume point
       host_state = None
       if (epoch + 1) % config.train.checkpoint_every_epochs == 0 or last:
-        host_state = _checkpoint_state(jax_utils.unreplicate(state), done_epochs)
+        host_state = _checkpoint_state(_first_replica(state), done_epochs)
         store.save_latest(step, host_state)   # asynchronous: written while training goes on
       if (epoch + 1) % config.train.eval_every_epochs == 0 or last:
         final = evaluate(eval_step, state, config, config.dataset.eval_split)
         logger.write(config.dataset.eval_split, step, epoch + 1, final)
         is_best = store.save_best(step, host_state or _checkpoint_state(
-            jax_utils.unreplicate(state), done_epochs), final)
+            _first_replica(state), done_epochs), final)
         logging.info("eval %s epoch %d: %s%s", config.dataset.eval_split, epoch + 1,
                      format_metrics(final), " (best)" if is_best else "")
         if not last and host_state is not None and time.monotonic() >= deadline:
