@@ -173,48 +173,82 @@ class _HeldOrbaxErrors(std_logging.Filter):
 class CheckpointStore:
   """The latest and best checkpoints of one workdir.
 
-  Saves are synchronous (each save has finished writing when it returns). The best
-  checkpoint's metrics are stored in its step's Orbax metadata (`custom_metadata['metrics']`),
-  written into the step's temporary folder before Orbax renames it, so that `best/<step>` and
-  its metrics appear together or not at all; best_metrics.json is rewritten (atomically) after
-  each new best as a readable copy.
+  Saves of `best/` are synchronous (written when `set_best` / `save_best` return). Saves of
+  `checkpoints/` are synchronous too, or with `asynchronous=True` (training) Orbax's
+  asynchronous ones: `save_latest` returns once the state is copied to host memory and the
+  files are written by a background thread, so that training goes on meanwhile. A save in
+  flight is waited for (and its error raised) by `wait`, by the next save of either kind, and
+  by `close`. The best checkpoint's metrics are stored in its step's Orbax metadata
+  (`custom_metadata['metrics']`), written into the step's temporary folder before Orbax renames
+  it, so that `best/<step>` and its metrics appear together or not at all; best_metrics.json is
+  rewritten (atomically) after each new best as a readable copy.
 
   Args:
     workdir: the run directory.
     keep: number of latest checkpoints kept.
+    asynchronous: `save_latest` returns before the files are written.
   """
 
-  def __init__(self, workdir: str | pathlib.Path, keep: int = 2):
+  def __init__(self, workdir: str | pathlib.Path, keep: int = 2, asynchronous: bool = False):
     self.workdir = pathlib.Path(workdir).absolute()
+    self.asynchronous = bool(asynchronous)
 
-    def options(max_to_keep):
+    def options(max_to_keep, enable_async):
       return ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                          enable_async_checkpointing=False)
+                                          enable_async_checkpointing=enable_async)
 
-    self.latest = ocp.CheckpointManager(self.workdir / "checkpoints", options=options(keep))
-    self.best = ocp.CheckpointManager(self.workdir / "best", options=options(1))
+    self.latest = ocp.CheckpointManager(self.workdir / "checkpoints",
+                                        options=options(keep, self.asynchronous))
+    self.best = ocp.CheckpointManager(self.workdir / "best", options=options(1, False))
     self._best_metrics_path = self.workdir / BEST_METRICS_FILE
+    # (manager, step, host state, held Orbax log records) of the save not yet waited for
+    self._pending: Optional[tuple] = None
 
   def _save(self, manager: ocp.CheckpointManager, step: int, state: dict,
-            custom_metadata: Optional[dict] = None) -> None:
-    """Saves `state` under `step`; a full disk raises CheckpointDiskFullError (one line) after
-    removing the unfinished step folder."""
+            custom_metadata: Optional[dict] = None, wait: bool = True) -> None:
+    """Saves `state` under `step` (waits for the files unless `wait` is False; see `wait`); a
+    full disk raises CheckpointDiskFullError (one line) after removing the unfinished step
+    folder."""
+    self.wait()
     host = _to_host(state)
-    logger = std_logging.getLogger("absl")
     held = _HeldOrbaxErrors()
-    logger.addFilter(held)
+    std_logging.getLogger("absl").addFilter(held)
+    self._pending = (manager, step, host, held)
     try:
       manager.save(step, args=ocp.args.StandardSave(host), force=True,
                    custom_metadata=custom_metadata)
-      manager.wait_until_finished()
     except Exception as e:
-      logger.removeFilter(held)
-      if not _is_disk_full(e):
-        held.release(logger)
-        raise
-      raise self._disk_full(pathlib.Path(manager.directory), step, host) from None
+      self._finish(e)
+    if wait:
+      self.wait()
+
+  def wait(self) -> None:
+    """Waits until the save in flight (if any) is written.
+
+    Raises CheckpointDiskFullError (one line, the unfinished folder removed) when the disk
+    filled up meanwhile, or the save's own error.
+    """
+    if self._pending is None:
+      return
+    try:
+      self._pending[0].wait_until_finished()
+    except Exception as e:
+      self._finish(e)
+    self._finish(None)
+
+  def _finish(self, error: Optional[BaseException]) -> None:
+    """Ends the pending save: releases the Orbax log records held meanwhile (not those of a
+    full disk) and raises `error` (a full disk as CheckpointDiskFullError)."""
+    manager, step, host, held = self._pending
+    self._pending = None
+    logger = std_logging.getLogger("absl")
     logger.removeFilter(held)
-    held.release(logger)
+    if error is None or not _is_disk_full(error):
+      held.release(logger)
+      if error is not None:
+        raise error
+      return
+    raise self._disk_full(pathlib.Path(manager.directory), step, host) from None
 
   def _disk_full(self, directory: pathlib.Path, step: int, host_state: Any
                  ) -> CheckpointDiskFullError:
@@ -231,11 +265,13 @@ class CheckpointStore:
         f"unfinished folder was removed: free some space and rerun the command to {resume}")
 
   def save_latest(self, step: int, state: dict) -> None:
-    """Saves a host-side training state dict under `step` (returns once written).
+    """Saves a training state dict under `step` (returns once written, or, for an
+    `asynchronous` store, once copied to host memory: see `wait`).
 
-    Raises CheckpointDiskFullError (an OSError) when the disk fills up.
+    Raises CheckpointDiskFullError (an OSError) when the disk fills up (for an asynchronous
+    save: raised by the next `wait`, save or `close`).
     """
-    self._save(self.latest, step, state)
+    self._save(self.latest, step, state, wait=not self.asynchronous)
 
   def set_best(self, step: int, state: dict, metrics: Optional[dict[str, float]] = None) -> None:
     """Makes `state` the best checkpoint, with `metrics` (None: not evaluated yet, e.g.
@@ -295,6 +331,8 @@ class CheckpointStore:
       write_text_atomic(path, json.dumps(metrics, indent=2))
 
   def latest_step(self) -> Optional[int]:
+    """The step of the latest checkpoint written (a save in flight is waited for first)."""
+    self.wait()
     return self.latest.latest_step()
 
   def restore(self, template: dict, which: str = "latest", step: Optional[int] = None) -> dict:
@@ -333,8 +371,12 @@ class CheckpointStore:
         template, restored)
 
   def close(self) -> None:
-    self.latest.close()
-    self.best.close()
+    """Waits for a save in flight (raising its error, see `wait`), then closes the managers."""
+    try:
+      self.wait()
+    finally:
+      self.latest.close()
+      self.best.close()
 
 
 def read_best_metrics(workdir: str | pathlib.Path) -> Optional[dict[str, float]]:

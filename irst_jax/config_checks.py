@@ -51,9 +51,11 @@ MODEL_CHOICES: dict[str, dict[str, list[str]]] = {
 SAFE_ON_RESUME = (
     "eval.",   # every eval option (the whole section)
     "train.time_limit_minutes", "train.log_every_steps", "train.eval_every_epochs",
-    "train.checkpoint_every_epochs", "train.keep_checkpoints",
-    "dataset.num_workers", "dataset.data_dir", "dataset.manual_dir", "dataset.pad_multiple",
+    "train.checkpoint_every_epochs", "train.keep_checkpoints", "train.steps_per_dispatch",
+    "dataset.data_dir", "dataset.manual_dir", "dataset.pad_multiple",
     "dataset.max_eval_canvases", "dataset.eval_network_padding",
+    # removed with the host training loader; still in the config.json of older workdirs
+    "dataset.num_workers",
 )
 
 #: Schedules that do not depend on `train.num_epochs` (multistep's milestones are epochs).
@@ -181,6 +183,8 @@ def check_training_config(config: ml_collections.ConfigDict, num_devices: int
   for key in ("eval_every_epochs", "checkpoint_every_epochs", "log_every_steps",
               "keep_checkpoints"):
     _positive_int(config, f"train.{key}")
+  if "steps_per_dispatch" in train:   # absent from the saved configs of older runs
+    _positive_int(config, "train.steps_per_dispatch", minimum=0)   # 0: by backend
   if not _is_int(_field(config, "train.seed")):
     raise ConfigError(f"train.seed={train.seed!r}: expected an integer")
   limit = train.get("time_limit_minutes") or 0.0
@@ -201,7 +205,6 @@ def check_training_config(config: ml_collections.ConfigDict, num_devices: int
     pipeline.eval_network_padding(dataset)
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  _positive_int(config, "dataset.num_workers", minimum=0)
   _probability(config, "dataset.center_on_target_prob", closed=True)
   _choice(config, "dataset.normalization", list(pipeline._NORMALIZATIONS))
   try:

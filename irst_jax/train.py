@@ -6,6 +6,15 @@ devices under `jax.pmap` (axis name `batch`); BatchNorm statistics are synchroni
 psum-med (`losses.global_sum`), so a step on D devices equals a step on one device holding
 the whole batch.
 
+Input: the training split is held on every device (`irst_jax.data.device_data`) and each step
+draws and augments its examples inside the compiled program; `train.steps_per_dispatch` steps
+run in one pmapped `lax.scan` (`make_train_chunk`; automatic: 16 on GPU / TPU, 1 on CPU, see
+`steps_per_dispatch`). An epoch of S = N // batch steps runs as
+chunks of K = min(steps_per_dispatch, S) steps and, when K does not divide S, one last chunk of
+S mod K steps: at most two compiled training programs. The loss of each step comes back once
+per chunk (checked for NaN one chunk late, so that the device never waits on the host), and
+the checkpoints of `checkpoint_every_epochs` are written asynchronously (Orbax).
+
 A run is resumable: rerunning the same command continues from the latest checkpoint of the
 workdir (step, params, optimiser state, batch statistics, RNG, epoch). A workdir takes one
 training run at a time (`checkpoints.workdir_lock`); the config is validated before anything
@@ -28,13 +37,12 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from flax import jax_utils
 from flax.training import train_state
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from irst_jax import checkpoints, config_checks, convert, errors, losses, models, optim
-from irst_jax.data import pipeline
+from irst_jax.data import device_data, pipeline
 from irst_jax.evaluation import curves as curves_lib
 from irst_jax.evaluation import protocols
 from irst_jax.evaluation import report, tables
@@ -74,12 +82,9 @@ def create_train_state(model, config: ml_collections.ConfigDict, tx: optax.Gradi
                            batch_stats=variables.get("batch_stats", {}), tx=tx, rng=train_rng)
 
 
-def make_train_step(model, loss_name: str, schedule: optax.Schedule,
-                    devices: Optional[list] = None) -> Callable:
-  """pmapped step: (replicated state, sharded batch) -> (state, metrics {loss, learning_rate}).
-
-  `devices`: the devices to map over (default: all local devices).
-  """
+def _step_function(model, loss_name: str, schedule: optax.Schedule) -> Callable:
+  """(state, batch {'image', 'mask'}) -> (state, {loss, learning_rate}): one optimiser step,
+  to be run under `pmap` over axis `AXIS`."""
   loss_fn = losses.get_loss(loss_name, axis_name=AXIS)
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
@@ -96,7 +101,79 @@ def make_train_step(model, loss_name: str, schedule: optax.Schedule,
     new_state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"])
     return new_state, {"loss": loss, "learning_rate": schedule(state.step)}
 
-  return jax.pmap(train_step, axis_name=AXIS, donate_argnums=(0,), devices=devices)
+  return train_step
+
+
+def make_train_step(model, loss_name: str, schedule: optax.Schedule,
+                    devices: Optional[list] = None) -> Callable:
+  """pmapped step: (replicated state, sharded batch) -> (state, metrics {loss, learning_rate}).
+
+  The batch is {'image': f32 [D, b, H, W, C], 'mask': f32 [D, b, H, W, 1]} given by the caller
+  (benchmarks, tests); training draws its batches on the device instead (`make_train_chunk`).
+  `devices`: the devices to map over (default: all local devices).
+  """
+  return jax.pmap(_step_function(model, loss_name, schedule), axis_name=AXIS,
+                  donate_argnums=(0,), devices=devices)
+
+
+def make_train_chunk(model, loss_name: str, schedule: optax.Schedule,
+                     settings: device_data.Augmentation, *, num_steps: int, global_batch: int,
+                     seed: int, devices: Optional[list] = None) -> Callable:
+  """pmapped `num_steps` training steps whose examples are drawn and augmented on the device.
+
+  Returns (replicated state, data, epoch, first) -> (state, {'loss', 'learning_rate'}: f32
+  [D, num_steps], one value a step), running steps `first .. first + num_steps - 1` of epoch
+  `epoch` (ints; first + num_steps <= the epoch's steps) in one `lax.scan`. `data`: the
+  split's arrays on the devices (`device_data.put_on_devices`); step s trains on its devices'
+  share of the global batch `device_data.draw_batch(..., epoch, s, ...)` of `global_batch`
+  examples (over all processes), keyed by `device_data.data_key(seed)`. The same steps run
+  as single-step chunks or as one chunk give the same state (`make_train_step`'s step).
+  `devices`: the local devices to map over (default: all).
+  """
+  step_fn = _step_function(model, loss_name, schedule)
+  devices = list(devices or jax.local_devices())
+  per_device = global_batch // (len(devices) * jax.process_count())
+  process_index = jax.process_index()
+
+  def chunk(state: TrainState, data: dict, epoch, first) -> tuple[TrainState, dict]:
+    key = device_data.data_key(seed)
+    order = device_data.epoch_permutation(key, epoch, data["images"].shape[0], settings.shuffle)
+    positions = device_data.device_positions(per_device, jax.lax.axis_index(AXIS), len(devices),
+                                             process_index)
+
+    def body(state, step):
+      batch = device_data.draw_batch(data, key, epoch, step, positions, settings, global_batch,
+                                     order=order)
+      return step_fn(state, {"image": batch["image"], "mask": batch["mask"]})
+
+    if num_steps == 1:   # no loop: the program of one step
+      state, metrics = body(state, jnp.asarray(first, jnp.int32))
+      return state, jax.tree_util.tree_map(lambda x: x[None], metrics)
+    return jax.lax.scan(body, state, first + jnp.arange(num_steps, dtype=jnp.int32))
+
+  return jax.pmap(chunk, axis_name=AXIS, donate_argnums=(0,), devices=devices,
+                  in_axes=(0, 0, None, None))
+
+
+def steps_per_dispatch(train_config: ml_collections.ConfigDict, steps_per_epoch: int,
+                       backend: Optional[str] = None) -> int:
+  """K = min(train.steps_per_dispatch, steps_per_epoch) training steps a dispatch.
+
+  `train.steps_per_dispatch` = 0 (the default; also for saved configs that predate the field)
+  chooses by backend (default: JAX's default backend): `ACCELERATOR_STEPS_PER_DISPATCH` on GPU
+  and TPU, where one dispatch of several steps keeps the device from waiting on the host
+  between steps, and 1 on CPU, where the host is the device and XLA:CPU runs the step as the
+  body of a while loop (`lax.scan`) several times slower than as a program of its own.
+  """
+  value = int(train_config.get("steps_per_dispatch", 0))
+  if value == 0:
+    cpu = (backend or jax.default_backend()) == "cpu"
+    value = 1 if cpu else ACCELERATOR_STEPS_PER_DISPATCH
+  return max(1, min(value, steps_per_epoch))
+
+
+#: Steps a dispatch on GPU / TPU when `train.steps_per_dispatch` is 0 (automatic).
+ACCELERATOR_STEPS_PER_DISPATCH = 16
 
 
 def make_eval_step(model, eval_config: ml_collections.ConfigDict, curves: bool = False
@@ -211,6 +288,16 @@ def replicate(tree: Any, devices: Optional[list] = None) -> Any:
   return jax.tree_util.tree_map(
       lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (len(devices),) + np.shape(x)),
                                sharding), tree)
+
+
+def _first_replica(tree: Any) -> Any:
+  """Host copies (numpy) of the first local device's replica of every leaf of a replicated tree.
+
+  Reads each leaf's first shard instead of slicing it (`flax.jax_utils.unreplicate` runs one
+  small program a leaf); copies, so that the state's buffers can be donated to the next step
+  while an asynchronous checkpoint still writes these arrays.
+  """
+  return jax.tree_util.tree_map(lambda x: np.array(x.addressable_shards[0].data)[0], tree)
 
 
 def _checkpoint_state(state: TrainState, epoch: int) -> dict:
@@ -349,7 +436,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   trained_config = checkpoints.with_saved_normalization(config, workdir_path, missing_ok=True)
   num_devices = jax.local_device_count()
   info = config_checks.check_training_config(trained_config, num_devices * jax.process_count())
-  steps_per_epoch = info.num_examples[config.dataset.train_split] // config.train.batch_size
+  steps_per_epoch = device_data.steps_per_epoch(info.num_examples[config.dataset.train_split],
+                                                config.train.batch_size)
   model = models.create_model(config.model, axis_name=AXIS)
   tx, schedule = optim.create_optimizer(config.optim, steps_per_epoch, config.train.num_epochs)
   crop = config.dataset.crop_size
@@ -376,7 +464,6 @@ def _train_and_evaluate(given: ml_collections.ConfigDict, config: ml_collections
   """The locked part of `train_and_evaluate`: `given` is the config as given (saved as
   config.json, compared on resume), `config` the one trained with (stored normalisation)."""
   num_devices = jax.local_device_count()
-  process_batch = config.train.batch_size // jax.process_count()
   num_epochs = config.train.num_epochs
   logging.info("%s on %s/%s: %d training images, %d steps/epoch, %d epochs, %d device(s)",
                config.model.name, info.name, info.builder_config,
@@ -392,7 +479,8 @@ def _train_and_evaluate(given: ml_collections.ConfigDict, config: ml_collections
   for sub in ("checkpoints", "best") if primary else ():   # unfinished saves of a crashed run
     for path in checkpoints.remove_temporary_folders(workdir_path / sub):
       logging.info("removed the unfinished checkpoint folder %s", path)
-  store = checkpoints.CheckpointStore(workdir_path, keep=config.train.keep_checkpoints)
+  store = checkpoints.CheckpointStore(workdir_path, keep=config.train.keep_checkpoints,
+                                      asynchronous=True)
   try:
     start_epoch = skip_steps = restored_step = 0
     if store.latest_step() is not None:
@@ -406,7 +494,7 @@ def _train_and_evaluate(given: ml_collections.ConfigDict, config: ml_collections
             f"already trained {start_epoch} epochs (step {restored_step}); use a larger "
             "train.num_epochs or a new --workdir")
       # A run stopped by the time limit mid-epoch resumes inside that epoch: its batches are
-      # deterministic (seed, epoch), so the ones already trained on are drawn and skipped.
+      # deterministic (seed, epoch, step), so training goes on from the restored step.
       skip_steps = restored_step - start_epoch * steps_per_epoch
       logging.info("resumed from %s at step %d (epoch %d%s)", store.latest.directory,
                    restored_step, start_epoch + 1 if skip_steps else start_epoch,
@@ -417,18 +505,16 @@ def _train_and_evaluate(given: ml_collections.ConfigDict, config: ml_collections
       store.sync_best_metrics_file()
       _drop_records_after(workdir_path / METRICS_FILE, restored_step)
     return _train_loop(config, workdir_path, model, schedule, state, store, start_epoch,
-                       skip_steps, steps_per_epoch, process_batch)
+                       skip_steps, steps_per_epoch)
   finally:
     store.close()
 
 
 def _train_loop(config: ml_collections.ConfigDict, workdir_path: pathlib.Path, model,
                 schedule: optax.Schedule, state: TrainState, store: checkpoints.CheckpointStore,
-                start_epoch: int, skip_steps: int, steps_per_epoch: int, process_batch: int
-                ) -> dict[str, Any]:
+                start_epoch: int, skip_steps: int, steps_per_epoch: int) -> dict[str, Any]:
   num_devices = jax.local_device_count()
   num_epochs = config.train.num_epochs
-  train_step = make_train_step(model, config.train.loss, schedule)
   eval_step = make_eval_step(model, config.eval)
   restored_step = int(state.step)
   state = replicate(state)
@@ -443,47 +529,56 @@ def _train_loop(config: ml_collections.ConfigDict, workdir_path: pathlib.Path, m
       logger.write(config.dataset.eval_split, restored_step, num_epochs, final)
     logger.close()
     return {"final": final, "best": store.best_metrics(), "images_per_sec": float("nan")}
+  data, settings = device_data.load_train_data(config.dataset)
+  on_devices = device_data.put_on_devices(data, axis_name=AXIS)
+  logging.info("training split on the device(s): %d images on a %dx%d canvas, %.1f MB a device",
+               data.num_examples, data.images.shape[1], data.images.shape[2], data.nbytes / 1e6)
+  chunk_steps = steps_per_dispatch(config.train, steps_per_epoch)
+  programs: dict[int, Callable] = {}   # chunk length -> pmapped program (at most 2 lengths)
+
+  def run_chunk(state, epoch, first, length):
+    if length not in programs:
+      programs[length] = make_train_chunk(
+          model, config.train.loss, schedule, settings, num_steps=length,
+          global_batch=config.train.batch_size, seed=config.train.seed)
+    return programs[length](state, on_devices, epoch, first)
+
   throughput: list[float] = []
   deadline = (time.monotonic() + 60.0 * config.train.time_limit_minutes
               if config.train.get("time_limit_minutes") else math.inf)
-  progress = tqdm(total=num_epochs * steps_per_epoch, initial=int(jax_utils.unreplicate(state.step)),
+  progress = tqdm(total=num_epochs * steps_per_epoch, initial=restored_step,
                   desc=config.model.name, unit="step", dynamic_ncols=True, file=sys.stderr,
                   mininterval=1.0 if sys.stderr.isatty() else 30.0,
                   disable=jax.process_index() != 0)
   try:
     for epoch in range(start_epoch, num_epochs):
-      epoch_losses, start = [], None
-      batches = pipeline.create_train_iterator(
-          config.dataset, batch_size=process_batch, num_devices=num_devices,
-          seed=config.train.seed, epoch=epoch)
-      out_of_time = False
-      for i, batch in enumerate(batches):
-        if i == steps_per_epoch or out_of_time:
-          break
-        if i < skip_steps:
-          continue
-        state, step_metrics = train_step(state, batch)
-        if start is None:
-          jax.block_until_ready(step_metrics)
-          start = time.perf_counter()  # the first step of an epoch may compile
-        loss = step_metrics["loss"]
-        epoch_losses.append(loss)
-        progress.update(1)
-        global_step = epoch * steps_per_epoch + i + 1
-        if global_step % config.train.log_every_steps == 0:
-          value = float(loss[0])
-          _check_finite(value, global_step, epoch, store)
-          progress.set_postfix(loss=f"{value:.4f}", lr=f"{float(step_metrics['learning_rate'][0]):.2e}")
+      epoch_losses: list[np.ndarray] = []
+      start, compiled = time.perf_counter(), False
+      first, pending, out_of_time = skip_steps, None, False
+      while first < steps_per_epoch and not out_of_time:
+        length = min(chunk_steps, steps_per_epoch - first)
+        compiled = compiled or length not in programs
+        state, chunk_metrics = run_chunk(state, epoch, first, length)
+        if pending is not None:   # the previous chunk's losses, fetched while this one runs
+          epoch_losses.append(_fetch_losses(pending, epoch, steps_per_epoch, store, progress,
+                                            config.train.log_every_steps))
+        pending = (first, chunk_metrics)
+        first += length
         out_of_time = time.monotonic() >= deadline
+      if pending is not None:
+        epoch_losses.append(_fetch_losses(pending, epoch, steps_per_epoch, store, progress,
+                                          config.train.log_every_steps))
+      trained = first - skip_steps
       skip_steps = 0
-      mean_loss = float(np.mean([float(loss[0]) for loss in epoch_losses]))
-      _check_finite(mean_loss, (epoch + 1) * steps_per_epoch, epoch, store)
-      elapsed = time.perf_counter() - start if start is not None else float("nan")
-      images_per_sec = (len(epoch_losses) - 1) * config.train.batch_size / elapsed if elapsed > 0 else float("nan")
-      if len(epoch_losses) > 1:
+      elapsed = time.perf_counter() - start
+      # An epoch that compiled a program measures the compilation: no throughput.
+      images_per_sec = (float("nan") if compiled or not trained
+                        else trained * config.train.batch_size / elapsed)
+      if not math.isnan(images_per_sec):
         throughput.append(images_per_sec)
-      step = int(jax_utils.unreplicate(state.step))
-      finished = step == (epoch + 1) * steps_per_epoch   # False when stopped mid-epoch
+      mean_loss = float(np.mean(np.concatenate(epoch_losses))) if epoch_losses else float("nan")
+      step = epoch * steps_per_epoch + first
+      finished = first == steps_per_epoch   # False when stopped mid-epoch
       lr = float(schedule(step - 1))
       logger.write("train", step, epoch + 1, {"loss": mean_loss, "learning_rate": lr,
                                                 "images_per_sec": images_per_sec})
@@ -499,13 +594,13 @@ def _train_loop(config: ml_collections.ConfigDict, workdir_path: pathlib.Path, m
       done_epochs = epoch + 1 if finished else epoch   # the checkpoint's epoch: resume point
       host_state = None
       if (epoch + 1) % config.train.checkpoint_every_epochs == 0 or last:
-        host_state = _checkpoint_state(jax_utils.unreplicate(state), done_epochs)
-        store.save_latest(step, host_state)
+        host_state = _checkpoint_state(_first_replica(state), done_epochs)
+        store.save_latest(step, host_state)   # asynchronous: written while training goes on
       if (epoch + 1) % config.train.eval_every_epochs == 0 or last:
         final = evaluate(eval_step, state, config, config.dataset.eval_split)
         logger.write(config.dataset.eval_split, step, epoch + 1, final)
         is_best = store.save_best(step, host_state or _checkpoint_state(
-            jax_utils.unreplicate(state), done_epochs), final)
+            _first_replica(state), done_epochs), final)
         logging.info("eval %s epoch %d: %s%s", config.dataset.eval_split, epoch + 1,
                      tables.metrics_line(final), " (best)" if is_best else "")
         if not last and host_state is not None and time.monotonic() >= deadline:
@@ -517,6 +612,7 @@ def _train_loop(config: ml_collections.ConfigDict, workdir_path: pathlib.Path, m
           break
       if last:
         break
+    store.wait()   # the last checkpoint is written before the run reports its end
   finally:
     progress.close()
     logger.close()
@@ -524,9 +620,29 @@ def _train_loop(config: ml_collections.ConfigDict, workdir_path: pathlib.Path, m
           "images_per_sec": float(np.median(throughput)) if throughput else float("nan")}
 
 
+def _fetch_losses(pending: tuple[int, dict], epoch: int, steps_per_epoch: int,
+                  store: checkpoints.CheckpointStore, progress, log_every_steps: int
+                  ) -> np.ndarray:
+  """The per-step losses [n] of a finished chunk (`pending`: its first step in the epoch and
+  its metrics); raises TrainingDivergedError at the first non-finite one."""
+  first, metrics = pending
+  losses_ = np.asarray(metrics["loss"][0])
+  steps = epoch * steps_per_epoch + first + 1 + np.arange(len(losses_))   # 1-based global
+  bad = np.flatnonzero(~np.isfinite(losses_))
+  if bad.size:
+    _check_finite(float(losses_[bad[0]]), int(steps[bad[0]]), epoch, store)
+  progress.update(len(losses_))
+  logged = np.flatnonzero(steps % log_every_steps == 0)
+  if logged.size:
+    i = logged[-1]
+    progress.set_postfix(loss=f"{float(losses_[i]):.4f}",
+                         lr=f"{float(np.asarray(metrics['learning_rate'][0])[i]):.2e}")
+  return losses_
+
+
 def _check_finite(loss: float, step: int, epoch: int, store: checkpoints.CheckpointStore) -> None:
   if not math.isfinite(loss):
-    last = store.latest_step()
+    last = store.latest_step()   # waits for a checkpoint in flight
     kept = (f"the last good checkpoint (step {last}) is kept in {store.latest.directory}"
             if last is not None else "no checkpoint had been written yet")
     raise TrainingDivergedError(

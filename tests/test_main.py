@@ -45,32 +45,47 @@ def _latest_state(workdir):
     store.close()
 
 
-def test_resumed_run_equals_uninterrupted_run(prepared_fake_nuaa, tmp_path):
-  """A run stopped by the time limit mid-epoch and rerun equals one uninterrupted run."""
-  def config():
-    tiny = _tiny_config(prepared_fake_nuaa, 2)
+def test_resumed_run_equals_uninterrupted_run(prepared_fake_nuaa, tmp_path, monkeypatch):
+  """Runs stopped by the time limit mid-epoch, or after an epoch, and rerun equal one
+  uninterrupted run of the same steps a dispatch (the same compiled programs)."""
+  def config(num_epochs=2, steps_per_dispatch=16):
+    tiny = _tiny_config(prepared_fake_nuaa, num_epochs)
     tiny.train.batch_size = 2   # 6 training images: three steps an epoch
+    tiny.train.steps_per_dispatch = steps_per_dispatch   # CPU's default: 1
     return tiny
-  straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+  lengths = []   # the chunk lengths compiled, run by run
+  make_chunk = train.make_train_chunk
+  monkeypatch.setattr(train, "make_train_chunk", lambda *a, **k: (
+      lengths.append(k["num_steps"]), make_chunk(*a, **k))[1])
+  straight, epochwise = tmp_path / "straight", tmp_path / "epochwise"
   result = train.train_and_evaluate(config(), str(straight))
-  interrupted = config()
-  interrupted.train.time_limit_minutes = 1e-9   # stops after step 1: checkpoint + evaluation
+  assert lengths == [3]   # min(steps_per_dispatch, 3 steps an epoch): one scanned program
+  train.train_and_evaluate(config(num_epochs=1), str(epochwise))   # then resumed at epoch 1
+  train.train_and_evaluate(config(), str(epochwise))
+  assert any(line.startswith("resumed from") and line.endswith("at step 3 (epoch 1)")
+             for line in _log_messages(epochwise))
+  # one step a dispatch: stopped after step 1 by the time limit, then resumed mid-epoch
+  straight1, resumed = tmp_path / "straight1", tmp_path / "resumed"
+  train.train_and_evaluate(config(steps_per_dispatch=1), str(straight1))
+  interrupted = config(steps_per_dispatch=1)
+  interrupted.train.time_limit_minutes = 1e-9   # stops after its first dispatch: step 1
   train.train_and_evaluate(interrupted, str(resumed))
   assert ("time_limit_minutes=1e-09 reached at step 1 (epoch 1, step 1 of 3)"
           in (resumed / "train.log").read_text())
   first = _records(resumed)
   assert [(r["split"], r["epoch"], r["step"]) for r in first] == [("train", 1, 1), ("test", 1, 1)]
   assert int(_latest_state(resumed)["epoch"]) == 0   # epoch 1 is not finished
-  train.train_and_evaluate(config(), str(resumed))
+  train.train_and_evaluate(config(steps_per_dispatch=1), str(resumed))
   assert any(line.startswith("resumed from") and line.endswith("at step 1 (epoch 1, step 1 of 3)")
              for line in _log_messages(resumed))
   records = _records(resumed)
   assert [(r["split"], r["epoch"], r["step"]) for r in records[2:]] == [
       ("train", 1, 3), ("test", 1, 3), ("train", 2, 6), ("test", 2, 6)]
-  a, b = _latest_state(straight), _latest_state(resumed)
-  assert int(a["step"]) == int(b["step"]) == 6 and int(a["epoch"]) == int(b["epoch"]) == 2
-  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
-    np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+  for uninterrupted, other in ((straight, epochwise), (straight1, resumed)):
+    a, b = _latest_state(uninterrupted), _latest_state(other)
+    assert int(a["step"]) == int(b["step"]) == 6 and int(a["epoch"]) == int(b["epoch"]) == 2
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+      np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
   # metrics are real numbers in range and the best checkpoint's metrics are recorded
   assert 0.0 <= result["final"]["IoU"] <= 1.0 and result["final"]["images"] == 6
   best = json.loads((straight / checkpoints.BEST_METRICS_FILE).read_text())

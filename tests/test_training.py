@@ -135,6 +135,25 @@ _EQUIVALENCE_SCRIPT = textwrap.dedent("""
         jax.tree_util.tree_leaves(one.params),
         jax.tree_util.tree_leaves(train.create_train_state(model, config, tx, (1, 32, 32, 1)).params)))
     assert moved > 1e-3, moved
+    # Steps drawn on the device: each device takes its share of the same global batch.
+    from irst_jax.data import device_data
+    sizes = ((40, 36), (20, 50), (33, 33), (30, 20), (64, 40), (32, 32), (50, 50), (20, 20))
+    data = device_data.from_examples([rng.integers(0, 256, size=s, dtype=np.uint8) for s in sizes],
+                                     [(rng.random(s) > 0.97).astype(np.uint8) for s in sizes], 32)
+    settings = device_data.Augmentation(32, 0.5, True, True, (100.0,), (40.0,))
+    chunks = []
+    for devices in (jax.local_devices()[:1], jax.local_devices()[:2]):
+      state = train.create_train_state(model, config, tx, (1, 32, 32, 1))
+      chunk = train.make_train_chunk(model, config.train.loss, schedule, settings, num_steps=2,
+                                     global_batch=4, seed=3, devices=devices)
+      state, metrics = chunk(train.replicate(state, devices),
+                             device_data.put_on_devices(data, devices), 1, 0)
+      chunks.append((jax.tree_util.tree_map(lambda x: np.asarray(x)[0], state.params),
+                     np.asarray(metrics["loss"][0])))
+    (one, losses1), (two, losses2) = chunks
+    np.testing.assert_allclose(losses1, losses2, rtol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(two)):
+      np.testing.assert_allclose(a, b, atol=1e-5)
     print("EQUIVALENT", loss1, loss2)
 """)
 

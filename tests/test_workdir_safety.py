@@ -227,7 +227,13 @@ def test_resumable_fields():
 
   # safe: more epochs under a multistep schedule, eval options, intervals, data folders
   check(base, train__num_epochs=10, eval__threshold=0.3, train__log_every_steps=1,
-        dataset__data_dir="/b")
+        dataset__data_dir="/b", train__steps_per_dispatch=4)
+  # an older workdir's config.json: the removed dataset.num_workers, no steps_per_dispatch
+  old = json.loads(json.dumps(base))
+  old["dataset"]["num_workers"] = 2
+  new = json.loads(json.dumps(base))
+  new["train"]["steps_per_dispatch"] = 16
+  config_checks.check_resumable(old, _configdict(new), "w/config.json")
   with pytest.raises(config_checks.ConfigError,
                      match=r"changed train\.num_epochs \(4 -> 10\): .*; optim\.schedule='cosine' "
                            r"depends on train\.num_epochs\."):
@@ -338,6 +344,33 @@ def test_disk_full_of_our_own_write_is_one_line(tmp_path, monkeypatch):
                             "writing the checkpoint of step 2: ")
   assert message.endswith("rerun the command to resume from step 1")
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1"]
+
+
+def test_disk_full_during_an_asynchronous_save_is_one_line(tmp_path, monkeypatch):
+  """The background write of an asynchronous save fails: the next wait reports it in one line
+  and removes the unfinished folder."""
+  store = checkpoints.CheckpointStore(tmp_path, asynchronous=True)
+  store.save_latest(1, _state(1))
+  store.wait()
+  real_wait = ocp.CheckpointManager.wait_until_finished
+
+  def wait(self):
+    real_wait(self)
+    if pathlib.Path(self.directory).name == "checkpoints" and (tmp_path / "checkpoints" / "2").exists():
+      shutil.rmtree(tmp_path / "checkpoints" / "2")   # as if the rename had not happened
+      (tmp_path / "checkpoints" / f"2{checkpoints.ORBAX_TMP_SUFFIX}").mkdir()
+      raise ValueError("RESOURCE_EXHAUSTED: ... No space left on device [os_error_code='28']")
+  monkeypatch.setattr(ocp.CheckpointManager, "wait_until_finished", wait)
+  store.save_latest(2, _state(2))   # returns before the files are written
+  with pytest.raises(checkpoints.CheckpointDiskFullError) as raised:
+    store.wait()
+  message = str(raised.value)
+  assert "\n" not in message and message.startswith(
+      f"no space left on the device of {tmp_path / 'checkpoints'} while writing the checkpoint "
+      "of step 2: ") and message.endswith("rerun the command to resume from step 1")
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1"]
+  monkeypatch.undo()
+  store.close()
 
 
 def test_disk_full_during_training_then_rerun_resumes(prepared_fake_nuaa, trained, tmp_path,

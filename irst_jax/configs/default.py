@@ -49,7 +49,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   # pad_multiple, max_eval_canvases (at most this many padded shapes, i.e. compilations of the
   # metrics, per evaluated split; default 4), eval_network_padding ('own': the network on each
   # image's own padded size, the published protocol; 'canvas': on the canvas, fewer compilations,
-  # numbers move a little), num_workers, shuffle: see irst_jax/data/pipeline.py.
+  # numbers move a little), shuffle: see irst_jax/data/pipeline.py; training crops and
+  # augmentation run on the device: irst_jax/data/device_data.py.
   config.dataset = pipeline.default_dataset_config()
 
   config.train = ml_collections.ConfigDict()
@@ -58,7 +59,13 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.train.seed = 42
   config.train.loss = "soft_iou"            # 'soft_iou' or 'bce'
   config.train.eval_every_epochs = 10
-  config.train.checkpoint_every_epochs = 1
+  config.train.checkpoint_every_epochs = 1   # asynchronous saves (Orbax)
+  # Training steps run in one dispatch (a lax.scan on the device), capped at the epoch's steps:
+  # an epoch runs as chunks of this many steps and one shorter remainder chunk (at most two
+  # compiled programs). Larger amortises the host's round trip; the loss comes back, and the
+  # time limit is checked, once a dispatch. 0: 16 on GPU / TPU, 1 on CPU (where a scanned
+  # step runs slower; see train.steps_per_dispatch).
+  config.train.steps_per_dispatch = 0
   config.train.log_every_steps = 50
   config.train.keep_checkpoints = 2
   config.train.time_limit_minutes = 0.0     # > 0: stop (checkpoint + eval) after the step

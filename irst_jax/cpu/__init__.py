@@ -19,14 +19,17 @@ malloc) are `irst_jax.platform_settings`, applied by the command-line entry poin
 """
 from __future__ import annotations
 
+import contextlib
 import functools
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 import jax
 
 from irst_jax.cpu import batch_norm, convolution, pooling, resample
 
-__all__ = ["batch_norm", "convolution", "form", "pooling", "resample"]
+__all__ = ["batch_norm", "convolution", "form", "plain_forms", "pooling", "resample"]
+
+_plain_only = False
 
 _F = TypeVar("_F", bound=Callable)
 
@@ -43,8 +46,23 @@ def form(cpu_form: Callable) -> Callable[[_F], _F]:
   def decorate(plain: _F) -> _F:
     @functools.wraps(plain)
     def dispatch(*args, **kwargs):
+      if _plain_only:
+        return plain(*args, **kwargs)
       return jax.lax.platform_dependent(cpu=lambda: cpu_form(*args, **kwargs),
                                         default=lambda: plain(*args, **kwargs))
     dispatch.plain, dispatch.cpu_form = plain, cpu_form
     return dispatch
   return decorate
+
+
+@contextlib.contextmanager
+def plain_forms() -> Iterator[None]:
+  """Within the block, functions marked with :func:`form` trace their plain form on every
+  platform, CPU included (for counting a network's own operations: irst_jax.serving.profile).
+  Affects tracing only: call a fresh `jax.jit` inside the block."""
+  global _plain_only
+  previous, _plain_only = _plain_only, True
+  try:
+    yield
+  finally:
+    _plain_only = previous

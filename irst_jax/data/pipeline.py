@@ -1,17 +1,9 @@
-"""Input pipeline: Grain loaders over the TFDS (ArrayRecord) data sources of the IRSTD datasets.
+"""Input pipeline: the TFDS (ArrayRecord) data sources of the IRSTD datasets, normalisation, and
+the evaluation iterator.
 
-Train (:func:`create_train_iterator`): one epoch of ``{'image', 'mask'}`` float32 batches
-``[num_devices, batch_size // num_devices, crop, crop, C]`` (C = 1, or 3 for
-``normalization='imagenet_rgb'``; masks always 1). Each example is normalised
-(``(x - mean) / std``, see *Normalisation* below), zero-padded bottom/right up to the crop size when smaller, cropped
-(with probability ``center_on_target_prob`` around a random target pixel, otherwise
-uniformly) and, when ``augment``, flipped horizontally, vertically and transposed (each with
-probability 0.5). Shuffling and augmentation are seeded by ``seed + epoch``; the records
-are sharded over JAX processes (``batch_size`` is the per-process batch). With
-``num_workers > 0`` Grain batches inside each worker process: a (seed, epoch) still gives
-the same examples with the same augmentations and identical batches run to run, but
-grouped into batches differently than with ``num_workers=0``; on a 2-core machine
-``num_workers=0`` is faster (worker start-up costs seconds per epoch).
+Train: the training split is held in device memory and cropped, flipped and transposed inside
+the compiled training step, see :mod:`irst_jax.data.device_data` (it uses this module's
+builder loading and normalisation).
 
 Eval (:func:`create_eval_iterator`): whole images at their original size, each placed at the
 top-left of a zero-filled canvas (zero after normalisation, i.e. padding with the mean), with a
@@ -78,12 +70,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Iterator
 
-import grain.python as grain
 import jax
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
-from absl import flags
 
 from irst_jax.data import builders, canvas
 
@@ -129,7 +119,6 @@ def default_dataset_config() -> ml_collections.ConfigDict:
       # docstring; each shape is one compilation of the eval step).
       max_eval_canvases=canvas.MAX_CANVASES,
       eval_network_padding="own",
-      num_workers=0,
       shuffle=True,
   ))
 
@@ -326,128 +315,6 @@ def eval_network_padding(dataset_config) -> str:
     raise ValueError(f"dataset.eval_network_padding={value!r}: expected one of "
                      f"{list(EVAL_NETWORK_PADDINGS)} (where the network runs in evaluation)")
   return value
-
-
-# -- train -------------------------------------------------------------------------------
-
-
-class _TrainTransform(grain.RandomMapTransform):
-  """Normalise, pad to the crop size, crop (optionally on a target), flip/transpose."""
-
-  def __init__(self, mean: np.ndarray, std: np.ndarray, crop: int, center_prob: float,
-               augment: bool):
-    self.mean = mean
-    self.std = std
-    self.crop = crop
-    self.center_prob = float(center_prob)
-    self.augment = augment
-
-  def random_map(self, element, rng: np.random.Generator):
-    image = _normalize(element["image"], self.mean, self.std)
-    mask = (element["mask"] > 0).astype(np.float32)
-    c = self.crop
-    h, w = image.shape[:2]
-    if h < c or w < c:
-      pad = ((0, max(c - h, 0)), (0, max(c - w, 0)), (0, 0))
-      image = np.pad(image, pad)
-      mask = np.pad(mask, pad)
-      h, w = image.shape[:2]
-
-    on_target = rng.random() < self.center_prob
-    ys, xs = (np.nonzero(mask[..., 0]) if on_target else ((), ()))
-    if on_target and len(ys):
-      k = rng.integers(len(ys))
-      y0 = int(np.clip(ys[k] - c // 2, 0, h - c))
-      x0 = int(np.clip(xs[k] - c // 2, 0, w - c))
-    else:
-      y0 = int(rng.integers(h - c + 1))
-      x0 = int(rng.integers(w - c + 1))
-    image = image[y0:y0 + c, x0:x0 + c]
-    mask = mask[y0:y0 + c, x0:x0 + c]
-
-    if self.augment:
-      hflip, vflip, transpose = rng.random(3) < 0.5
-      if hflip:
-        image, mask = image[:, ::-1], mask[:, ::-1]
-      if vflip:
-        image, mask = image[::-1], mask[::-1]
-      if transpose:
-        image, mask = image.transpose(1, 0, 2), mask.transpose(1, 0, 2)
-    return {
-        "image": np.ascontiguousarray(image, dtype=np.float32),
-        "mask": np.ascontiguousarray(mask, dtype=np.float32),
-    }
-
-
-def create_train_iterator(
-    dataset_config, *, batch_size: int, num_devices: int, seed: int, epoch: int
-) -> Iterator[dict[str, np.ndarray]]:
-  """One epoch of training batches.
-
-  Yields:
-    {'image': float32 [num_devices, batch_size // num_devices, crop, crop, C] normalised
-     (C = :func:`image_channels`),
-     'mask': float32 [num_devices, batch_size // num_devices, crop, crop, 1] in {0, 1}};
-    the remainder is dropped.
-
-  Raises:
-    ValueError: batch_size not a multiple of num_devices, bad crop_size (not a positive
-      multiple of 32, or larger than every training image), unknown dataset or
-      normalization, or a split too small for one batch.
-  """
-  per_device = _check_batch(batch_size, num_devices)
-  crop = _check_multiple("crop_size", dataset_config.crop_size)
-  p = float(dataset_config.center_on_target_prob)
-  if not 0.0 <= p <= 1.0:
-    raise ValueError(f"center_on_target_prob must be in [0, 1], got {p}.")
-  builder = load_builder(dataset_config)
-  largest = builder.info.metadata.get("max_train_side")
-  if largest is not None and crop > largest:
-    raise ValueError(
-        f"crop_size={crop} is larger than every training image of {dataset_config.name}/"
-        f"{dataset_config.builder_config} (longest side {largest} px); choose a crop_size "
-        f"<= {largest // 32 * 32}. Images smaller than the crop in one side are zero-padded.")
-  mean, std = _normalization_arrays(dataset_config, builder)
-  source = builder.as_data_source(split=dataset_config.train_split)
-
-  shard = grain.ShardOptions(
-      shard_index=jax.process_index(), shard_count=jax.process_count(), drop_remainder=True
-  )
-  per_process = len(source) // jax.process_count()
-  if per_process < batch_size:
-    raise ValueError(
-        f"Split {dataset_config.train_split!r} has {per_process} examples per process, "
-        f"fewer than one batch of {batch_size}."
-    )
-  sampler = grain.IndexSampler(
-      num_records=len(source),
-      shard_options=shard,
-      shuffle=bool(dataset_config.shuffle),
-      num_epochs=1,
-      seed=int(seed) + int(epoch),
-  )
-  if int(dataset_config.num_workers) > 0 and not flags.FLAGS.is_parsed():
-    # Grain's worker processes read absl flags; outside an absl app (tests, notebooks)
-    # they are not parsed yet, so take the defaults.
-    flags.FLAGS.mark_as_parsed()
-  loader = grain.DataLoader(
-      data_source=source,
-      sampler=sampler,
-      operations=[
-          _TrainTransform(mean, std, crop, p, bool(dataset_config.augment)),
-          grain.Batch(batch_size, drop_remainder=True),
-      ],
-      worker_count=int(dataset_config.num_workers),
-  )
-
-  def gen():
-    for batch in loader:
-      yield {
-          k: np.asarray(v).reshape((num_devices, per_device) + np.shape(v)[1:])
-          for k, v in batch.items()
-      }
-
-  return gen()
 
 
 # -- eval --------------------------------------------------------------------------------

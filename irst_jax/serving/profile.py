@@ -11,7 +11,7 @@ images of ``image_size`` x ``image_size`` pixels:
 - FLOPs per image: XLA's cost analysis (``jax.jit(f).lower(...).compile().cost_analysis()
   ['flops']``) of the inference program (``train=False``) at batch 1, traced with the plain
   ``lax.conv_general_dilated`` (as on GPU) rather than the CPU forms of
-  :mod:`irst_jax.models.cpu_convolution`, which pad some kernels. XLA counts a multiply-add as
+  :mod:`irst_jax.cpu`, which pad some kernels. XLA counts a multiply-add as
   2 FLOPs, elementwise operations (BatchNorm, activations, attention products) as 1 each, and
   only the taps of a convolution that fall inside the input (not those on zero padding).
 - multiply-adds per image: FLOPs / 2. The "FLOPs" of the papers' tables (counted with thop or
@@ -34,14 +34,13 @@ import pathlib
 import statistics
 import time
 from typing import Callable, Optional
-from unittest import mock
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
 
-from irst_jax import losses, models
+from irst_jax import cpu, losses, models
 from irst_jax.models import layers
 
 #: The packaged configs profiled by --all, in the README's order.
@@ -96,9 +95,9 @@ def load_config(path: str | pathlib.Path, arg: Optional[str] = None
 
 @contextlib.contextmanager
 def plain_convolutions():
-  """Traces :mod:`irst_jax.models.cpu_convolution` as on a non-CPU backend: plain
-  ``lax.conv_general_dilated``, the network's own operations (for counting FLOPs)."""
-  with mock.patch.object(jax, "default_backend", lambda: "plain"):
+  """Traces the plain forms of the layers (`irst_jax.cpu.plain_forms`), as on a GPU: the
+  network's own operations (for counting FLOPs), not the CPU forms."""
+  with cpu.plain_forms():
     yield
 
 
