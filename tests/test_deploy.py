@@ -137,6 +137,9 @@ def test_automatic_tiling_and_large_sides(local_forward, monkeypatch):
     Detector(local_forward, MANIFEST, tile=100)
   with pytest.raises(ValueError, match="tta must be one of"):
     Detector(local_forward, MANIFEST, tta="rotations")
+  # a module padded to multiples of 96: automatic tiles of 1056 (1024 rounded up), overlap 96
+  by_96 = Detector(local_forward, {"threshold": 0.5, "input": {"pad_multiple": 96}})
+  assert (by_96.tile_size((4000, 4000)), by_96.overlap) == (1056, 96)
 
 
 def _group_inputs(rng, size=64):

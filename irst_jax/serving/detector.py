@@ -448,7 +448,8 @@ class Detector:
     tta: test-time augmentation, one of TTA_MODES (module docstring).
     tile: tile side in pixels (a multiple of :attr:`pad_multiple`): frames with a side above
       it are run in tiles (module docstring); None (default): frames of more than
-      AUTO_TILE_PIXELS pixels or with a side above MAX_SIDE are tiled with DEFAULT_TILE;
+      AUTO_TILE_PIXELS pixels or with a side above MAX_SIDE are tiled with DEFAULT_TILE
+      (rounded up to a multiple of pad_multiple);
       0: never tile.
     overlap: overlap of neighbouring tiles in pixels (a multiple of pad_multiple, below the
       tile); default: tile / 8 rounded down to a multiple of pad_multiple (128 for 1024).
@@ -474,8 +475,10 @@ class Detector:
     self.tta = tta
     m = self.pad_multiple
     self.tile = tile
+    #: automatic tile side: DEFAULT_TILE rounded up to the module's pad multiple
+    self.default_tile = -(-DEFAULT_TILE // m) * m
     if overlap is None:
-      overlap = ((DEFAULT_TILE if not tile else tile) // 8) // m * m
+      overlap = ((self.default_tile if not tile else tile) // 8) // m * m
     self.overlap = int(overlap)
     if tile_batch < 1:
       raise ValueError(f"tile_batch must be at least 1, got {tile_batch}")
@@ -483,7 +486,7 @@ class Detector:
     if tile is not None and tile > MAX_SIDE:
       raise ValueError(f"tile {tile} is above the module's largest side {MAX_SIDE}")
     if tile is None or tile > 0:
-      axis_tiles(1, DEFAULT_TILE if tile is None else int(tile), self.overlap, m)  # checks
+      axis_tiles(1, self.default_tile if tile is None else int(tile), self.overlap, m)  # checks
     elif tile < 0:
       raise ValueError(f"tile must be 0 (no tiling), positive or None (automatic), got {tile}")
 
@@ -501,7 +504,7 @@ class Detector:
     """The tile side an image of `shape` (H, W) is run with, or None (one piece)."""
     h, w = (int(x) for x in shape[:2])
     if self.tile is None:
-      return DEFAULT_TILE if h * w > AUTO_TILE_PIXELS or max(h, w) > MAX_SIDE else None
+      return self.default_tile if h * w > AUTO_TILE_PIXELS or max(h, w) > MAX_SIDE else None
     if self.tile == 0:
       return None
     return int(self.tile) if max(h, w) > self.tile else None
