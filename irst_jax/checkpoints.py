@@ -173,6 +173,11 @@ class _HeldOrbaxErrors(std_logging.Filter):
 class CheckpointStore:
   """The latest and best checkpoints of one workdir.
 
+  With several JAX processes, every process creates the store and calls each save, restore
+  and `wait` in the same order (Orbax's multi-process contract: the host arrays are written
+  once, the step is committed when every process is done); process 0 alone writes
+  best_metrics.json.
+
   Saves of `best/` are synchronous (written when `set_best` / `save_best` return). Saves of
   `checkpoints/` are synchronous too, or with `asynchronous=True` (training) Orbax's
   asynchronous ones: `save_latest` returns once the state is copied to host memory and the
@@ -279,7 +284,7 @@ class CheckpointStore:
     record = None if metrics is None else dict({k: float(v) for k, v in metrics.items()},
                                                 step=int(step))
     self._save(self.best, step, state, custom_metadata={"metrics": record} if record else None)
-    if record is not None:
+    if record is not None and jax.process_index() == 0:   # one writer of the readable copy
       try:
         write_text_atomic(self._best_metrics_path, json.dumps(record, indent=2))
       except OSError as e:
@@ -492,6 +497,7 @@ def workdir_lock(workdir: str | pathlib.Path) -> Iterator[WorkdirLock]:
     f.truncate()
     f.write(json.dumps(owner))
     f.flush()
+    os.fsync(f.fileno())   # other hosts of a multi-process run read it (network file systems)
     try:
       yield WorkdirLock(path, previous)
     finally:

@@ -12,7 +12,7 @@ On CPU the collectives between processes go through Gloo over TCP (loopback in t
 from __future__ import annotations
 
 import os
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
 
 import jax
 import numpy as np
@@ -79,9 +79,18 @@ def _gathered(value: np.ndarray) -> np.ndarray:
 
 def any_process(flag: bool) -> bool:
   """True when `flag` is true on any process (the time limit, a stop request)."""
+  return any_process_each([flag])[0]
+
+
+def any_process_each(flags: Sequence[bool]) -> list[bool]:
+  """For each of `flags` (the same decisions in the same order on every process), whether it
+  is true on any process: one exchange for several decisions (e.g. a non-finite loss and the
+  time limit, after each training dispatch)."""
+  flags = [bool(f) for f in flags]
   if jax.process_count() == 1:
-    return bool(flag)
-  return bool(_gathered(np.asarray([bool(flag)], np.int32)).any())
+    return flags
+  gathered = _gathered(np.asarray(flags, np.int32)).reshape(jax.process_count(), len(flags))
+  return [bool(v) for v in gathered.any(axis=0)]
 
 
 def same_on_all_processes(value: int, what: str) -> int:

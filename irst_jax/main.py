@@ -6,6 +6,11 @@
   python -m irst_jax.main --mode=eval --workdir=runs/acm_unet [--checkpoint=latest]
   python -m irst_jax.main --mode=export --workdir=runs/acm_unet [--export_dir=DIR]
 
+Several hosts (JAX's multi-controller runtime, `irst_jax.distributed`): the same command on
+every host with `--coordinator_address=HOST:PORT --num_processes=N --process_id=I` (I = 0 on
+the host at HOST), or without them under a launcher JAX detects (Slurm `srun`, Open MPI
+`mpirun`, Cloud TPU); the workdir and the TFDS data dir must be shared by every host.
+
 `--config` is a config file (`PATH.py[:arg]`) or the name of a packaged config
 (`acm_unet[:arg]`, irst_jax/configs/; `irst_jax.configs.resolve`).
 `train` resumes from the workdir's latest checkpoint when there is one. `eval` uses the
@@ -22,7 +27,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from irst_jax import compilation_cache, errors, platform_settings, train
+from irst_jax import compilation_cache, distributed, errors, platform_settings, train
 from irst_jax.evaluation import tables
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -41,13 +46,23 @@ _PROTOCOL = flags.DEFINE_enum("protocol", None, ["basicirstd", "basicirstd_2023"
                               "eval.protocol; irst_jax/evaluation/protocols.py).")
 _SPLIT = flags.DEFINE_string("split", None, "Split evaluated by --mode=eval (default: the "
                              "config's dataset.eval_split).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Several processes: HOST:PORT "
+                                   "of process 0 (jax.distributed.initialize); default: "
+                                   "detected (Slurm, Open MPI, Cloud TPU), else one process.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Several processes: how many "
+                                      "(with --coordinator_address and --process_id).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Several processes: this one's index, "
+                                   "0 .. num_processes - 1 (0 on the coordinator's host).")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  # Before any other use of JAX (the platform settings of __main__ come before it).
+  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   compilation_cache.enable()   # before the first compilation
-  logging.info("JAX %s, devices: %s", jax.__version__, jax.local_devices())
+  logging.info("JAX %s, process %d of %d, local devices: %s", jax.__version__,
+               jax.process_index(), jax.process_count(), jax.local_devices())
   if _MODE.value == "train":
     if _CONFIG.value is None:
       raise app.UsageError("--config is required for --mode=train")

@@ -1,10 +1,22 @@
 """Training and evaluation loop: pmapped steps over all local devices, checkpoints, logging.
 
-Data parallelism: the global batch [devices, batch / devices, H, W, C] is split over the local
+Data parallelism: the global batch [devices, batch / devices, H, W, C] is split over the
 devices under `jax.pmap` (axis name `batch`); BatchNorm statistics are synchronised
 (`layers.batch_norm(axis_name='batch')`), losses are computed on global sums and gradients
 psum-med (`losses.global_sum`), so a step on D devices equals a step on one device holding
 the whole batch.
+
+Several processes (hosts, `irst_jax.distributed`): the training and evaluation steps are
+pmapped over every device of every process, each process feeding its own devices. Every
+process runs this loop; the decisions that would differ between processes are exchanged (the
+time limit, a non-finite loss: `distributed.any_process_each`; the latest checkpoint step and
+the workdir's lock record, which show a workdir that is not shared:
+`distributed.same_on_all_processes`); process 0 alone prepares the dataset (before the others
+read it), holds the workdir's lock and writes config.json, normalization.json, the logs
+(train.log, metrics.jsonl, TensorBoard) and best_metrics.json; every process takes part in
+the Orbax checkpoint saves and restores (Orbax's multi-process contract). A process that
+fails before training (a bad config, a busy workdir) stops the others with an error instead
+of leaving them waiting.
 
 Input: the training split is held on every device (`irst_jax.data.device_data`) and each step
 draws and augments its examples inside the compiled program; `train.steps_per_dispatch` steps
@@ -29,6 +41,7 @@ import math
 import pathlib
 import sys
 import time
+import zlib
 from typing import Any, Callable, Optional
 
 import jax
@@ -41,7 +54,8 @@ from flax.training import train_state
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from irst_jax import checkpoints, config_checks, convert, errors, losses, models, optim
+from irst_jax import (checkpoints, config_checks, convert, distributed, errors, losses, models,
+                      optim)
 from irst_jax.data import device_data, pipeline
 from irst_jax.evaluation import curves as curves_lib
 from irst_jax.evaluation import protocols
@@ -109,8 +123,9 @@ def make_train_step(model, loss_name: str, schedule: optax.Schedule,
   """pmapped step: (replicated state, sharded batch) -> (state, metrics {loss, learning_rate}).
 
   The batch is {'image': f32 [D, b, H, W, C], 'mask': f32 [D, b, H, W, 1]} given by the caller
-  (benchmarks, tests); training draws its batches on the device instead (`make_train_chunk`).
-  `devices`: the devices to map over (default: all local devices).
+  (benchmarks, tests; D local devices); training draws its batches on the device instead
+  (`make_train_chunk`). `devices`: the devices to map over (default: every device of every
+  process, `jax.devices()`).
   """
   return jax.pmap(_step_function(model, loss_name, schedule), axis_name=AXIS,
                   donate_argnums=(0,), devices=devices)
@@ -124,22 +139,23 @@ def make_train_chunk(model, loss_name: str, schedule: optax.Schedule,
   Returns (replicated state, data, epoch, first) -> (state, {'loss', 'learning_rate'}: f32
   [D, num_steps], one value a step), running steps `first .. first + num_steps - 1` of epoch
   `epoch` (ints; first + num_steps <= the epoch's steps) in one `lax.scan`. `data`: the
-  split's arrays on the devices (`device_data.put_on_devices`); step s trains on its devices'
-  share of the global batch `device_data.draw_batch(..., epoch, s, ...)` of `global_batch`
-  examples (over all processes), keyed by `device_data.data_key(seed)`. The same steps run
-  as single-step chunks or as one chunk give the same state (`make_train_step`'s step).
-  `devices`: the local devices to map over (default: all).
+  split's arrays on the local devices (`device_data.put_on_devices`); step s trains on its
+  devices' share of the global batch `device_data.draw_batch(..., epoch, s, ...)` of
+  `global_batch` examples (over all processes), keyed by `device_data.data_key(seed)`. The
+  same steps run as single-step chunks or as one chunk give the same state
+  (`make_train_step`'s step). `devices`: the devices to map over (default: every device of
+  every process, `jax.devices()`, process by process: the index of a device under the pmap,
+  `lax.axis_index`, is its place in the global batch, `device_data.device_positions`).
   """
   step_fn = _step_function(model, loss_name, schedule)
-  devices = list(devices or jax.local_devices())
-  per_device = global_batch // (len(devices) * jax.process_count())
-  process_index = jax.process_index()
+  num_devices = len(devices) if devices else jax.device_count()
+  per_device = global_batch // num_devices
 
   def chunk(state: TrainState, data: dict, epoch, first) -> tuple[TrainState, dict]:
     key = device_data.data_key(seed)
     order = device_data.epoch_permutation(key, epoch, data["images"].shape[0], settings.shuffle)
-    positions = device_data.device_positions(per_device, jax.lax.axis_index(AXIS), len(devices),
-                                             process_index)
+    # The global index of the device (process p's d-th device: p * D + d).
+    positions = device_data.device_positions(per_device, jax.lax.axis_index(AXIS), num_devices)
 
     def body(state, step):
       batch = device_data.draw_batch(data, key, epoch, step, positions, settings, global_batch,
@@ -434,8 +450,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # A resume normalises with the statistics it trained with (normalization.json), whatever
   # copy of the dataset is found now; config.json keeps the config as given.
   trained_config = checkpoints.with_saved_normalization(config, workdir_path, missing_ok=True)
-  num_devices = jax.local_device_count()
-  info = config_checks.check_training_config(trained_config, num_devices * jax.process_count())
+  # Process 0 prepares the dataset (TFDS) if needed, then the others read it.
+  info = _on_process_0_first(
+      lambda: config_checks.check_training_config(trained_config, jax.device_count()),
+      "while checking the config and preparing the dataset")
   steps_per_epoch = device_data.steps_per_epoch(info.num_examples[config.dataset.train_split],
                                                 config.train.batch_size)
   model = models.create_model(config.model, axis_name=AXIS)
@@ -447,14 +465,63 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     message = (str(e).splitlines() or [type(e).__name__])[0]
     raise config_checks.ConfigError(
         f"model.* of {config.model.name!r} cannot be built: {message}") from e
-  # One lock per run: with several JAX processes (one run), process 0 holds it for all.
-  locked = (checkpoints.workdir_lock(workdir_path) if jax.process_index() == 0
-            else contextlib.nullcontext(None))
-  with locked as lock, _file_logging(workdir_path):
+  with contextlib.ExitStack() as stack:
+    # One lock per run: with several JAX processes (one run), process 0 holds it for all.
+    lock, error = None, None
+    if distributed.is_primary():
+      try:
+        lock = stack.enter_context(checkpoints.workdir_lock(workdir_path))
+      except Exception as e:  # pylint: disable=broad-except
+        error = e
+    _raise_if_any_failed(error, "while locking the workdir")
+    _check_shared_workdir(workdir_path)
+    if distributed.is_primary():
+      stack.enter_context(_file_logging(workdir_path))
     if lock is not None and lock.describe_takeover():
       logging.warning("%s", lock.describe_takeover())
     return _train_and_evaluate(config, trained_config, workdir_path, info, model, schedule,
                                state, steps_per_epoch)
+
+
+def _raise_if_any_failed(error: Optional[BaseException], when: str) -> None:
+  """Raises `error` where it happened and, when a process failed, a UserError on the others,
+  so that no process waits forever at the next collective for one that stopped (one exchange
+  with several processes; with one, raises `error` if any)."""
+  if distributed.any_process(error is not None):
+    if error is not None:
+      raise error
+    raise errors.UserError(f"another process failed {when} (its error is in its output); "
+                           f"process {jax.process_index()} stopped too")
+
+
+def _on_process_0_first(fn: Callable[[], Any], when: str) -> Any:
+  """`fn()` on process 0, then, once it succeeded there, on the other processes (what process 0
+  creates, e.g. a prepared dataset, they only read); an error on any process is raised on all
+  (`_raise_if_any_failed`)."""
+  result, error = None, None
+  for turn in (True, False):
+    if distributed.is_primary() == turn:
+      try:
+        result = fn()
+      except Exception as e:  # pylint: disable=broad-except
+        error = e
+    _raise_if_any_failed(error, when)
+  return result
+
+
+def _check_shared_workdir(workdir_path: pathlib.Path) -> None:
+  """With several processes, checks that each reads the lock record process 0 just wrote: a
+  workdir that is not on a file system shared by every host raises UserError (its checkpoints
+  would not be found on resume)."""
+  if jax.process_count() == 1:
+    return
+  try:
+    record = (workdir_path / checkpoints.LOCK_FILE).read_bytes()
+  except OSError:
+    record = b""
+  distributed.same_on_all_processes(
+      zlib.crc32(record), f"lock records in {workdir_path / checkpoints.LOCK_FILE} (CRC-32; "
+      "written by process 0)")
 
 
 def _train_and_evaluate(given: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
@@ -475,15 +542,20 @@ def _train_and_evaluate(given: ml_collections.ConfigDict, config: ml_collections
   saved = checkpoints.read_saved_config(workdir_path)
   if saved is not None:
     checkpoints.check_same_model(saved, given, config_path)
-  primary = jax.process_index() == 0   # the process that holds the lock and writes the logs
+  primary = distributed.is_primary()   # the process that holds the lock and writes the logs
   for sub in ("checkpoints", "best") if primary else ():   # unfinished saves of a crashed run
     for path in checkpoints.remove_temporary_folders(workdir_path / sub):
       logging.info("removed the unfinished checkpoint folder %s", path)
+  distributed.barrier("irst_jax: unfinished checkpoints removed")
   store = checkpoints.CheckpointStore(workdir_path, keep=config.train.keep_checkpoints,
                                       asynchronous=True)
   try:
     start_epoch = skip_steps = restored_step = 0
-    if store.latest_step() is not None:
+    latest = store.latest_step()
+    distributed.same_on_all_processes(-1 if latest is None else latest,
+                                      f"latest checkpoint steps in {store.latest.directory} "
+                                      "(-1: none)")
+    if latest is not None:
       if saved is not None and store.latest_step() > 0:   # step 0 (imported weights): any
         config_checks.check_resumable(saved, given, str(config_path))   # training settings
       state, start_epoch = _restore_into(state, store.restore(_checkpoint_state(state, 0)))
@@ -499,11 +571,16 @@ def _train_and_evaluate(given: ml_collections.ConfigDict, config: ml_collections
       logging.info("resumed from %s at step %d (epoch %d%s)", store.latest.directory,
                    restored_step, start_epoch + 1 if skip_steps else start_epoch,
                    f", step {skip_steps} of {steps_per_epoch}" if skip_steps else "")
-    checkpoints.save_normalization(workdir_path, info)   # refuses changed statistics
-    checkpoints.save_config(workdir_path, given)   # accepted: the run's config from now on
+    error = None
     if primary:
-      store.sync_best_metrics_file()
-      _drop_records_after(workdir_path / METRICS_FILE, restored_step)
+      try:
+        checkpoints.save_normalization(workdir_path, info)   # refuses changed statistics
+        checkpoints.save_config(workdir_path, given)   # accepted: the run's config from now on
+        store.sync_best_metrics_file()
+        _drop_records_after(workdir_path / METRICS_FILE, restored_step)
+      except Exception as e:  # pylint: disable=broad-except
+        error = e
+    _raise_if_any_failed(error, "while writing the workdir's config")
     return _train_loop(config, workdir_path, model, schedule, state, store, start_epoch,
                        skip_steps, steps_per_epoch)
   finally:
@@ -524,7 +601,7 @@ def _train_loop(config: ml_collections.ConfigDict, workdir_path: pathlib.Path, m
     logging.info("the run in %s has trained its %d epochs (step %d): nothing to train; raise "
                  "train.num_epochs to continue", workdir_path, num_epochs, restored_step)
     final = _recorded(workdir_path / METRICS_FILE, config.dataset.eval_split, restored_step)
-    if final is None:
+    if distributed.any_process(final is None):   # every process takes part in the evaluation
       final = evaluate(eval_step, state, config, config.dataset.eval_split)
       logger.write(config.dataset.eval_split, restored_step, num_epochs, final)
     logger.close()
@@ -559,15 +636,19 @@ def _train_loop(config: ml_collections.ConfigDict, workdir_path: pathlib.Path, m
         length = min(chunk_steps, steps_per_epoch - first)
         compiled = compiled or length not in programs
         state, chunk_metrics = run_chunk(state, epoch, first, length)
+        finished = None
         if pending is not None:   # the previous chunk's losses, fetched while this one runs
-          epoch_losses.append(_fetch_losses(pending, epoch, steps_per_epoch, store, progress,
-                                            config.train.log_every_steps))
+          finished = _fetch_losses(pending, epoch, steps_per_epoch, progress,
+                                   config.train.log_every_steps)
+          epoch_losses.append(finished[1])
         pending = (first, chunk_metrics)
         first += length
-        out_of_time = time.monotonic() >= deadline
+        out_of_time = _stop_or_raise(finished, deadline, epoch, store)
       if pending is not None:
-        epoch_losses.append(_fetch_losses(pending, epoch, steps_per_epoch, store, progress,
-                                          config.train.log_every_steps))
+        finished = _fetch_losses(pending, epoch, steps_per_epoch, progress,
+                                 config.train.log_every_steps)
+        epoch_losses.append(finished[1])
+        out_of_time = _stop_or_raise(finished, deadline, epoch, store) or out_of_time
       trained = first - skip_steps
       skip_steps = 0
       elapsed = time.perf_counter() - start
@@ -584,7 +665,6 @@ def _train_loop(config: ml_collections.ConfigDict, workdir_path: pathlib.Path, m
                                                 "images_per_sec": images_per_sec})
       logging.info("epoch %d/%d step %d loss %.4f lr %.2e %.1f img/s", epoch + 1, num_epochs,
                    step, mean_loss, lr, images_per_sec)
-      out_of_time = out_of_time or time.monotonic() >= deadline
       if out_of_time and step < num_epochs * steps_per_epoch:
         logging.info("train.time_limit_minutes=%s reached at step %d (epoch %d, step %d of %d): "
                      "final checkpoint and evaluation; rerun the command to continue",
@@ -603,7 +683,7 @@ def _train_loop(config: ml_collections.ConfigDict, workdir_path: pathlib.Path, m
             _first_replica(state), done_epochs), final)
         logging.info("eval %s epoch %d: %s%s", config.dataset.eval_split, epoch + 1,
                      tables.metrics_line(final), " (best)" if is_best else "")
-        if not last and host_state is not None and time.monotonic() >= deadline:
+        if not last and host_state is not None and _out_of_time(deadline):
           # The evaluation ran past the time limit and this step is checkpointed and
           # evaluated: stop here rather than after one more step and another evaluation.
           logging.info("train.time_limit_minutes=%s reached during the evaluation after epoch "
@@ -620,24 +700,50 @@ def _train_loop(config: ml_collections.ConfigDict, workdir_path: pathlib.Path, m
           "images_per_sec": float(np.median(throughput)) if throughput else float("nan")}
 
 
-def _fetch_losses(pending: tuple[int, dict], epoch: int, steps_per_epoch: int,
-                  store: checkpoints.CheckpointStore, progress, log_every_steps: int
-                  ) -> np.ndarray:
-  """The per-step losses [n] of a finished chunk (`pending`: its first step in the epoch and
-  its metrics); raises TrainingDivergedError at the first non-finite one."""
+def _out_of_time(deadline: float) -> bool:
+  """Whether any process is past its `deadline` (time.monotonic(); math.inf: no time limit,
+  nothing exchanged)."""
+  if math.isinf(deadline):
+    return False
+  return distributed.any_process(time.monotonic() >= deadline)
+
+
+def _stop_or_raise(finished: Optional[tuple[np.ndarray, np.ndarray]], deadline: float,
+                   epoch: int, store: checkpoints.CheckpointStore) -> bool:
+  """After a dispatch: raises TrainingDivergedError when the losses of the chunk that
+  `finished` (its 1-based global steps [n] and losses [n], or None) are not all finite on
+  some process; else returns whether some process is past its `deadline`. With several
+  processes the two decisions are exchanged at once, so that every process stops together."""
+  steps, losses_ = finished if finished is not None else (np.zeros(0), np.zeros(0))
+  bad = np.flatnonzero(~np.isfinite(losses_))
+  local_late = time.monotonic() >= deadline
+  if jax.process_count() > 1:
+    diverged, late = distributed.any_process_each([bad.size > 0, local_late])
+  else:
+    diverged, late = bad.size > 0, local_late
+  if diverged:
+    if bad.size:
+      _check_finite(float(losses_[bad[0]]), int(steps[bad[0]]), epoch, store)
+    _check_finite(math.nan, int(steps[0]) if steps.size else -1, epoch, store)
+  return late
+
+
+def _fetch_losses(pending: tuple[int, dict], epoch: int, steps_per_epoch: int, progress,
+                  log_every_steps: int) -> tuple[np.ndarray, np.ndarray]:
+  """(1-based global steps [n], losses [n]) of a finished chunk (`pending`: its first step in
+  the epoch and its metrics)."""
   first, metrics = pending
   losses_ = np.asarray(metrics["loss"][0])
   steps = epoch * steps_per_epoch + first + 1 + np.arange(len(losses_))   # 1-based global
-  bad = np.flatnonzero(~np.isfinite(losses_))
-  if bad.size:
-    _check_finite(float(losses_[bad[0]]), int(steps[bad[0]]), epoch, store)
+  if not np.isfinite(losses_).all():
+    return steps, losses_
   progress.update(len(losses_))
   logged = np.flatnonzero(steps % log_every_steps == 0)
   if logged.size:
     i = logged[-1]
     progress.set_postfix(loss=f"{float(losses_[i]):.4f}",
                          lr=f"{float(np.asarray(metrics['learning_rate'][0])[i]):.2e}")
-  return losses_
+  return steps, losses_
 
 
 def _check_finite(loss: float, step: int, epoch: int, store: checkpoints.CheckpointStore) -> None:
