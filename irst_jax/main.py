@@ -74,8 +74,9 @@ def main(argv):
     print(f"train throughput: {result['images_per_sec']:.1f} images/s")
   elif _MODE.value == "export":
     from irst_jax.serving import export
-    path = export.export_workdir(_WORKDIR.value, _EXPORT_DIR.value, _CHECKPOINT.value)
-    print(f"exported the {_CHECKPOINT.value} checkpoint of {_WORKDIR.value} to {path}")
+    if distributed.is_primary():   # one artifact: with several processes, process 0 alone
+      path = export.export_workdir(_WORKDIR.value, _EXPORT_DIR.value, _CHECKPOINT.value)
+      print(f"exported the {_CHECKPOINT.value} checkpoint of {_WORKDIR.value} to {path}")
   else:
     values = train.evaluate_workdir(_WORKDIR.value, _CHECKPOINT.value, _CONFIG.value, _SPLIT.value,
                                     _EVAL_DIR.value, protocol=_PROTOCOL.value)

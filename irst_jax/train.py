@@ -400,22 +400,27 @@ class _QuietLibraries(std_logging.Filter):
 
 
 @contextlib.contextmanager
-def _file_logging(workdir: pathlib.Path):
-  """Logs INFO to workdir/train.log (appending) as well as the console, without library chatter."""
-  handler = std_logging.FileHandler(workdir / "train.log")
-  handler.setFormatter(std_logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-  handler.addFilter(_QuietLibraries())
+def _file_logging(workdir: pathlib.Path, to_file: bool = True):
+  """Logs INFO to workdir/train.log (appending; unless not `to_file`: the processes other than
+  process 0) as well as the console, without library chatter."""
+  handler = None
+  if to_file:
+    handler = std_logging.FileHandler(workdir / "train.log")
+    handler.setFormatter(std_logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.addFilter(_QuietLibraries())
   logger = std_logging.getLogger("absl")
   previous_level = logger.level
   logger.setLevel(min(previous_level or std_logging.INFO, std_logging.INFO))
-  logger.addHandler(handler)
+  if handler is not None:
+    logger.addHandler(handler)
   logging.get_absl_handler().addFilter(_QuietLibraries())
   try:
     yield
   finally:
-    logger.removeHandler(handler)
+    if handler is not None:
+      logger.removeHandler(handler)
+      handler.close()
     logger.setLevel(previous_level)
-    handler.close()
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -475,8 +480,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         error = e
     _raise_if_any_failed(error, "while locking the workdir")
     _check_shared_workdir(workdir_path)
-    if distributed.is_primary():
-      stack.enter_context(_file_logging(workdir_path))
+    stack.enter_context(_file_logging(workdir_path, to_file=distributed.is_primary()))
     if lock is not None and lock.describe_takeover():
       logging.warning("%s", lock.describe_takeover())
     return _train_and_evaluate(config, trained_config, workdir_path, info, model, schedule,
