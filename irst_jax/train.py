@@ -794,7 +794,9 @@ def evaluate_workdir(workdir: str, which: str = "best",
   config = checkpoints.with_saved_normalization(config, workdir)   # the trained statistics
   config_checks.check_model(config)
   config_checks.check_eval(config)
-  config_checks.check_split(config, pipeline.dataset_info(config.dataset),
+  info = _on_process_0_first(lambda: pipeline.dataset_info(config.dataset),   # prepares
+                             "while preparing the dataset")
+  config_checks.check_split(config, info,
                             "--split" if split else "dataset.eval_split", split)
   split = split or config.dataset.eval_split
   pipeline.check_channels(config.dataset, config.model.in_channels)
