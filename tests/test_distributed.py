@@ -34,3 +34,11 @@ def test_single_process_without_flags_or_cluster():
 def test_bad_flags_are_user_errors(kwargs, message):
   with pytest.raises(errors.UserError, match=message):
     distributed.initialize(environ={}, **kwargs)
+
+
+def test_single_process_agreement_is_local():
+  """With one process nothing is exchanged: the local decisions and values come back."""
+  assert distributed.any_process_each([True, False, True]) == [True, False, True]
+  assert distributed.any_process(False) is False and distributed.any_process(1) is True
+  assert distributed.same_on_all_processes(5, "steps") == 5
+  distributed.barrier("nothing to wait for")
