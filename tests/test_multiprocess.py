@@ -124,7 +124,7 @@ def test_two_processes_train_as_one_process_and_resume(prepared_fake_nuaa, tmp_p
   for key in ("params", "batch_stats"):
     for x, y in zip(jax.tree_util.tree_leaves(a[key]), jax.tree_util.tree_leaves(b[key])):
       np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-5)
-  assert _max_difference(step1["params"], b["params"]) > 1e-3   # steps 2 and 3 changed them
+  assert _max_difference(step1["params"], b["params"]) > 1e-4   # steps 2 and 3 moved them
   test_one, test_two = _rows(one)[-1], _rows(two)[-1]
   assert test_one["split"] == "test" and test_one["images"] == test_two["images"] == 6
   for name in ("IoU", "nIoU", "Pd", "Fa"):
