@@ -14,8 +14,9 @@ import numpy as np
 from irst_jax.cpu import convolution
 
 
-def _gathered_sum(x: jax.Array, axis: int, indices, weights):
-  """``sum_k weights[:, k] * take(x, indices[:, k], axis)`` (slices of whole rows)."""
+def gathered_sum(x: jax.Array, axis: int, indices, weights):
+  """``sum_k weights[:, k] * take(x, indices[:, k], axis)`` (slices of whole rows; `indices`,
+  `weights` [out_size, taps]); also the plain layer's form (`models.layers.resize_bilinear`)."""
   shape = [1] * x.ndim
   shape[axis] = indices.shape[0]
   out = 0.0
@@ -53,8 +54,8 @@ def linear(x: jax.Array, axis: int, lo: np.ndarray, hi: np.ndarray, frac: np.nda
 
   @jax.custom_vjp
   def resample(x):
-    return _gathered_sum(x, axis, indices, weights)
+    return gathered_sum(x, axis, indices, weights)
 
-  resample.defvjp(lambda x: (_gathered_sum(x, axis, indices, weights), None),
-                  lambda _, g: (_gathered_sum(convolution.materialise(g), axis, src_t, w_t),))
+  resample.defvjp(lambda x: (gathered_sum(x, axis, indices, weights), None),
+                  lambda _, g: (gathered_sum(convolution.materialise(g), axis, src_t, w_t),))
   return resample(x)

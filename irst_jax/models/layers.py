@@ -216,21 +216,10 @@ def _source_taps(xp, in_size, out_size, align_corners: bool, dtype):
   return lo, hi, src - lo
 
 
-def _weighted_taps(x: jax.Array, axis: int, indices, weights):
-  """``sum_k weights[:, k] * take(x, indices[:, k], axis)``."""
-  shape = [1] * x.ndim
-  shape[axis] = indices.shape[0]
-  out = 0.0
-  for k in range(indices.shape[1]):
-    out = out + jnp.take(x, indices[:, k], axis=axis, mode="clip") * jnp.asarray(
-        weights[:, k].reshape(shape), x.dtype)
-  return out
-
-
 @cpu.form(cpu.resample.linear)
 def _linear(x: jax.Array, axis: int, lo, hi, frac) -> jax.Array:
   """``(1 - frac) take(x, lo) + frac take(x, hi)`` along ``axis`` (taps of `_source_taps`)."""
-  return _weighted_taps(x, axis, np.stack([lo, hi], 1), np.stack([1.0 - frac, frac], 1))
+  return cpu.resample.gathered_sum(x, axis, np.stack([lo, hi], 1), np.stack([1.0 - frac, frac], 1))
 
 
 @functools.lru_cache(maxsize=None)
@@ -257,7 +246,7 @@ def resize_bilinear(x: jax.Array, size: Sequence[int], align_corners: bool = Fal
   for axis, (n_in, n_out) in ((1, (h, size[0])), (2, (w, size[1]))):
     if jax.export.is_symbolic_dim(n_in) or jax.export.is_symbolic_dim(n_out):
       lo, hi, frac = _source_taps(jnp, n_in, n_out, bool(align_corners), jnp.float32)
-      x = _weighted_taps(x, axis, jnp.stack([lo, hi], 1), jnp.stack([1.0 - frac, frac], 1))
+      x = cpu.resample.gathered_sum(x, axis, jnp.stack([lo, hi], 1), jnp.stack([1.0 - frac, frac], 1))
     elif n_in != n_out:
       x = _linear(x, axis, *_static_taps(n_in, int(n_out), bool(align_corners)))
   return x
