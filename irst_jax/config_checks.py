@@ -58,6 +58,10 @@ SAFE_ON_RESUME = (
     "dataset.num_workers",
 )
 
+#: Fields added since older workdirs were saved, with the value their absence means (a resume
+#: of such a workdir compares against it).
+ADDED_FIELDS = {"train.num_seeds": 1}
+
 #: Schedules that do not depend on `train.num_epochs` (multistep's milestones are epochs).
 _EPOCH_FREE_SCHEDULES = ("constant", "multistep")
 
@@ -185,6 +189,8 @@ def check_training_config(config: ml_collections.ConfigDict, num_devices: int
     _positive_int(config, f"train.{key}")
   if "steps_per_dispatch" in train:   # absent from the saved configs of older runs
     _positive_int(config, "train.steps_per_dispatch", minimum=0)   # 0: by backend
+  if "num_seeds" in train:   # absent from the saved configs of older runs: 1
+    _positive_int(config, "train.num_seeds")
   if not _is_int(_field(config, "train.seed")):
     raise ConfigError(f"train.seed={train.seed!r}: expected an integer")
   limit = train.get("time_limit_minutes") or 0.0
@@ -240,6 +246,9 @@ def check_resumable(saved: dict, config: ml_collections.ConfigDict, path: str) -
   """
   old = traverse_util.flatten_dict(saved, sep=".")
   new = traverse_util.flatten_dict(json.loads(config.to_json_best_effort()), sep=".")
+  for name, value in ADDED_FIELDS.items():
+    old.setdefault(name, value)
+    new.setdefault(name, value)
   changed = []
   for name in sorted(set(old) | set(new)):
     # absent on one side and None (an unset placeholder) on the other: a field added since

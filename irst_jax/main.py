@@ -4,7 +4,7 @@
   python -m irst_jax.main --config=configs/acm_unet.py:nudt_sirst --workdir=runs/acm_unet \
       --config.train.num_epochs=5                          # override any config value
   python -m irst_jax.main --mode=eval --workdir=runs/acm_unet [--checkpoint=latest]
-  python -m irst_jax.main --mode=export --workdir=runs/acm_unet [--export_dir=DIR]
+  python -m irst_jax.main --mode=export --workdir=runs/acm_unet [--export_dir=DIR] [--seed_index=I]
 
 Several hosts (JAX's multi-controller runtime, `irst_jax.distributed`): the same command on
 every host with `--coordinator_address=HOST:PORT --num_processes=N --process_id=I` (I = 0 on
@@ -28,7 +28,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from irst_jax import compilation_cache, distributed, errors, platform_settings, train
-from irst_jax.evaluation import tables
+from irst_jax.evaluation import seeds, tables
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (PATH.py[:arg]) or packaged config name (acm_unet[:arg], ...: "
@@ -44,6 +44,9 @@ _EVAL_DIR = flags.DEFINE_string("eval_dir", None, "Report folder of --mode=eval 
 _PROTOCOL = flags.DEFINE_enum("protocol", None, ["basicirstd", "basicirstd_2023", "dnanet"],
                               "Evaluation protocol of --mode=eval (default: the config's "
                               "eval.protocol; irst_jax/evaluation/protocols.py).")
+_SEED_INDEX = flags.DEFINE_integer("seed_index", None, "Replica exported by --mode=export from a "
+                                   "run of train.num_seeds > 1 (replica i: seed train.seed + i; "
+                                   "default: the best IoU in best_metrics.json).")
 _SPLIT = flags.DEFINE_string("split", None, "Split evaluated by --mode=eval (default: the "
                              "config's dataset.eval_split).")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Several processes: HOST:PORT "
@@ -69,18 +72,25 @@ def main(argv):
     result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     final, best = result["final"], result["best"]
     print(f"final: {tables.metrics_line(final)}")
+    if seeds.seeds_line(final):
+      print(f"final {seeds.seeds_line(final)}")
     if best:
       print(f"best (step {int(best['step'])}): {tables.metrics_line(best)}")
+      if seeds.seeds_line(best):
+        print(f"best {seeds.seeds_line(best)}")
     print(f"train throughput: {result['images_per_sec']:.1f} images/s")
   elif _MODE.value == "export":
     from irst_jax.serving import export
     if distributed.is_primary():   # one artifact: with several processes, process 0 alone
-      path = export.export_workdir(_WORKDIR.value, _EXPORT_DIR.value, _CHECKPOINT.value)
+      path = export.export_workdir(_WORKDIR.value, _EXPORT_DIR.value, _CHECKPOINT.value,
+                                   seed_index=_SEED_INDEX.value)
       print(f"exported the {_CHECKPOINT.value} checkpoint of {_WORKDIR.value} to {path}")
   else:
     values = train.evaluate_workdir(_WORKDIR.value, _CHECKPOINT.value, _CONFIG.value, _SPLIT.value,
                                     _EVAL_DIR.value, protocol=_PROTOCOL.value)
     print(tables.metrics_line(values))
+    if seeds.seeds_line(values):
+      print(seeds.seeds_line(values))
     print(tables.markdown_table({_CHECKPOINT.value: values}))
     print(json.dumps(values, indent=2))
 

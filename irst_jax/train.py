@@ -27,6 +27,15 @@ S mod K steps: at most two compiled training programs. The loss of each step com
 per chunk (checked for NaN one chunk late, so that the device never waits on the host), and
 the checkpoints of `checkpoint_every_epochs` are written asynchronously (Orbax).
 
+Several seeds (`train.num_seeds` = N > 1): N independent replicas, replica i a run of seed
+`train.seed + i` (its initialisation, dropout and data order), train in the same compiled
+programs, the step `jax.vmap`-ped over their stacked parameters, optimiser states, BatchNorm
+statistics and RNG keys inside the pmap (`make_train_chunk`); each replica is evaluated in
+turn and the records hold the mean, standard deviation and each replica's value
+(`irst_jax.evaluation.seeds`); the best checkpoint is the one of the best mean IoU; checkpoints
+hold every replica (leading axis N of those leaves). A non-finite loss of any replica stops
+the run. `images_per_sec` counts each replica's images once (images a second per seed).
+
 A run is resumable: rerunning the same command continues from the latest checkpoint of the
 workdir (step, params, optimiser state, batch statistics, RNG, epoch). A workdir takes one
 training run at a time (`checkpoints.workdir_lock`); the config is validated before anything
@@ -35,6 +44,7 @@ is written (`config_checks`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging as std_logging
 import math
@@ -59,7 +69,7 @@ from irst_jax import (checkpoints, config_checks, convert, distributed, errors, 
 from irst_jax.data import device_data, pipeline
 from irst_jax.evaluation import curves as curves_lib
 from irst_jax.evaluation import protocols
-from irst_jax.evaluation import report, tables
+from irst_jax.evaluation import report, seeds, tables
 
 AXIS = "batch"
 
@@ -74,9 +84,18 @@ class TrainState(train_state.TrainState):
   rng: jax.Array  # raw uint32 PRNG key; per-step keys are folded in from the step and device
 
 
+def num_seeds(config: ml_collections.ConfigDict) -> int:
+  """`train.num_seeds`: the replicas a run trains at once (1 for configs without the field)."""
+  return int(config.train.get("num_seeds", 1))
+
+
 def create_train_state(model, config: ml_collections.ConfigDict, tx: optax.GradientTransformation,
                        input_shape: tuple[int, ...]) -> TrainState:
   """Initialises the model on an input of `input_shape` (NHWC) with `config.train.seed`.
+
+  With `train.num_seeds` = N > 1, N replicas, replica i initialised exactly as a run of seed
+  `train.seed + i` is, stacked: every leaf of params, batch_stats, opt_state and rng gets a
+  leading axis of N (the step stays one scalar; `seed_axes`).
 
   The initialisers draw with JAX's non-partitionable Threefry (`jax.threefry_partitionable
   (False)`, the pre-0.5 default; the state is created on one device and then replicated).
@@ -88,12 +107,38 @@ def create_train_state(model, config: ml_collections.ConfigDict, tx: optax.Gradi
   variables (`convert.load_pretrained`, raising FileNotFoundError naming the file,
   errors.MissingDependencyError or convert.ConversionError naming the tensor).
   """
-  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.train.seed))
-  with jax.threefry_partitionable(False):
-    variables = jax.jit(lambda r: model.init(r, jnp.zeros(input_shape, jnp.float32)))(init_rng)
-  variables = convert.load_pretrained(variables, config.model)
-  return TrainState.create(apply_fn=model.apply, params=variables["params"],
-                           batch_stats=variables.get("batch_stats", {}), tx=tx, rng=train_rng)
+  init = jax.jit(lambda r: model.init(r, jnp.zeros(input_shape, jnp.float32)))
+
+  def one(seed: int) -> TrainState:
+    init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
+    with jax.threefry_partitionable(False):
+      variables = init(init_rng)
+    variables = convert.load_pretrained(variables, config.model)
+    return TrainState.create(apply_fn=model.apply, params=variables["params"],
+                             batch_stats=variables.get("batch_stats", {}), tx=tx, rng=train_rng)
+
+  if num_seeds(config) == 1:
+    return one(config.train.seed)
+  states = [one(config.train.seed + i) for i in range(num_seeds(config))]
+  stacked = jax.tree_util.tree_map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *states)
+  return stacked.replace(step=states[0].step)
+
+
+def seed_axes(state: TrainState) -> TrainState:
+  """The `jax.vmap` axes of a state of several replicas: axis 0 of params, batch_stats,
+  opt_state and rng; the step (the same for all) not mapped."""
+  return state.replace(step=None, params=0, batch_stats=0, opt_state=0, rng=0)
+
+
+def seed_replica(tree: Any, index: int) -> Any:
+  """Replica `index` of a host (numpy or unreplicated) state of several replicas: the params,
+  batch_stats, opt_state and rng leaves indexed on their leading axis (a TrainState), or
+  every leaf (any other tree)."""
+  take = lambda t: jax.tree_util.tree_map(lambda x: x[index], t)
+  if isinstance(tree, TrainState):
+    return tree.replace(params=take(tree.params), batch_stats=take(tree.batch_stats),
+                        opt_state=take(tree.opt_state), rng=take(tree.rng))
+  return take(tree)
 
 
 def _step_function(model, loss_name: str, schedule: optax.Schedule) -> Callable:
@@ -133,7 +178,7 @@ def make_train_step(model, loss_name: str, schedule: optax.Schedule,
 
 def make_train_chunk(model, loss_name: str, schedule: optax.Schedule,
                      settings: device_data.Augmentation, *, num_steps: int, global_batch: int,
-                     seed: int, devices: Optional[list] = None) -> Callable:
+                     seed: int, devices: Optional[list] = None, num_seeds: int = 1) -> Callable:
   """pmapped `num_steps` training steps whose examples are drawn and augmented on the device.
 
   Returns (replicated state, data, epoch, first) -> (state, {'loss', 'learning_rate'}: f32
@@ -146,21 +191,45 @@ def make_train_chunk(model, loss_name: str, schedule: optax.Schedule,
   (`make_train_step`'s step). `devices`: the devices to map over (default: every device of
   every process, `jax.devices()`, process by process: the index of a device under the pmap,
   `lax.axis_index`, is its place in the global batch, `device_data.device_positions`).
+
+  `num_seeds` = S > 1: the state holds S replicas (`create_train_state`, leading axis S of
+  params, batch_stats, opt_state, rng) and each step is `jax.vmap`-ped over them: replica i
+  draws its batches (permutation and augmentation) with `data_key(seed + i)` and its dropout
+  from its own rng, and its BatchNorm statistics and gradients are reduced over the devices
+  for that replica alone (the collectives of a vmapped function stay per replica). Each
+  replica's step is the step of a run of seed `seed + i`; the losses come back as
+  [D, num_steps, S] (the learning rate, the same for all, as [D, num_steps]).
   """
   step_fn = _step_function(model, loss_name, schedule)
   num_devices = len(devices) if devices else jax.device_count()
   per_device = global_batch // num_devices
 
   def chunk(state: TrainState, data: dict, epoch, first) -> tuple[TrainState, dict]:
-    key = device_data.data_key(seed)
-    order = device_data.epoch_permutation(key, epoch, data["images"].shape[0], settings.shuffle)
+    n = data["images"].shape[0]
     # The global index of the device (process p's d-th device: p * D + d).
     positions = device_data.device_positions(per_device, jax.lax.axis_index(AXIS), num_devices)
 
-    def body(state, step):
+    def one_seed(state, key, order, step):
       batch = device_data.draw_batch(data, key, epoch, step, positions, settings, global_batch,
                                      order=order)
       return step_fn(state, {"image": batch["image"], "mask": batch["mask"]})
+
+    if num_seeds == 1:
+      key = device_data.data_key(seed)
+      order = device_data.epoch_permutation(key, epoch, n, settings.shuffle)
+
+      def body(state, step):
+        return one_seed(state, key, order, step)
+    else:
+      keys = jnp.stack([device_data.data_key(seed + i) for i in range(num_seeds)])
+      orders = jax.vmap(lambda k: device_data.epoch_permutation(k, epoch, n, settings.shuffle)
+                        )(keys)
+
+      def body(state, step):
+        axes = seed_axes(state)
+        return jax.vmap(one_seed, in_axes=(axes, 0, 0, None),
+                        out_axes=(axes, {"loss": 0, "learning_rate": None}))(
+                            state, keys, orders, step)
 
     if num_steps == 1:   # no loop: the program of one step
       state, metrics = body(state, jnp.asarray(first, jnp.int32))
@@ -274,6 +343,29 @@ def evaluate(eval_step: Callable, state: TrainState, config: ml_collections.Conf
     return evaluation.metrics.result()
   values, curves = evaluation.result()
   return values, curves, kept
+
+
+@functools.cache
+def _select_seed() -> Callable:
+  """pmapped (replicated tree of replicas [D, S, ...], index) -> replica index's tree [D, ...]
+  (one program for every index)."""
+  return jax.pmap(lambda tree, index: jax.tree_util.tree_map(lambda x: x[index], tree),
+                  axis_name=AXIS, in_axes=(0, None))
+
+
+def evaluate_seeds(eval_step: Callable, state: TrainState, config: ml_collections.ConfigDict,
+                   split: str) -> dict[str, float]:
+  """`evaluate` of a replicated state; with `train.num_seeds` = N > 1, of each replica in turn
+  (the same compiled programs), summarised by `seeds.summarize`: the mean under the usual
+  keys, `k_std` and `k/seed_i`."""
+  if num_seeds(config) == 1:
+    return evaluate(eval_step, state, config, split)
+  per_seed = []
+  for i in range(num_seeds(config)):
+    replica = state.replace(params=_select_seed()(state.params, i),
+                            batch_stats=_select_seed()(state.batch_stats, i))
+    per_seed.append(evaluate(eval_step, replica, config, split))
+  return seeds.summarize(per_seed)
 
 
 def _examples(batch: dict, names: np.ndarray, scores: np.ndarray, limit: int) -> list[dict]:
@@ -606,7 +698,7 @@ def _train_loop(config: ml_collections.ConfigDict, workdir_path: pathlib.Path, m
                  "train.num_epochs to continue", workdir_path, num_epochs, restored_step)
     final = _recorded(workdir_path / METRICS_FILE, config.dataset.eval_split, restored_step)
     if distributed.any_process(final is None):   # every process takes part in the evaluation
-      final = evaluate(eval_step, state, config, config.dataset.eval_split)
+      final = evaluate_seeds(eval_step, state, config, config.dataset.eval_split)
       logger.write(config.dataset.eval_split, restored_step, num_epochs, final)
     logger.close()
     return {"final": final, "best": store.best_metrics(), "images_per_sec": float("nan")}
@@ -621,7 +713,8 @@ def _train_loop(config: ml_collections.ConfigDict, workdir_path: pathlib.Path, m
     if length not in programs:
       programs[length] = make_train_chunk(
           model, config.train.loss, schedule, settings, num_steps=length,
-          global_batch=config.train.batch_size, seed=config.train.seed)
+          global_batch=config.train.batch_size, seed=config.train.seed,
+          num_seeds=num_seeds(config))
     return programs[length](state, on_devices, epoch, first)
 
   throughput: list[float] = []
@@ -661,11 +754,16 @@ def _train_loop(config: ml_collections.ConfigDict, workdir_path: pathlib.Path, m
                         else trained * config.train.batch_size / elapsed)
       if not math.isnan(images_per_sec):
         throughput.append(images_per_sec)
-      mean_loss = float(np.mean(np.concatenate(epoch_losses))) if epoch_losses else float("nan")
+      # [steps] losses, or [steps, S] with S replicas: the epoch's mean loss of each replica
+      seed_losses = (np.mean(np.concatenate(epoch_losses), axis=0).reshape(-1) if epoch_losses
+                     else np.full(num_seeds(config), np.nan))
+      losses_record = ({"loss": float(seed_losses[0])} if num_seeds(config) == 1 else
+                       seeds.summarize([{"loss": float(v)} for v in seed_losses]))
+      mean_loss = losses_record["loss"]
       step = epoch * steps_per_epoch + first
       finished = first == steps_per_epoch   # False when stopped mid-epoch
       lr = float(schedule(step - 1))
-      logger.write("train", step, epoch + 1, {"loss": mean_loss, "learning_rate": lr,
+      logger.write("train", step, epoch + 1, {**losses_record, "learning_rate": lr,
                                                 "images_per_sec": images_per_sec})
       logging.info("epoch %d/%d step %d loss %.4f lr %.2e %.1f img/s", epoch + 1, num_epochs,
                    step, mean_loss, lr, images_per_sec)
@@ -681,12 +779,15 @@ def _train_loop(config: ml_collections.ConfigDict, workdir_path: pathlib.Path, m
         host_state = _checkpoint_state(_first_replica(state), done_epochs)
         store.save_latest(step, host_state)   # asynchronous: written while training goes on
       if (epoch + 1) % config.train.eval_every_epochs == 0 or last:
-        final = evaluate(eval_step, state, config, config.dataset.eval_split)
+        final = evaluate_seeds(eval_step, state, config, config.dataset.eval_split)
         logger.write(config.dataset.eval_split, step, epoch + 1, final)
         is_best = store.save_best(step, host_state or _checkpoint_state(
             _first_replica(state), done_epochs), final)
         logging.info("eval %s epoch %d: %s%s", config.dataset.eval_split, epoch + 1,
                      tables.metrics_line(final), " (best)" if is_best else "")
+        if seeds.seeds_line(final):
+          logging.info("eval %s epoch %d %s", config.dataset.eval_split, epoch + 1,
+                       seeds.seeds_line(final))
         if not last and host_state is not None and _out_of_time(deadline):
           # The evaluation ran past the time limit and this step is checkpointed and
           # evaluated: stop here rather than after one more step and another evaluation.
@@ -719,7 +820,8 @@ def _stop_or_raise(finished: Optional[tuple[np.ndarray, np.ndarray]], deadline: 
   some process; else returns whether some process is past its `deadline`. With several
   processes the two decisions are exchanged at once, so that every process stops together."""
   steps, losses_ = finished if finished is not None else (np.zeros(0), np.zeros(0))
-  bad = np.flatnonzero(~np.isfinite(losses_))
+  losses_ = np.reshape(losses_, (len(losses_), -1) if len(losses_) else (0, 1))   # [n, replicas]
+  bad = np.flatnonzero(~np.isfinite(losses_).all(axis=1))
   local_late = time.monotonic() >= deadline
   if jax.process_count() > 1:
     diverged, late = distributed.any_process_each([bad.size > 0, local_late])
@@ -727,15 +829,16 @@ def _stop_or_raise(finished: Optional[tuple[np.ndarray, np.ndarray]], deadline: 
     diverged, late = bad.size > 0, local_late
   if diverged:
     if bad.size:
-      _check_finite(float(losses_[bad[0]]), int(steps[bad[0]]), epoch, store)
+      row = losses_[bad[0]]
+      _check_finite(float(row[~np.isfinite(row)][0]), int(steps[bad[0]]), epoch, store)
     _check_finite(math.nan, int(steps[0]) if steps.size else -1, epoch, store)
   return late
 
 
 def _fetch_losses(pending: tuple[int, dict], epoch: int, steps_per_epoch: int, progress,
                   log_every_steps: int) -> tuple[np.ndarray, np.ndarray]:
-  """(1-based global steps [n], losses [n]) of a finished chunk (`pending`: its first step in
-  the epoch and its metrics)."""
+  """(1-based global steps [n], losses [n], or [n, S] with S replicas) of a finished chunk
+  (`pending`: its first step in the epoch and its metrics)."""
   first, metrics = pending
   losses_ = np.asarray(metrics["loss"][0])
   steps = epoch * steps_per_epoch + first + 1 + np.arange(len(losses_))   # 1-based global
@@ -745,7 +848,7 @@ def _fetch_losses(pending: tuple[int, dict], epoch: int, steps_per_epoch: int, p
   logged = np.flatnonzero(steps % log_every_steps == 0)
   if logged.size:
     i = logged[-1]
-    progress.set_postfix(loss=f"{float(losses_[i]):.4f}",
+    progress.set_postfix(loss=f"{float(np.mean(losses_[i])):.4f}",
                          lr=f"{float(np.asarray(metrics['learning_rate'][0])[i]):.2e}")
   return steps, losses_
 
@@ -773,6 +876,9 @@ def evaluate_workdir(workdir: str, which: str = "best",
   plus `_<protocol>` for a protocol other than the default). `protocol` overrides the
   config's `eval.protocol` (irst_jax/evaluation/protocols.py).
   Eval options missing from an older workdir's saved config take the current defaults.
+  A run of `train.num_seeds` = N > 1 evaluates each replica: the values are
+  `seeds.summarize`'s (mean under the usual keys, `k_std`, `k/seed_i`); the curves and grid
+  are those of the replica with the best IoU on `split`.
   May run beside a training run of the same workdir (it only reads the checkpoints).
   Images are normalised with the workdir's stored statistics (normalization.json,
   `checkpoints.with_saved_normalization`), not those of the dataset copy found now.
@@ -809,15 +915,24 @@ def evaluate_workdir(workdir: str, which: str = "best",
     state, _ = _restore_into(state, store.restore(_checkpoint_state(state, 0), which=which))
   finally:
     store.close()
-  values, curves, examples = evaluate(
-      make_eval_step(model, config.eval, curves=True), replicate(state), config, split,
-      keep_images=int(config.eval.grid_images))
+  eval_step = make_eval_step(model, config.eval, curves=True)
+  replicas = [state] if num_seeds(config) == 1 else [
+      seed_replica(state, i) for i in range(num_seeds(config))]
+  results = [evaluate(eval_step, replicate(r), config, split,
+                      keep_images=int(config.eval.grid_images)) for r in replicas]
+  title = f"{config.model.name} {which} on {config.dataset.name} {split}"
+  if len(results) == 1:
+    values, curves, examples = results[0]
+  else:   # the table of every replica; the curves and the grid of the best one
+    values = seeds.summarize([r[0] for r in results])
+    best = seeds.best_seed(values) or 0
+    _, curves, examples = results[best]
+    title += f", {len(results)} seeds (curves and grid: seed {best})"
   if jax.process_index() == 0:
     name = f"{which}_{split}" + ("" if config.eval.protocol == protocols.DEFAULT
                                  else f"_{config.eval.protocol}")
     report.write_report(out_dir or pathlib.Path(workdir) / "eval" / name, values,
-                        curves, examples, config.eval,
-                        title=f"{config.model.name} {which} on {config.dataset.name} {split}")
+                        curves, examples, config.eval, title=title)
   return values
 
 

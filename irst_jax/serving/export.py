@@ -52,17 +52,23 @@ import numpy as np
 from flax import traverse_util
 
 import irst_jax
-from irst_jax import checkpoints, models
+from irst_jax import checkpoints, errors, models
 from irst_jax.data import pipeline
-from irst_jax.evaluation import components
+from irst_jax.evaluation import components, seeds
 from irst_jax.serving import detector
 
 DEFAULT_PLATFORMS = ("cpu", "cuda")
 
 
-def load_workdir(workdir: str | pathlib.Path, checkpoint: str = "best", step: Optional[int] = None
+def load_workdir(workdir: str | pathlib.Path, checkpoint: str = "best", step: Optional[int] = None,
+                 seed_index: Optional[int] = None
                  ) -> tuple[ml_collections.ConfigDict, dict[str, Any], int]:
   """(config, {'params', 'batch_stats'} as numpy, step) of a workdir's checkpoint.
+
+  A run of `train.num_seeds` = N > 1 holds N replicas: the variables are replica
+  `seed_index`'s (default: the one of the best IoU in the workdir's best metrics, else 0), and
+  the returned config records it as `train.seed_index` (replica i trained with seed
+  `train.seed + i`).
 
   The config's ``dataset.mean`` / ``dataset.std`` are the statistics the run trained with
   (its normalization.json, `checkpoints.with_saved_normalization`), so the export and
@@ -76,6 +82,7 @@ def load_workdir(workdir: str | pathlib.Path, checkpoint: str = "best", step: Op
     FileNotFoundError: not a workdir (no config.json), or no such checkpoint (naming the
       directory).
     ValueError: unknown `checkpoint`.
+    errors.UserError: `seed_index` outside 0 .. N - 1.
   """
   if checkpoint not in ("best", "latest"):
     raise ValueError(f"checkpoint must be 'best' or 'latest', got {checkpoint!r}")
@@ -92,6 +99,19 @@ def load_workdir(workdir: str | pathlib.Path, checkpoint: str = "best", step: Op
     store.close()
   variables = {k: jax.tree_util.tree_map(np.asarray, restored[k])
                for k in ("params", "batch_stats") if restored.get(k)}
+  replicas = int(config.train.get("num_seeds", 1))
+  if seed_index is None:
+    seed_index = seeds.best_seed(checkpoints.read_best_metrics(workdir)) if replicas > 1 else 0
+    seed_index = 0 if seed_index is None or seed_index >= replicas else seed_index
+  if not 0 <= seed_index < replicas:
+    raise errors.UserError(
+        f"--seed_index={seed_index}: the run in {workdir} trained {replicas} "
+        f"seed{'s' if replicas > 1 else ''} (train.num_seeds={replicas}); expected 0 .. "
+        f"{replicas - 1}")
+  if replicas > 1:
+    variables = jax.tree_util.tree_map(lambda x: x[seed_index], variables)
+  with config.unlocked():
+    config.train.seed_index = int(seed_index)
   return config, variables, int(step)
 
 
@@ -168,7 +188,9 @@ def _manifest(config: ml_collections.ConfigDict, workdir: pathlib.Path, checkpoi
       "model": json.loads(config.model.to_json_best_effort()),
       "config": json.loads(config.to_json_best_effort()),
       "checkpoint": {"workdir": str(workdir), "kind": checkpoint, "step": step,
-                     "best_metrics": best_metrics if checkpoint == "best" else None},
+                     "best_metrics": best_metrics if checkpoint == "best" else None,
+                     "seed_index": int(config.train.get("seed_index", 0)),
+                     "seed": int(config.train.seed) + int(config.train.get("seed_index", 0))},
       "normalization": {"kind": config.dataset.normalization, "mean": info.mean, "std": info.std,
                         "dataset": f"{info.name}/{info.builder_config}",
                         "formula": "(x - mean) / std on the 0..255 grey scale"},
@@ -193,11 +215,12 @@ def _manifest(config: ml_collections.ConfigDict, workdir: pathlib.Path, checkpoi
 
 
 def workdir_forward(workdir: str | pathlib.Path, checkpoint: str = "best",
-                    step: Optional[int] = None):
+                    step: Optional[int] = None, seed_index: Optional[int] = None):
   """(jit-compiled in-framework forward(images, sizes, logit_threshold), manifest) of a
-  workdir (the signature of :func:`irst_jax.serving.detector.load_export`'s forward)."""
+  workdir (the signature of :func:`irst_jax.serving.detector.load_export`'s forward);
+  `seed_index`: the replica of a several-seed run (:func:`load_workdir`)."""
   workdir = pathlib.Path(workdir).absolute()
-  config, variables, step = load_workdir(workdir, checkpoint, step)
+  config, variables, step = load_workdir(workdir, checkpoint, step, seed_index)
   info = pipeline.dataset_info(config.dataset)
   weights = jax.device_put(flatten(variables))
   forward = jax.jit(make_forward(config, info.mean, info.std))
@@ -206,7 +229,8 @@ def workdir_forward(workdir: str | pathlib.Path, checkpoint: str = "best",
 
 
 def workdir_detector(workdir: str | pathlib.Path, checkpoint: str = "best",
-                     step: Optional[int] = None, **kwargs) -> detector.Detector:
+                     step: Optional[int] = None, seed_index: Optional[int] = None,
+                     **kwargs) -> detector.Detector:
   """The in-framework Detector of a workdir's 'best' or 'latest' (or `step`) checkpoint.
 
   The network is the jit of the model code (:func:`workdir_forward`), the same function an
@@ -217,7 +241,7 @@ def workdir_detector(workdir: str | pathlib.Path, checkpoint: str = "best",
     What :func:`load_workdir` and ``pipeline.dataset_info`` raise (no checkpoint, dataset
     not prepared or not found), and Detector's ValueError for a bad threshold or scaling.
   """
-  return detector.Detector(*workdir_forward(workdir, checkpoint, step), **kwargs)
+  return detector.Detector(*workdir_forward(workdir, checkpoint, step, seed_index), **kwargs)
 
 
 def export_forward(forward: Callable, weights: dict[str, np.ndarray],
@@ -233,15 +257,17 @@ def export_forward(forward: Callable, weights: dict[str, np.ndarray],
 
 def export_workdir(workdir: str | pathlib.Path, output: Optional[str | pathlib.Path] = None,
                    checkpoint: str = "best", step: Optional[int] = None,
-                   platforms: Sequence[str] = DEFAULT_PLATFORMS) -> pathlib.Path:
-  """Writes the artifact of a workdir's checkpoint into `output` (default workdir/export).
+                   platforms: Sequence[str] = DEFAULT_PLATFORMS,
+                   seed_index: Optional[int] = None) -> pathlib.Path:
+  """Writes the artifact of a workdir's checkpoint into `output` (default workdir/export):
+  replica `seed_index` of a several-seed run (:func:`load_workdir`).
 
   Returns the artifact directory. Raises what :func:`load_workdir` and
   ``pipeline.dataset_info`` raise (no checkpoint, dataset not prepared/found).
   """
   workdir = pathlib.Path(workdir).absolute()
   output = pathlib.Path(output) if output is not None else workdir / "export"
-  config, variables, step = load_workdir(workdir, checkpoint, step)
+  config, variables, step = load_workdir(workdir, checkpoint, step, seed_index)
   info = pipeline.dataset_info(config.dataset)
   weights = flatten(variables)
   exported = export_forward(make_forward(config, info.mean, info.std), weights, platforms)

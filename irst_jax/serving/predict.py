@@ -159,20 +159,26 @@ def output_names(files: list[pathlib.Path]) -> list[str]:
   return names
 
 
-def load_detector(model: str | pathlib.Path, checkpoint: str = "best", **kwargs
-                  ) -> detector_lib.Detector:
-  """A Detector from an exported artifact directory or a training workdir.
+def load_detector(model: str | pathlib.Path, checkpoint: str = "best",
+                  seed_index: Optional[int] = None, **kwargs) -> detector_lib.Detector:
+  """A Detector from an exported artifact directory or a training workdir (of a run of
+  several seeds: replica `seed_index`, default the best, `export.load_workdir`).
 
   Raises:
     FileNotFoundError: `model` is neither (naming what was looked for).
+    errors.UserError: `seed_index` given for an artifact (it holds one replica), or out of
+      range for the workdir.
   """
   path = pathlib.Path(model)
   if (path / detector_lib.MANIFEST_FILE).is_file() or path.name == detector_lib.MANIFEST_FILE:
+    if seed_index is not None:
+      raise errors.UserError(f"--seed_index={seed_index}: {path} is an exported detector, which "
+                             "holds one replica; give a training workdir to choose one")
     return detector_lib.Detector.from_export(path, **kwargs)
   if (path / "config.json").is_file():
     # Imported here: an artifact's detector needs neither Flax nor the models (export's imports).
     from irst_jax.serving import export
-    return export.workdir_detector(path, checkpoint, **kwargs)
+    return export.workdir_detector(path, checkpoint, seed_index=seed_index, **kwargs)
   raise FileNotFoundError(f"{path} is neither an exported detector ({detector_lib.MANIFEST_FILE})"
                           " nor a training workdir (config.json)")
 
@@ -370,6 +376,8 @@ def define_flags() -> None:
   flags.DEFINE_string("output", None, "Output directory.")
   flags.DEFINE_enum("checkpoint", "best", ["best", "latest"],
                     "Checkpoint used when --model is a workdir.")
+  flags.DEFINE_integer("seed_index", None, "Replica of a training workdir of train.num_seeds > 1 "
+                       "(default: the best IoU in its best_metrics.json).")
   flags.DEFINE_float("threshold", None, "Probability threshold (default: the model's, 0.5).")
   flags.DEFINE_bool("save_scores", False, "Also write scores/<name>.npy.")
   flags.DEFINE_integer("batch_size", 8, "Images per network call (of one padded shape).")
@@ -394,7 +402,7 @@ def main(argv) -> Optional[int]:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   compilation_cache.enable()
   f = flags.FLAGS
-  detector = load_detector(f.model, f.checkpoint, threshold=f.threshold,
+  detector = load_detector(f.model, f.checkpoint, seed_index=f.seed_index, threshold=f.threshold,
                            uint16_scaling=f.uint16_scaling, tta=f.tta, tile=f.tile,
                            overlap=f.overlap, tile_batch=f.tile_batch)
   report = run(detector, f.input, f.output, save_scores=f.save_scores, batch_size=f.batch_size,
