@@ -141,7 +141,7 @@ def test_config_checks_and_resume(prepared_fake_nuaa):
     config_checks.check_resumable(saved, config, "config.json")
 
 
-def test_two_seed_run_records_and_export(prepared_fake_nuaa, tiny_model, tmp_path):
+def test_two_seed_run_records_and_export(prepared_fake_nuaa, tiny_model, tmp_path, monkeypatch):
   """A 2-seed training run: metrics.jsonl and best_metrics.json hold mean, std and per-seed
   values; the checkpoint holds both replicas; export takes one (--seed_index)."""
   from irst_jax import checkpoints
@@ -184,3 +184,32 @@ def test_two_seed_run_records_and_export(prepared_fake_nuaa, tiny_model, tmp_pat
                                   kernel[chosen])
   with pytest.raises(errors.UserError, match=r"^--seed_index=2: .* trained 2 seeds .*0 \.\. 1"):
     export.load_workdir(workdir, "latest", seed_index=2)
+  # resume: one more epoch from the 2-replica checkpoint
+  config.train.num_epochs = 2
+  train.train_and_evaluate(config, str(workdir))
+  assert [(r["split"], r["epoch"]) for r in _records(workdir)] == [
+      ("train", 1), ("test", 1), ("train", 2), ("test", 2)]
+  # --mode=eval: each replica evaluated (here a stand-in evaluation: IoU = the mean of the
+  # replica's first kernel, no compilation), the report holds mean, std and each replica, and
+  # the curves of the best replica
+  store = checkpoints.CheckpointStore(workdir)
+  try:
+    kernel = jax.tree_util.tree_leaves(store.latest.restore(store.latest_step())["params"])[0]
+  finally:
+    store.close()
+  expected = [float(np.mean(kernel[i])) for i in range(2)]
+
+  def fake_evaluate(eval_step, state, config, split, keep_images=0):
+    value = float(np.mean(np.asarray(jax.tree_util.tree_leaves(state.params)[0])[0]))
+    return {"IoU": value, "Pd": 2 * value}, {"AUC": value}, []
+
+  monkeypatch.setattr(train, "evaluate", fake_evaluate)
+  values = train.evaluate_workdir(str(workdir), "latest", out_dir=str(tmp_path / "report"))
+  assert [values["IoU/seed_0"], values["IoU/seed_1"]] == pytest.approx(expected, abs=1e-7)
+  assert values["IoU"] == pytest.approx(np.mean(expected), abs=1e-7)
+  assert values["Pd_std"] == pytest.approx(2 * abs(expected[0] - expected[1]) / math.sqrt(2))
+  written = json.loads((tmp_path / "report" / "metrics.json").read_text())
+  best = int(np.argmax(expected))
+  assert written["metrics"]["IoU/seed_1"] == pytest.approx(expected[1], abs=1e-7)
+  assert written["curves"]["AUC"] == pytest.approx(expected[best], abs=1e-7)
+  assert written["title"].endswith(f"2 seeds (curves and grid: seed {best})")
