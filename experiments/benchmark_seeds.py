@@ -1,0 +1,138 @@
+"""Training images/s per seed with train.num_seeds = 1, 2, 4 replicas in one program.
+
+  python experiments/benchmark_seeds.py [--config=configs/acm_unet.py] [--batch_size=8]
+      [--crop=256] [--seeds=1,2,4] [--rounds=5] [--dispatches=3] [--out=FILE.json]
+
+The training program of a run (`train.make_train_chunk`: examples drawn and augmented on the
+device, `train.steps_per_dispatch` steps a dispatch, automatic by backend unless
+--steps_per_dispatch), on a synthetic training split of 256 grey images of crop x crop pixels
+with a few target pixels each, for each replica count N of --seeds. Each N is compiled and
+warmed up once (one untimed dispatch); then every round times `--dispatches` dispatches of each
+N in turn (alternating, so that a load shared with other processes weighs on every N alike).
+Per N: images/s per seed = steps x batch_size / seconds (each replica trains on batch_size
+images a step), median over the rounds; all seeds = N x that. The last line is the ratio of
+each N's per-seed median to N = 1's (below 1: a replica trains slower beside others; N x the
+ratio: the speed-up of training N seeds at once over N runs one after another).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from irst_jax import models, optim, platform_settings, train  # noqa: E402
+from irst_jax.data import device_data  # noqa: E402
+
+CONFIG = config_flags.DEFINE_config_file("config", "configs/acm_unet.py", "Config file.",
+                                         lock_config=False)
+BATCH = flags.DEFINE_integer("batch_size", 8, "Global batch size (each replica's).")
+CROP = flags.DEFINE_integer("crop", 256, "Training crop side, pixels (a multiple of 32).")
+SEEDS = flags.DEFINE_list("seeds", ["1", "2", "4"], "Replica counts to compare.")
+ROUNDS = flags.DEFINE_integer("rounds", 5, "Timed rounds (each times every replica count).")
+DISPATCHES = flags.DEFINE_integer("dispatches", 3, "Dispatches timed per count and round.")
+STEPS_PER_DISPATCH = flags.DEFINE_integer("steps_per_dispatch", 0, "Steps a dispatch (0: "
+                                          "train.steps_per_dispatch's automatic choice).")
+TIME_LIMIT = flags.DEFINE_float("time_limit_s", 0.0, "Stop starting rounds after this many "
+                                "seconds (0: none); the result reports the rounds done.")
+OUT = flags.DEFINE_string("out", None, "Also write the result as JSON here.")
+
+NUM_IMAGES = 256   # 16 steps an epoch at batch 16: a GPU dispatch of 16 steps
+
+
+def synthetic_split(crop: int, seed: int = 0) -> device_data.TrainData:
+  """NUM_IMAGES grey uint8 images of crop x crop pixels, each with a 3 x 3 target at a random place."""
+  rng = np.random.default_rng(seed)
+  images = [rng.integers(0, 256, (crop, crop), dtype=np.uint8) for _ in range(NUM_IMAGES)]
+  masks = []
+  for _ in range(NUM_IMAGES):
+    mask = np.zeros((crop, crop), np.uint8)
+    y, x = rng.integers(0, crop - 3, 2)
+    mask[y:y + 3, x:x + 3] = 1
+    masks.append(mask)
+  return device_data.from_examples(images, masks, crop)
+
+
+def main(argv):
+  del argv
+  config = CONFIG.value
+  batch, crop = BATCH.value, CROP.value
+  counts = [int(s) for s in SEEDS.value]
+  devices = jax.local_devices()
+  data = synthetic_split(crop)
+  on_devices = device_data.put_on_devices(data, devices)
+  settings = device_data.Augmentation(crop=crop, center_prob=0.5, flips=True, shuffle=True,
+                                      mean=(100.0,), std=(40.0,))
+  steps_epoch = device_data.steps_per_epoch(NUM_IMAGES, batch)
+  with config.unlocked():
+    config.train.steps_per_dispatch = STEPS_PER_DISPATCH.value
+  k = train.steps_per_dispatch(config.train, steps_epoch)
+  model = models.create_model(config.model, axis_name=train.AXIS)
+  tx, schedule = optim.create_optimizer(config.optim, steps_epoch, config.train.num_epochs)
+  runs, compile_s = {}, {}
+  for n in counts:
+    with config.unlocked():
+      config.train.num_seeds = n
+    state = train.create_train_state(model, config, tx,
+                                     (1, crop, crop, config.model.in_channels))
+    chunk = train.make_train_chunk(model, config.train.loss, schedule, settings, num_steps=k,
+                                   global_batch=batch, seed=config.train.seed,
+                                   num_seeds=n)
+    replicated = train.replicate(state)
+    start = time.perf_counter()
+    replicated, metrics = chunk(replicated, on_devices, 0, 0)   # compiles
+    jax.block_until_ready(metrics)
+    compile_s[n] = time.perf_counter() - start
+    runs[n] = [replicated, chunk]
+    print(f"num_seeds={n}: compiled and ran one dispatch in {compile_s[n]:.1f} s", flush=True)
+  per_seed = {n: [] for n in counts}
+  start_all = time.perf_counter()
+  for r in range(ROUNDS.value):
+    if TIME_LIMIT.value and time.perf_counter() - start_all > TIME_LIMIT.value:
+      print(f"time limit: {r} round(s) done", flush=True)
+      break
+    order = counts if r % 2 == 0 else counts[::-1]   # alternate the order too
+    for n in order:
+      state, chunk = runs[n]
+      start = time.perf_counter()
+      for d in range(DISPATCHES.value):
+        first = (d * k) % max(steps_epoch - k + 1, 1)
+        state, metrics = chunk(state, on_devices, 1 + r, first)
+      jax.block_until_ready(metrics)
+      seconds = time.perf_counter() - start
+      runs[n][0] = state
+      per_seed[n].append(DISPATCHES.value * k * batch / seconds)
+    print(f"round {r + 1}: " + ", ".join(f"N={n} {per_seed[n][-1]:.2f}" for n in counts)
+          + " images/s per seed", flush=True)
+  medians = {n: float(np.median(v)) if v else float("nan") for n, v in per_seed.items()}
+  base = medians[counts[0]]
+  result = {"model": config.model.name, "backend": jax.default_backend(),
+            "device": devices[0].device_kind, "devices": len(devices), "batch_size": batch,
+            "crop": crop, "steps_per_dispatch": k, "dispatches": DISPATCHES.value,
+            "rounds": len(per_seed[counts[0]]), "jax": jax.__version__,
+            "compile_and_first_dispatch_s": {str(n): compile_s[n] for n in counts},
+            "images_per_sec_per_seed": {str(n): v for n, v in per_seed.items()},
+            "median_per_seed": {str(n): medians[n] for n in counts},
+            "median_all_seeds": {str(n): n * medians[n] for n in counts},
+            "ratio_per_seed": {str(n): medians[n] / base for n in counts}}
+  print(f"{config.model.name}, batch {batch}, crop {crop}, {len(devices)} "
+        f"{devices[0].device_kind} device(s), {k} step(s) a dispatch, "
+        f"{result['rounds']} round(s), medians:")
+  for n in counts:
+    print(f"  N={n}: {medians[n]:.2f} images/s per seed, {n * medians[n]:.2f} all seeds")
+  print("ratio per seed vs N=%d: " % counts[0] + ", ".join(
+      f"N={n} {medians[n] / base:.2f}x (all seeds {n * medians[n] / base:.2f}x)" for n in counts))
+  if OUT.value:
+    Path(OUT.value).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+  platform_settings.apply(malloc=True, huge_pages=True)   # as irst_jax.main does
+  app.run(main)
