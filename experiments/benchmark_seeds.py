@@ -40,8 +40,8 @@ ROUNDS = flags.DEFINE_integer("rounds", 5, "Timed rounds (each times every repli
 DISPATCHES = flags.DEFINE_integer("dispatches", 3, "Dispatches timed per count and round.")
 STEPS_PER_DISPATCH = flags.DEFINE_integer("steps_per_dispatch", 0, "Steps a dispatch (0: "
                                           "train.steps_per_dispatch's automatic choice).")
-TIME_LIMIT = flags.DEFINE_float("time_limit_s", 0.0, "Stop starting rounds after this many "
-                                "seconds (0: none); the result reports the rounds done.")
+TIME_LIMIT = flags.DEFINE_float("time_limit_s", 0.0, "Start no round after this many seconds "
+                                "from the start (0: none); the result reports the rounds done.")
 OUT = flags.DEFINE_string("out", None, "Also write the result as JSON here.")
 
 NUM_IMAGES = 256   # 16 steps an epoch at batch 16: a GPU dispatch of 16 steps
@@ -62,6 +62,7 @@ def synthetic_split(crop: int, seed: int = 0) -> device_data.TrainData:
 
 def main(argv):
   del argv
+  start_all = time.perf_counter()
   config = CONFIG.value
   batch, crop = BATCH.value, CROP.value
   counts = [int(s) for s in SEEDS.value]
@@ -93,7 +94,6 @@ def main(argv):
     runs[n] = [replicated, chunk]
     print(f"num_seeds={n}: compiled and ran one dispatch in {compile_s[n]:.1f} s", flush=True)
   per_seed = {n: [] for n in counts}
-  start_all = time.perf_counter()
   for r in range(ROUNDS.value):
     if TIME_LIMIT.value and time.perf_counter() - start_all > TIME_LIMIT.value:
       print(f"time limit: {r} round(s) done", flush=True)

@@ -17,6 +17,8 @@
 #   bench_*    train and inference images/s of ACM-U-Net and DNA-Net, batch 16, 256x256, JAX
 #              (benchmark.py) against the PyTorch references (torch_reference/) on the same GPU
 #              (experiments/benchmark_gpu.py)
+#   bench_seeds  ACM-U-Net train images/s per seed with train.num_seeds = 1, 2, 4 replicas in one
+#              program, batch 16, 256x256 (experiments/benchmark_seeds.py)
 #   train_*    python -m irst_jax.main: ACM-U-Net's full recipe (400 epochs) and a DNA-Net run of
 #              $DNA_EPOCHS epochs (cosine schedule over those), each stopped by
 #              train.time_limit_minutes before its step's limit (checkpoint + final evaluation);
@@ -38,7 +40,7 @@
 #                     else ./shared, beside / inside the repository)
 #   IRST_DATA_DIR=DIR folder holding NUAA-SIRST/ (default: $IRST_SHARED/datasets)
 #   GPU_SUITE_STEPS   comma-separated steps to run (default all: install,versions,golden,prepare,
-#                     bench_acm_unet,bench_dnanet,train_acm_unet,train_dnanet)
+#                     bench_acm_unet,bench_dnanet,bench_seeds,train_acm_unet,train_dnanet)
 #   GPU_SUITE_BUDGET_S  global deadline in seconds (default 530; smoke 600)
 #   GPU_SUITE_SCRATCH   scratch folder (default: a new /tmp/irst_gpu_suite.XXXXXX, kept)
 #   DNA_EPOCHS        DNA-Net epochs (default 100); BENCH_ROUNDS benchmark rounds (default 1);
@@ -76,7 +78,7 @@ LOG=$RESULTS/suite.log
 if (( SMOKE )); then BUDGET=${GPU_SUITE_BUDGET_S:-600}; else BUDGET=${GPU_SUITE_BUDGET_S:-530}; fi
 DEADLINE=$(( SECONDS + BUDGET ))
 DRY_RUN=${GPU_SUITE_DRY_RUN:-0}
-ALL_STEPS=install,versions,golden,prepare,bench_acm_unet,bench_dnanet,train_acm_unet,train_dnanet
+ALL_STEPS=install,versions,golden,prepare,bench_acm_unet,bench_dnanet,bench_seeds,train_acm_unet,train_dnanet
 STEPS=${GPU_SUITE_STEPS:-$ALL_STEPS}
 
 say() { echo "[$(date +%T) +${SECONDS}s] $*" | tee -a "$LOG"; }
@@ -168,6 +170,9 @@ if (( SMOKE )); then
   ACM_FIELDS=(model.channels='(4,8,8,16)' model.num_blocks=1 "${TINY[@]}")
   DNA_FIELDS=(model.backbone=resnet10_light "${TINY[@]}")
   GOLDEN_TESTS=(tests/test_shuffle_attention.py -k matches_sa_net)
+  SEEDS_BENCH=(--config.model.channels='(4,8,8,16)' --config.model.num_blocks=1 --batch_size=2
+               --crop=32 --seeds=1,2 --rounds=1 --dispatches=1)
+  CAP_BENCH_SEEDS=150
   CAP_BENCH_ACM=120; CAP_BENCH_DNA=240; CAP_GOLDEN=60; ACM_MARGIN=0; DNA_MARGIN=0; DNA_RESERVE=60
 else
   BENCH=(--batch_size=16 --image_size=256 --rounds="${BENCH_ROUNDS:-1}")
@@ -184,6 +189,8 @@ else
               train.checkpoint_every_epochs=50 dataset.eval_network_padding=canvas)
   GOLDEN_TESTS=(tests/test_acm.py tests/test_dnanet.py tests/test_shuffle_attention.py
                 tests/test_torch_reference.py -k "matches_reference or matches_sa_net or golden")
+  SEEDS_BENCH=(--batch_size=16 --crop=256 --seeds=1,2,4 --rounds=5 --dispatches=3)
+  CAP_BENCH_SEEDS=100
   CAP_BENCH_ACM=100; CAP_BENCH_DNA=150; CAP_GOLDEN=120; ACM_MARGIN=45; DNA_MARGIN=40; DNA_RESERVE=120
 fi
 
@@ -268,6 +275,13 @@ for model in acm_unet dnanet; do
     --device="$TORCH_DEVICE" "${BENCH[@]}" "${extra[@]}" --timeout="$LIMIT" \
     --out="$SCRATCH/bench_$model.json"
 done
+
+# -- several seeds in one program -------------------------------------------------------------
+if selected bench_seeds; then
+  limit_for "$CAP_BENCH_SEEDS" 0
+  run_step bench_seeds "$LIMIT" "$PY" experiments/benchmark_seeds.py "${SEEDS_BENCH[@]}" \
+    --time_limit_s=$(( LIMIT > 30 ? LIMIT - 20 : LIMIT )) --out="$SCRATCH/bench_seeds.json"
+fi
 
 # -- training runs ----------------------------------------------------------------------------
 # train_run MODEL CONFIG CAP RESERVE MARGIN FIELD=VALUE...: the run stops itself (checkpoint and

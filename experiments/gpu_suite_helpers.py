@@ -208,6 +208,17 @@ def summary(scratch: str, out: str) -> str:
       cells = ["-"] * 6
     lines.append(f"| {model} | " + " | ".join(cells) + " |")
 
+  path = scratch / "bench_seeds.json"
+  if path.exists():
+    b = json.loads(path.read_text())
+    lines += ["", f"## Several seeds in one program ({b['model']}, train images/s, batch "
+              f"{b['batch_size']}, {b['crop']}x{b['crop']}, {b['steps_per_dispatch']} steps a "
+              f"dispatch, {b['rounds']} round(s), median)", "",
+              "| seeds | per seed | all seeds | per seed vs 1 seed |", "|---|---|---|---|"]
+    for n, per_seed in b["median_per_seed"].items():
+      lines.append(f"| {n} | {_num(per_seed, '.1f')} | {_num(b['median_all_seeds'][n], '.1f')} "
+                   f"| {_num(b['ratio_per_seed'][n], '.2f')}x |")
+
   lines += ["", "## Training on NUAA-SIRST 50_50 (test split, final evaluation)", "",
             "| model | epochs (run / planned) | wall time (s) | train images/s | IoU | nIoU | Pd | "
             "Fa (x1e-6) | best IoU (epoch) | status |", "|---|---|---|---|---|---|---|---|---|---|"]

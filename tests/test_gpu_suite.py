@@ -99,7 +99,8 @@ def test_dry_run_prints_the_gpu_commands_with_existing_config_fields(tmp_path):
   commands = {m.group(1): (int(m.group(2)), m.group(3))
               for m in re.finditer(r"\] (\w+) \(limit (\d+)s\): (.*)", log)}
   assert list(commands) == ["install", "versions", "golden", "prepare", "bench_acm_unet",
-                            "bench_dnanet", "train_acm_unet", "train_dnanet"]
+                            "bench_dnanet", "bench_seeds", "train_acm_unet", "train_dnanet"]
+  assert "--batch_size=16 --crop=256 --seeds=1,2,4" in commands["bench_seeds"][1]
   assert f"--target {tmp_path}/scratch/site {wheels}/grain-0.0-py3-none-any.whl" in (
       commands["install"][1])
   assert commands["golden"][1].startswith("env JAX_DEFAULT_MATMUL_PRECISION=highest")
@@ -148,6 +149,10 @@ def _write_scratch(scratch: pathlib.Path):
         "torch_train_images_per_sec": t_tr, "jax_train_images_per_sec": j_tr,
         "ratio_train_images_per_sec": j_tr / t_tr, "torch_inference_images_per_sec": t_in,
         "jax_inference_images_per_sec": j_in, "ratio_inference_images_per_sec": j_in / t_in}}))
+  (scratch / "bench_seeds.json").write_text(json.dumps({
+      "model": "acm_unet", "batch_size": 16, "crop": 256, "steps_per_dispatch": 16, "rounds": 5,
+      "median_per_seed": {"1": 2000.0, "2": 1600.0}, "median_all_seeds": {"1": 2000.0, "2": 3200.0},
+      "ratio_per_seed": {"1": 1.0, "2": 0.8}}))
   acm = scratch / "runs" / "acm_unet"
   acm.mkdir(parents=True)
   (acm / "config.json").write_text(json.dumps({"train": {"num_epochs": 400}}))
@@ -183,6 +188,9 @@ def test_summary_tables_from_hand_made_results(tmp_path):
   assert "Failed: test_b" in text
   assert _table_row(text, "acm_unet")[1:] == ["1000", "2500", "2.50x", "4000", "9000", "2.25x"]
   assert _table_row(text, "dnanet")[1:] == ["400", "300", "0.75x", "1200", "1500", "1.25x"]
+  seeds = text[text.index("## Several seeds"):]
+  assert _table_row(seeds, "1")[1:] == ["2000.0", "2000.0", "1.00x"]
+  assert _table_row(seeds, "2")[1:] == ["1600.0", "3200.0", "0.80x"]
   train = text[text.index("## Training"):]
   assert _table_row(train, "acm_unet")[1:] == [
       "400 / 400", "200", "2480.2", "0.6948", "0.6715", "0.9163", "28.40", "0.6973 (380)", "ok"]
