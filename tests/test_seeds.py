@@ -13,7 +13,7 @@ import pytest
 
 from irst_jax import errors, models, optim, train
 from irst_jax.data import device_data
-from irst_jax.evaluation import seeds
+from irst_jax.evaluation import seeds, tables
 from irst_jax.models import layers
 
 
@@ -111,6 +111,8 @@ def test_summary_keys_and_values():
   assert seeds.seeds_line(record, ("IoU", "Fa")) == (
       "over 2 seeds: IoU 0.5000 +/- 0.1414 (0.4000 0.6000), Fa 20.00e-6 +/- 14.14e-6 "
       "(10.00 30.00)")
+  assert tables.markdown_table({"2 seeds": record}, ("IoU", "Fa")) == (
+      "| method | IoU | Fa (x1e-6) |\n|---|---|---|\n| 2 seeds | 0.5000 +/- 0.1414 | 20.00 +/- 14.14 |")
   # one replica: std 0, no line; the best of a single-seed record is 0
   single = seeds.summarize([{"IoU": 0.3}])
   assert single == {"IoU": 0.3, "IoU_std": 0.0, "IoU/seed_0": 0.3}

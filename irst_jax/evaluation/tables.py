@@ -48,7 +48,8 @@ def markdown_table(rows: Mapping[str, Mapping[str, float]], columns: Sequence[st
                    first_column: str = "method") -> str:
   """A markdown table: one row per ``name: values`` of `rows`, the first cell the name, then
   ``values[key]`` for each key of `columns` (:func:`format_cell`; the ``Fa`` column is
-  headed ``Fa (x1e-6)``).  No trailing newline.
+  headed ``Fa (x1e-6)``), as ``mean +/- std`` where the row also has ``key_std`` (a run of
+  several seeds, :mod:`irst_jax.evaluation.seeds`).  No trailing newline.
 
   Raises:
     KeyError: a row lacks a column's key.
@@ -56,6 +57,7 @@ def markdown_table(rows: Mapping[str, Mapping[str, float]], columns: Sequence[st
   head = [first_column] + [_heading(k) for k in columns]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for name, values in rows.items():
-    lines.append("| " + " | ".join([str(name)] + [format_cell(k, values[k]) for k in columns])
-                 + " |")
+    cells = [format_cell(k, values[k]) + (f" +/- {format_cell(k, values[k + '_std'])}"
+                                          if k + "_std" in values else "") for k in columns]
+    lines.append("| " + " | ".join([str(name)] + cells) + " |")
   return "\n".join(lines)
