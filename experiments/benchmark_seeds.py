@@ -2,6 +2,7 @@
 
   python experiments/benchmark_seeds.py [--config=configs/acm_unet.py] [--batch_size=8]
       [--crop=256] [--seeds=1,2,4] [--rounds=5] [--dispatches=3] [--out=FILE.json]
+      [--seed_batching=auto|vmap|unrolled|both]
 
 The training program of a run (`train.make_train_chunk`: examples drawn and augmented on the
 device, `train.steps_per_dispatch` steps a dispatch, automatic by backend unless
@@ -13,6 +14,7 @@ Per N: images/s per seed = steps x batch_size / seconds (each replica trains on 
 images a step), median over the rounds; all seeds = N x that. The last line is the ratio of
 each N's per-seed median to N = 1's (below 1: a replica trains slower beside others; N x the
 ratio: the speed-up of training N seeds at once over N runs one after another).
+`--seed_batching=both` measures each N > 1 vmapped and unrolled (`train.make_train_chunk`).
 """
 from __future__ import annotations
 
@@ -42,7 +44,17 @@ STEPS_PER_DISPATCH = flags.DEFINE_integer("steps_per_dispatch", 0, "Steps a disp
                                           "train.steps_per_dispatch's automatic choice).")
 TIME_LIMIT = flags.DEFINE_float("time_limit_s", 0.0, "Start no round after this many seconds "
                                 "from the start (0: none); the result reports the rounds done.")
+BATCHING = flags.DEFINE_enum("seed_batching", "auto", ["auto", "vmap", "unrolled", "both"],
+                             "How the replicas run (train.make_train_chunk): auto (the "
+                             "backend's, train.SEED_BATCHING), vmap, unrolled, or both (each "
+                             "N > 1 both ways).")
 OUT = flags.DEFINE_string("out", None, "Also write the result as JSON here.")
+
+def key(label: str) -> str:
+  """'N=2 vmap' -> '2 vmap': the JSON key of a setup (the replica count, and the batching when
+  both are measured)."""
+  return label[2:]
+
 
 NUM_IMAGES = 256   # 16 steps an epoch at batch 16: a GPU dispatch of 16 steps
 
@@ -77,28 +89,36 @@ def main(argv):
   k = train.steps_per_dispatch(config.train, steps_epoch)
   model = models.create_model(config.model, axis_name=train.AXIS)
   tx, schedule = optim.create_optimizer(config.optim, steps_epoch, config.train.num_epochs)
+  auto = train.SEED_BATCHING.get(jax.default_backend(), "vmap")
+  modes = {"auto": [auto], "both": ["vmap", "unrolled"]}.get(BATCHING.value, [BATCHING.value])
+  # (label, replicas, batching): one replica runs the same program either way
+  setups = [(f"N={n}" if n == 1 or len(modes) == 1 else f"N={n} {m}", n, m)
+            for n in counts for m in (modes if n > 1 else modes[:1])]
+  labels = [label for label, _, _ in setups]
+  replicas = {label: n for label, n, _ in setups}
   runs, compile_s = {}, {}
-  for n in counts:
+  for label, n, mode in setups:
     with config.unlocked():
       config.train.num_seeds = n
     state = train.create_train_state(model, config, tx,
                                      (1, crop, crop, config.model.in_channels))
     chunk = train.make_train_chunk(model, config.train.loss, schedule, settings, num_steps=k,
                                    global_batch=batch, seed=config.train.seed,
-                                   num_seeds=n)
+                                   num_seeds=n, seed_batching=mode)
     replicated = train.replicate(state)
     start = time.perf_counter()
     replicated, metrics = chunk(replicated, on_devices, 0, 0)   # compiles
     jax.block_until_ready(metrics)
-    compile_s[n] = time.perf_counter() - start
-    runs[n] = [replicated, chunk]
-    print(f"num_seeds={n}: compiled and ran one dispatch in {compile_s[n]:.1f} s", flush=True)
-  per_seed = {n: [] for n in counts}
+    compile_s[label] = time.perf_counter() - start
+    runs[label] = [replicated, chunk]
+    print(f"{label} ({mode}): compiled and ran one dispatch in {compile_s[label]:.1f} s",
+          flush=True)
+  per_seed = {label: [] for label in labels}
   for r in range(ROUNDS.value):
     if TIME_LIMIT.value and time.perf_counter() - start_all > TIME_LIMIT.value:
       print(f"time limit: {r} round(s) done", flush=True)
       break
-    order = counts if r % 2 == 0 else counts[::-1]   # alternate the order too
+    order = labels if r % 2 == 0 else labels[::-1]   # alternate the order too
     for n in order:
       state, chunk = runs[n]
       start = time.perf_counter()
@@ -109,26 +129,28 @@ def main(argv):
       seconds = time.perf_counter() - start
       runs[n][0] = state
       per_seed[n].append(DISPATCHES.value * k * batch / seconds)
-    print(f"round {r + 1}: " + ", ".join(f"N={n} {per_seed[n][-1]:.2f}" for n in counts)
+    print(f"round {r + 1}: " + ", ".join(f"{n} {per_seed[n][-1]:.2f}" for n in labels)
           + " images/s per seed", flush=True)
   medians = {n: float(np.median(v)) if v else float("nan") for n, v in per_seed.items()}
-  base = medians[counts[0]]
+  base = medians[labels[0]]
   result = {"model": config.model.name, "backend": jax.default_backend(),
             "device": devices[0].device_kind, "devices": len(devices), "batch_size": batch,
             "crop": crop, "steps_per_dispatch": k, "dispatches": DISPATCHES.value,
-            "rounds": len(per_seed[counts[0]]), "jax": jax.__version__,
-            "compile_and_first_dispatch_s": {str(n): compile_s[n] for n in counts},
-            "images_per_sec_per_seed": {str(n): v for n, v in per_seed.items()},
-            "median_per_seed": {str(n): medians[n] for n in counts},
-            "median_all_seeds": {str(n): n * medians[n] for n in counts},
-            "ratio_per_seed": {str(n): medians[n] / base for n in counts}}
+            "rounds": len(per_seed[labels[0]]), "jax": jax.__version__,
+            "seed_batching": {label: mode for label, _, mode in setups},
+            "compile_and_first_dispatch_s": compile_s,
+            "images_per_sec_per_seed": per_seed,
+            "median_per_seed": {key(n): medians[n] for n in labels},
+            "median_all_seeds": {key(n): replicas[n] * medians[n] for n in labels},
+            "ratio_per_seed": {key(n): medians[n] / base for n in labels}}
   print(f"{config.model.name}, batch {batch}, crop {crop}, {len(devices)} "
         f"{devices[0].device_kind} device(s), {k} step(s) a dispatch, "
         f"{result['rounds']} round(s), medians:")
-  for n in counts:
-    print(f"  N={n}: {medians[n]:.2f} images/s per seed, {n * medians[n]:.2f} all seeds")
-  print("ratio per seed vs N=%d: " % counts[0] + ", ".join(
-      f"N={n} {medians[n] / base:.2f}x (all seeds {n * medians[n] / base:.2f}x)" for n in counts))
+  for n in labels:
+    print(f"  {n}: {medians[n]:.2f} images/s per seed, {replicas[n] * medians[n]:.2f} all seeds")
+  print(f"ratio per seed vs {labels[0]}: " + ", ".join(
+      f"{n} {medians[n] / base:.2f}x (all seeds {replicas[n] * medians[n] / base:.2f}x)"
+      for n in labels))
   if OUT.value:
     Path(OUT.value).write_text(json.dumps(result, indent=1))
 

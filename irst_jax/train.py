@@ -178,7 +178,8 @@ def make_train_step(model, loss_name: str, schedule: optax.Schedule,
 
 def make_train_chunk(model, loss_name: str, schedule: optax.Schedule,
                      settings: device_data.Augmentation, *, num_steps: int, global_batch: int,
-                     seed: int, devices: Optional[list] = None, num_seeds: int = 1) -> Callable:
+                     seed: int, devices: Optional[list] = None, num_seeds: int = 1,
+                     seed_batching: Optional[str] = None) -> Callable:
   """pmapped `num_steps` training steps whose examples are drawn and augmented on the device.
 
   Returns (replicated state, data, epoch, first) -> (state, {'loss', 'learning_rate'}: f32
@@ -199,8 +200,18 @@ def make_train_chunk(model, loss_name: str, schedule: optax.Schedule,
   for that replica alone (the collectives of a vmapped function stay per replica). Each
   replica's step is the step of a run of seed `seed + i`; the losses come back as
   [D, num_steps, S] (the learning rate, the same for all, as [D, num_steps]).
+  `seed_batching`: 'vmap' (the above) or 'unrolled' (the S steps one after another in the same
+  program: the same results, S times the program); default `SEED_BATCHING` of the backend of
+  `devices` (or JAX's default backend): vmap on GPU / TPU, where one step of these small
+  networks leaves the device mostly idle, unrolled on CPU, where XLA:CPU runs the grouped
+  convolutions that vmap makes of a batch of kernels several times slower than S plain ones
+  (experiments/results/benchmark_seeds.md).
   """
   step_fn = _step_function(model, loss_name, schedule)
+  backend = devices[0].platform if devices else jax.default_backend()
+  seed_batching = seed_batching or SEED_BATCHING.get(backend, "vmap")
+  if seed_batching not in ("vmap", "unrolled"):
+    raise ValueError(f"seed_batching={seed_batching!r}: expected 'vmap' or 'unrolled'")
   num_devices = len(devices) if devices else jax.device_count()
   per_device = global_batch // num_devices
 
@@ -220,6 +231,22 @@ def make_train_chunk(model, loss_name: str, schedule: optax.Schedule,
 
       def body(state, step):
         return one_seed(state, key, order, step)
+    elif seed_batching == "unrolled":
+      keys = [device_data.data_key(seed + i) for i in range(num_seeds)]
+      orders = [device_data.epoch_permutation(k, epoch, n, settings.shuffle) for k in keys]
+
+      def body(state, step):
+        out = [one_seed(seed_replica(state, i), keys[i], orders[i], step)
+               for i in range(num_seeds)]
+        stack = lambda *xs: jnp.stack(xs)
+        new = [o[0] for o in out]
+        state = new[0].replace(
+            params=jax.tree_util.tree_map(stack, *[s.params for s in new]),
+            batch_stats=jax.tree_util.tree_map(stack, *[s.batch_stats for s in new]),
+            opt_state=jax.tree_util.tree_map(stack, *[s.opt_state for s in new]),
+            rng=jnp.stack([s.rng for s in new]))
+        return state, {"loss": jnp.stack([o[1]["loss"] for o in out]),
+                       "learning_rate": out[0][1]["learning_rate"]}
     else:
       keys = jnp.stack([device_data.data_key(seed + i) for i in range(num_seeds)])
       orders = jax.vmap(lambda k: device_data.epoch_permutation(k, epoch, n, settings.shuffle)
@@ -238,6 +265,10 @@ def make_train_chunk(model, loss_name: str, schedule: optax.Schedule,
 
   return jax.pmap(chunk, axis_name=AXIS, donate_argnums=(0,), devices=devices,
                   in_axes=(0, 0, None, None))
+
+
+#: How `make_train_chunk` runs several replicas by backend (others: 'vmap').
+SEED_BATCHING = {"cpu": "unrolled", "gpu": "vmap", "cuda": "vmap", "rocm": "vmap", "tpu": "vmap"}
 
 
 def steps_per_dispatch(train_config: ml_collections.ConfigDict, steps_per_epoch: int,
@@ -894,6 +925,8 @@ def evaluate_workdir(workdir: str, which: str = "best",
     checkpoints.check_same_model(checkpoints.read_saved_config(workdir), config,
                                  pathlib.Path(workdir) / checkpoints.CONFIG_FILE)
   config = _with_eval_defaults(config or saved)
+  with config.unlocked():   # the replicas the checkpoints hold, whatever config is given
+    config.train.num_seeds = num_seeds(saved)
   if protocol is not None:
     with config.unlocked():
       config.eval.protocol = protocol

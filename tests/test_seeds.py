@@ -1,6 +1,7 @@
 """Several seeds in one program (`train.num_seeds`): equal to separate runs, records, export."""
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from typing import Optional
@@ -57,8 +58,9 @@ def _fake_split(crop):
 
 
 def test_two_seeds_equal_two_single_seed_runs(tiny_model):
-  """num_seeds = 2 from seed 42: replica i's parameters, BatchNorm statistics, optimiser state
-  and losses after 3 steps equal those of a run of seed 42 + i (own init and data order)."""
+  """num_seeds = 2 from seed 42, vmapped or unrolled: replica i's parameters, BatchNorm
+  statistics, optimiser state and losses after 3 steps equal those of a run of seed 42 + i
+  (own init, dropout and data order)."""
   config = _tiny_model_config(tiny_model)
   crop, batch, epoch, seed = 32, 2, 1, 42
   data = _fake_split(crop)
@@ -69,27 +71,30 @@ def test_two_seeds_equal_two_single_seed_runs(tiny_model):
   devices = jax.local_devices()[:1]
   on_devices = device_data.put_on_devices(data, devices)
 
-  def run(seed_, num_seeds):
+  def run(seed_, num_seeds, seed_batching=None):
     config.train.seed, config.train.num_seeds = seed_, num_seeds
     state = train.create_train_state(model, config, tx, (1, crop, crop, 1))
     chunk = train.make_train_chunk(model, config.train.loss, schedule, settings, num_steps=3,
                                    global_batch=batch, seed=seed_, devices=devices,
-                                   num_seeds=num_seeds)
+                                   num_seeds=num_seeds, seed_batching=seed_batching)
     out, metrics = chunk(train.replicate(state, devices), on_devices, epoch, 0)
     return state, train._first_replica(out), np.asarray(metrics["loss"][0])
 
-  start, both, both_losses = run(seed, 2)
-  assert both_losses.shape == (3, 2) and int(both.step) == 3
   singles = [run(seed + i, 1) for i in range(2)]
   # the replicas differ from the start (own initialisation) and train apart
   assert any(not np.allclose(a, b) for a, b in zip(
       *[jax.tree_util.tree_leaves(s[0].params) for s in singles]))
-  for i, (single_start, single, single_losses) in enumerate(singles):
+  for batching, i in itertools.product(("vmap", "unrolled"), range(2)):
+    if i == 0:
+      start, both, both_losses = run(seed, 2, batching)
+      assert both_losses.shape == (3, 2) and int(both.step) == 3
+    single_start, single, single_losses = singles[i]
     np.testing.assert_allclose(both_losses[:, i], single_losses, rtol=1e-5, atol=1e-5)
     for name in ("params", "batch_stats", "opt_state", "rng"):
       for a, b in zip(jax.tree_util.tree_leaves(getattr(train.seed_replica(both, i), name)),
                       jax.tree_util.tree_leaves(getattr(single, name))):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=f"seed {i} {name}")
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5,
+                                   err_msg=f"{batching}: seed {i} {name}")
     for a, b in zip(jax.tree_util.tree_leaves(train.seed_replica(start, i).params),
                     jax.tree_util.tree_leaves(single_start.params)):
       np.testing.assert_array_equal(a, b)   # the same initialisation, bit for bit
@@ -215,3 +220,12 @@ def test_two_seed_run_records_and_export(prepared_fake_nuaa, tiny_model, tmp_pat
   assert written["metrics"]["IoU/seed_1"] == pytest.approx(expected[1], abs=1e-7)
   assert written["curves"]["AUC"] == pytest.approx(expected[best], abs=1e-7)
   assert written["title"].endswith(f"2 seeds (curves and grid: seed {best})")
+
+
+def test_predict_seed_index_needs_a_workdir(tmp_path):
+  """An exported detector holds one replica: --seed_index is refused in one line."""
+  from irst_jax.serving import detector, predict
+
+  (tmp_path / detector.MANIFEST_FILE).write_text("{}")
+  with pytest.raises(errors.UserError, match=r"^--seed_index=1: .* exported detector"):
+    predict.load_detector(tmp_path, seed_index=1)
