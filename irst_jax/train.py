@@ -30,7 +30,8 @@ the checkpoints of `checkpoint_every_epochs` are written asynchronously (Orbax).
 Several seeds (`train.num_seeds` = N > 1): N independent replicas, replica i a run of seed
 `train.seed + i` (its initialisation, dropout and data order), train in the same compiled
 programs, the step `jax.vmap`-ped over their stacked parameters, optimiser states, BatchNorm
-statistics and RNG keys inside the pmap (`make_train_chunk`); each replica is evaluated in
+statistics and RNG keys inside the pmap on GPU / TPU, unrolled replica by replica on CPU
+(`make_train_chunk`, `SEED_BATCHING`); each replica is evaluated in
 turn and the records hold the mean, standard deviation and each replica's value
 (`irst_jax.evaluation.seeds`); the best checkpoint is the one of the best mean IoU; checkpoints
 hold every replica (leading axis N of those leaves). A non-finite loss of any replica stops
@@ -131,9 +132,9 @@ def seed_axes(state: TrainState) -> TrainState:
 
 
 def seed_replica(tree: Any, index: int) -> Any:
-  """Replica `index` of a host (numpy or unreplicated) state of several replicas: the params,
-  batch_stats, opt_state and rng leaves indexed on their leading axis (a TrainState), or
-  every leaf (any other tree)."""
+  """Replica `index` of an unreplicated state of several replicas (numpy, or traced inside a
+  step): the params, batch_stats, opt_state and rng leaves indexed on their leading axis (a
+  TrainState), or every leaf (any other tree)."""
   take = lambda t: jax.tree_util.tree_map(lambda x: x[index], t)
   if isinstance(tree, TrainState):
     return tree.replace(params=take(tree.params), batch_stats=take(tree.batch_stats),
