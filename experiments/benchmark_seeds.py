@@ -111,8 +111,8 @@ def main(argv):
     jax.block_until_ready(metrics)
     compile_s[label] = time.perf_counter() - start
     runs[label] = [replicated, chunk]
-    print(f"{label} ({mode}): compiled and ran one dispatch in {compile_s[label]:.1f} s",
-          flush=True)
+    print(f"{label}{f' ({mode})' if n > 1 else ''}: compiled and ran one dispatch in "
+          f"{compile_s[label]:.1f} s", flush=True)
   per_seed = {label: [] for label in labels}
   for r in range(ROUNDS.value):
     if TIME_LIMIT.value and time.perf_counter() - start_all > TIME_LIMIT.value:
@@ -137,9 +137,9 @@ def main(argv):
             "device": devices[0].device_kind, "devices": len(devices), "batch_size": batch,
             "crop": crop, "steps_per_dispatch": k, "dispatches": DISPATCHES.value,
             "rounds": len(per_seed[labels[0]]), "jax": jax.__version__,
-            "seed_batching": {label: mode for label, _, mode in setups},
-            "compile_and_first_dispatch_s": compile_s,
-            "images_per_sec_per_seed": per_seed,
+            "seed_batching": {key(label): mode for label, n, mode in setups if n > 1},
+            "compile_and_first_dispatch_s": {key(n): v for n, v in compile_s.items()},
+            "images_per_sec_per_seed": {key(n): v for n, v in per_seed.items()},
             "median_per_seed": {key(n): medians[n] for n in labels},
             "median_all_seeds": {key(n): replicas[n] * medians[n] for n in labels},
             "ratio_per_seed": {key(n): medians[n] / base for n in labels}}
