@@ -204,9 +204,9 @@ def make_train_chunk(model, loss_name: str, schedule: optax.Schedule,
   `seed_batching`: 'vmap' (the above) or 'unrolled' (the S steps one after another in the same
   program: the same results, S times the program); default `SEED_BATCHING` of the backend of
   `devices` (or JAX's default backend): vmap on GPU / TPU, where one step of these small
-  networks leaves the device mostly idle, unrolled on CPU, where XLA:CPU runs the grouped
-  convolutions that vmap makes of a batch of kernels several times slower than S plain ones
-  (experiments/results/benchmark_seeds.md).
+  networks leaves the device mostly idle, unrolled on CPU, where the vmapped step (JAX makes
+  grouped convolutions of a batch of kernels) ran at about half the speed of S plain steps
+  and the unrolled one at about their speed (experiments/results/benchmark_seeds.md).
   """
   step_fn = _step_function(model, loss_name, schedule)
   backend = devices[0].platform if devices else jax.default_backend()
