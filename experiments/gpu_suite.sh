@@ -25,7 +25,8 @@
 #              final IoU / nIoU / Pd / Fa, epochs reached and wall time go to the summary.
 # With --smoke everything runs on the CPU (JAX_PLATFORMS=cpu, PyTorch on cpu) with tiny settings
 # (smoke configs, tiny networks, 32x32 crops, one benchmark step): the plumbing, not the
-# numbers. On 2 CPU cores it takes about 6 minutes, mostly XLA compiling DNA-Net (bench_seeds: 2);
+# numbers. On 2 CPU cores it takes about 6 minutes, mostly XLA compiling DNA-Net and the two
+# programs of bench_seeds;
 # tests/test_gpu_suite.py runs its ACM-U-Net steps (about 80 s) and dry-runs the GPU commands.
 #
 # Environment (all optional):

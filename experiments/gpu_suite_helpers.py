@@ -212,7 +212,7 @@ def summary(scratch: str, out: str) -> str:
   if path.exists():
     b = json.loads(path.read_text())
     lines += ["", f"## Several seeds in one program ({b['model']}, train images/s, batch "
-              f"{b['batch_size']}, {b['crop']}x{b['crop']}, {b['steps_per_dispatch']} steps a "
+              f"{b['batch_size']}, {b['crop']}x{b['crop']}, {b['steps_per_dispatch']} step(s) a "
               f"dispatch, {b['rounds']} round(s), median)", "",
               "| seeds | per seed | all seeds | per seed vs 1 seed |", "|---|---|---|---|"]
     for n, per_seed in b["median_per_seed"].items():
