@@ -79,7 +79,8 @@ LOG=$RESULTS/suite.log
 if (( SMOKE )); then BUDGET=${GPU_SUITE_BUDGET_S:-600}; else BUDGET=${GPU_SUITE_BUDGET_S:-530}; fi
 DEADLINE=$(( SECONDS + BUDGET ))
 DRY_RUN=${GPU_SUITE_DRY_RUN:-0}
-ALL_STEPS=install,versions,golden,prepare,bench_acm_unet,bench_dnanet,bench_seeds,train_acm_unet,train_dnanet
+ALL_STEPS=install,versions,golden,prepare,bench_acm_unet,bench_dnanet,bench_seeds
+ALL_STEPS+=,train_acm_unet,train_dnanet
 STEPS=${GPU_SUITE_STEPS:-$ALL_STEPS}
 
 say() { echo "[$(date +%T) +${SECONDS}s] $*" | tee -a "$LOG"; }
