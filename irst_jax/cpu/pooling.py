@@ -37,6 +37,13 @@ def _pool_taps(x):
           for dy in range(3) for dx in range(3)]
 
 
+def max_pool_3x3_s2_taps(x: jax.Array) -> jax.Array:
+  """The forward pass of :func:`max_pool_3x3_s2` alone (the maximum of the nine strided taps
+  of the -inf-padded input; no custom gradient): the portable form of the layer, which ONNX
+  converters express as slices and maxima."""
+  return functools.reduce(jnp.maximum, _pool_taps(x))
+
+
 def _max_pool_fwd(x):
   taps = _pool_taps(x)
   y = functools.reduce(jnp.maximum, taps)

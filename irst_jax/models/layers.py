@@ -7,7 +7,9 @@ model runs inside `jax.pmap` with `axis_name` set, batch statistics are averaged
 devices (synchronised BatchNorm).
 
 Functions marked `@cpu.form(...)` are computed, where the program runs on CPU, by the form
-named there (`irst_jax.cpu`: same values and gradients).
+named there (`irst_jax.cpu`: same values and gradients); the ONNX export traces their portable
+forms (`irst_jax.cpu.portable_forms`: same forward values, in operations jax2onnx converts
+exactly: max pools as strided slices or reshapes, the transposed convolution as a plain one).
 """
 from __future__ import annotations
 
@@ -121,14 +123,14 @@ def conv(features: int, kernel: int = 3, strides: int = 1, use_bias: bool = Fals
               use_bias=use_bias, kernel_init=he_normal, name=name)
 
 
-@cpu.form(cpu.pooling.max_pool_3x3_s2)
+@cpu.form(cpu.pooling.max_pool_3x3_s2, portable=cpu.pooling.max_pool_3x3_s2_taps)
 def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
   """PyTorch `MaxPool2d(3, stride=2, padding=1)` on NHWC input (padding never wins):
   [N, H, W, C] -> [N, ceil(H/2), ceil(W/2), C]."""
   return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
 
-@cpu.form(cpu.pooling.max_pool_2x2)
+@cpu.form(cpu.pooling.max_pool_2x2, portable=cpu.pooling.max_pool_2x2)
 def max_pool_2x2(x: jax.Array) -> jax.Array:
   """PyTorch `MaxPool2d(2, 2)` on NHWC input [N, H, W, C] -> [N, H // 2, W // 2, C] (odd
   trailing rows/columns dropped, as PyTorch's floor mode)."""
@@ -174,7 +176,8 @@ class ResidualStage(nn.Module):
     return x
 
 
-@cpu.form(cpu.convolution.conv_transpose_4x4_s2)
+@cpu.form(cpu.convolution.conv_transpose_4x4_s2,
+          portable=cpu.convolution.sub_pixel_conv_transpose)
 def conv_transpose_4x4_s2(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """PyTorch `ConvTranspose2d(kernel_size=4, stride=2, padding=1)` of NHWC `x` [N, H, W, I]
   with `kernel` [4, 4, I, O] (kernel[ky, kx, i, o] = torch_weight[i, o, ky, kx]), no bias ->
