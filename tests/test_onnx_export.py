@@ -96,7 +96,7 @@ def _variables(config, seed=0):
   def draw(path, leaf):
     name = str(path[-1].key)
     if name == "kernel":
-      return rng.normal(0.0, np.sqrt(1.0 / np.prod(leaf.shape[:-1])), leaf.shape)
+      return rng.normal(0.0, np.sqrt(1.0 / max(np.prod(leaf.shape[:-1]), 1)), leaf.shape)
     if name in ("scale", "var"):
       return rng.uniform(0.5, 1.5, leaf.shape)
     return rng.normal(0.0, 0.1, leaf.shape)
@@ -131,14 +131,14 @@ def test_onnx_graph_equals_the_jax_model(name, tmp_path):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == [onnx_export.INPUT_NAME]
     assert session.get_inputs()[0].shape == ["b", size[0], size[1], 1]   # symbolic batch
-    for batch in (1, 3):
-      x = _images((batch,) + size + (1,), seed=k + batch)
-      got = session.run(None, {"images": x})[0]
-      want = np.asarray(reference(x))
-      assert got.shape == want.shape == (batch,) + size + (1,)
-      scale = max(1.0, float(np.abs(want).max()))
-      assert np.abs(got - want).max() <= 1e-4 * scale, (name, size, batch)
-      assert np.std(want) > 1e-3 * scale   # the test images drive the network
+    x = _images((3,) + size + (1,), seed=k)
+    want = np.asarray(reference(x))
+    scale = max(1.0, float(np.abs(want).max()))
+    assert np.std(want) > 1e-3 * scale   # the test images drive the network
+    for batch in (3, 1):   # one graph, two batch sizes
+      got = session.run(None, {"images": x[:batch]})[0]
+      assert got.shape == (batch,) + size + (1,)
+      assert np.abs(got - want[:batch]).max() <= 1e-4 * scale, (name, size, batch)
 
 
 def test_a_construct_the_converter_cannot_express_names_the_layer(tmp_path):
