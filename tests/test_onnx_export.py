@@ -144,11 +144,29 @@ def test_onnx_graph_equals_the_jax_model(name, tmp_path):
 def test_a_construct_the_converter_cannot_express_names_the_layer(tmp_path):
   pytest.importorskip("jax2onnx")
 
-  def network(images):   # a cumulative maximum: no jax2onnx rule
-    return jax.lax.cummax(images, axis=1)
+  import flax.linen as nn
 
-  with pytest.raises(errors.UserError, match=r"jax2onnx cannot convert toy.*cummax"):
-    onnx_export.to_onnx(network, (32, 32), tmp_path / "toy.onnx", name="toy")
+  class SingularValues(nn.Module):   # jax2onnx 0.17.1 converts only tiny SVDs
+    @nn.compact
+    def __call__(self, x):
+      return x * jnp.linalg.svd(x[0, :, :, 0])[1][None, :, None, None]
+
+  class Toy(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return SingularValues(name="spectrum")(nn.Conv(1, (1, 1), name="conv")(x))
+
+  toy = Toy()
+  variables = toy.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 1)))
+  with pytest.raises(errors.UserError, match=r"jax2onnx cannot convert toy at layer "
+                     r"Toy/spectrum \(JAX primitive 'svd'\): NotImplementedError"):
+    onnx_export.to_onnx(lambda x: toy.apply(variables, x), (32, 32), tmp_path / "toy.onnx",
+                        name="toy")
+  # an error while tracing the model code names the model's source line
+  config = _tiny("acm_unet")
+  fn = onnx_export.network(config, _variables(config), 100.0, 40.0)
+  with pytest.raises(errors.UserError, match=r"at acm.py:\d+ in __call__ .*multiples of 16"):
+    onnx_export.to_onnx(fn, (40, 40), tmp_path / "acm.onnx", name="acm_unet")
 
 
 def test_missing_extra_is_one_line_naming_the_extra(monkeypatch):
@@ -161,7 +179,7 @@ def test_missing_extra_is_one_line_naming_the_extra(monkeypatch):
 
   monkeypatch.setattr(builtins, "__import__", without_jax2onnx)
   with pytest.raises(errors.MissingDependencyError,
-                     match=r'needs jax2onnx.*pip install "irst_jax\[onnx\]"'):
+                     match=r'need jax2onnx.*pip install "irst_jax\[onnx\]"'):
     onnx_export.require()
 
 

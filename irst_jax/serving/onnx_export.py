@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import pathlib
 import traceback
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -84,24 +84,68 @@ def network(config: ml_collections.ConfigDict, variables: dict[str, Any], mean: 
   return forward
 
 
-def _model_frame(error: BaseException) -> str:
-  """'file:line in function' of the innermost frame of irst_jax/models in `error`'s traceback
-  (the layer being traced when the converter failed), or ''."""
+def _failed_equation(error: BaseException):
+  """The JAX equation jax2onnx was lowering when it raised `error` (from its traceback), or
+  None for an error raised while tracing."""
+  tb, equation = error.__traceback__, None
+  while tb is not None:
+    candidate = tb.tb_frame.f_locals.get("eqn")
+    if hasattr(candidate, "primitive") and hasattr(candidate, "params"):
+      equation = candidate
+    tb = tb.tb_next
+  return equation
+
+
+def _module_path(fn: Callable, size: tuple[int, int], primitive: str) -> str:
+  """The Flax module path ('ACMUNet/backbone/stem/conv1') of the first `primitive` equation of
+  `fn`, traced again with every module call in a `jax.named_scope` of its name ('' if none)."""
+  import flax.linen as nn
+
+  def scoped(next_fun, args, kwargs, context):
+    with jax.named_scope(context.module.name or type(context.module).__name__):
+      return next_fun(*args, **kwargs)
+
+  def names(equation) -> list[str]:
+    return [getattr(scope, "name", str(scope)) for scope in equation.source_info.name_stack.stack]
+
+  def find(jaxpr, outer: list[str]) -> Optional[list[str]]:
+    for equation in jaxpr.eqns:
+      if equation.primitive.name == primitive:
+        return outer + names(equation)
+      for value in equation.params.values():
+        for sub in (value if isinstance(value, (tuple, list)) else (value,)):
+          sub = getattr(sub, "jaxpr", sub)
+          found = find(sub, outer + names(equation)) if hasattr(sub, "eqns") else None
+          if found is not None:
+            return found
+    return None
+
+  with nn.intercept_methods(scoped), cpu.portable_forms():
+    jaxpr = jax.make_jaxpr(lambda x: fn(x))(jax.ShapeDtypeStruct((1, *size, 1), jnp.float32))
+  found = find(jaxpr.jaxpr, []) or []
+  # a module call may enter its scope twice (method wrappers): keep one of each
+  return "/".join(n for k, n in enumerate(found) if k == 0 or n != found[k - 1])
+
+
+def _failed_layer(error: BaseException, fn: Callable, size: tuple[int, int]) -> str:
+  """Where in the network the converter failed: "layer PATH (JAX primitive 'P')" for a
+  lowering error (PATH the Flax module path of the equation being converted), 'FILE:LINE in
+  FUNCTION (CODE)' for an error raised while tracing the model code (its innermost frame in
+  irst_jax/models), or ''."""
+  equation = _failed_equation(error)
+  if equation is not None:
+    name = equation.primitive.name
+    try:
+      path = _module_path(fn, size, name)
+    except Exception:  # the description of the error must not fail
+      path = ""
+    return f"layer {path} (JAX primitive {name!r})" if path else f"JAX primitive {name!r}"
   frames = [f for f in traceback.extract_tb(error.__traceback__)
             if "irst_jax/models/" in f.filename.replace("\\", "/")]
   if not frames:
     return ""
   f = frames[-1]
   return f"{pathlib.Path(f.filename).name}:{f.lineno} in {f.name} ({f.line})"
-
-
-def _failed_primitive(error: BaseException) -> str:
-  """The JAX primitive a jax2onnx lowering error names ('' if none)."""
-  text = str(error)
-  for marker in ("primitive '", "primitive: ", "No plugin registered for primitive"):
-    if marker in text:
-      return text.split(marker, 1)[1].split("'")[0].split()[0].strip(":'\"")
-  return ""
 
 
 def to_onnx(fn: Callable[[jax.Array], jax.Array], size: tuple[int, int], path: pathlib.Path,
@@ -125,8 +169,7 @@ def to_onnx(fn: Callable[[jax.Array], jax.Array], size: tuple[int, int], path: p
       model = jax2onnx.to_onnx(fn, [spec], model_name=name, opset=OPSET,
                                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
   except Exception as e:  # the converter raises many kinds (NotImplementedError, TypeError, ...)
-    where = _model_frame(e) or (f"JAX primitive {_failed_primitive(e)!r}"
-                                if _failed_primitive(e) else "")
+    where = _failed_layer(e, fn, (height, width))
     raise errors.UserError(
         f"jax2onnx cannot convert {name}"
         f"{f' at {where}' if where else ''}: {type(e).__name__}: "
