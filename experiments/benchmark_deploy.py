@@ -25,6 +25,7 @@ last line. Needs the extras onnx and torch. Results: experiments/results/benchma
 from __future__ import annotations
 
 import collections
+import importlib
 import os
 import statistics
 import sys
@@ -45,7 +46,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from irst_jax import configs, models  # noqa: E402
+from irst_jax import models  # noqa: E402
 from irst_jax.serving import onnx_export  # noqa: E402
 
 _MODEL = flags.DEFINE_enum("model", "acm_unet", ["acm_unet", "dnanet"], "Network.")
@@ -120,7 +121,7 @@ def _print_profile(session) -> None:
 
 def main(argv):
   del argv
-  config = configs.resolve(f"{_MODEL.value}:nuaa_sirst") if hasattr(configs, "resolve") else None
+  config = importlib.import_module(f"irst_jax.configs.{_MODEL.value}").get_config("nuaa_sirst")
   model = models.create_model(config.model)
   n, size = _BATCH.value, _SIZE.value
   variables = jax.tree_util.tree_map(np.asarray, model.init(

@@ -225,8 +225,7 @@ def test_export_command_and_backends_give_the_same_masks_and_detections(
   assert set(manifest["files"]) == {"model.onnx", "model.jaxexport", "weights.npz"}
 
   # the same canvas (64 x 64) for both runtimes: ACM's global attention pools the canvas
-  rng = np.random.default_rng(3)
-  images = [_images((64, 64), seed) .astype(np.uint8) for seed in range(3)]
+  images = [_images((1, 64, 64), seed)[0].astype(np.uint8) for seed in range(3)]
   images[2] = images[2][:50, :41]   # padded inside the canvas
   jax_detector = detector_lib.Detector.from_export(artifact, backend="jax")
   scores = [p.score for p in jax_detector.predict_batch(images, canvas=(64, 64))]
