@@ -32,6 +32,7 @@ def test_portable_max_pools_equal_the_training_forms(shape):
   x[0, :2, :2] = x[0, 0, 0]   # ties
   np.testing.assert_array_equal(layers.max_pool_3x3_s2.portable(x), layers.max_pool_3x3_s2.plain(x))
   np.testing.assert_array_equal(layers.max_pool_2x2.portable(x), layers.max_pool_2x2.plain(x))
+  np.testing.assert_array_equal(layers.max_pool_2x2.plain(x), cpu.pooling.max_pool_2x2(x))
   # hand-computed: a 3x3 / s2 / p1 window of a 2x2 image is the whole image
   ramp = np.arange(4, dtype=np.float32).reshape(1, 2, 2, 1)
   assert layers.max_pool_3x3_s2.portable(ramp).tolist() == [[[[3.0]]]]
@@ -49,16 +50,42 @@ def test_portable_transposed_convolution_equals_the_training_form():
                              rtol=1e-6, atol=1e-6)
 
 
+def test_portable_batch_norm_is_a_multiply_add_equal_to_the_training_form():
+  rng = np.random.default_rng(2)
+  x = rng.normal(3.0, 2.0, (2, 4, 4, 3)).astype(np.float32)
+  mean, bias = rng.normal(size=(2, 3)).astype(np.float32)
+  var, scale = rng.uniform(0.5, 1.5, (2, 3)).astype(np.float32)
+  norm = layers._normalize_with_running_statistics
+  want = norm.plain(x, mean, var, scale, bias, 1e-5)
+  np.testing.assert_allclose(want, (x - mean) / np.sqrt(var + 1e-5) * scale + bias, rtol=1e-5,
+                             atol=1e-5)   # by hand
+  for got in (norm.portable(x, mean, var, scale, bias, 1e-5),   # numpy statistics
+              jax.jit(norm.portable, static_argnums=5)(x, mean, var, scale, bias, 1e-5)):
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-5)
+  with cpu.portable_forms():
+    ops = {e.primitive.name for e in jax.make_jaxpr(
+        lambda v: norm(v, mean, var, scale, bias, 1e-5))(x).jaxpr.eqns}
+  assert {"mul", "add"} <= ops and "sub" not in ops   # statistics folded into constants
+
+
 def test_portable_forms_select_the_portable_layer_only_inside_the_block():
   def ops(x):   # a fresh function each time: jax caches traces by function
-    return {e.primitive.name for e in jax.make_jaxpr(lambda v: layers.max_pool_3x3_s2(v))(x)
-            .jaxpr.eqns}
+    names = set()
+
+    def walk(jaxpr):
+      for e in jaxpr.eqns:
+        names.add(e.primitive.name)
+        for sub in e.params.values():
+          if hasattr(getattr(sub, "jaxpr", sub), "eqns"):
+            walk(getattr(sub, "jaxpr", sub))
+    walk(jax.make_jaxpr(lambda v: layers.max_pool_3x3_s2(v))(x).jaxpr)
+    return names
   x = jnp.zeros((1, 8, 8, 2))
   with cpu.portable_forms():
     inside = ops(x)
-  assert "reduce_window_max" not in inside and "slice" in inside and "max" in inside
+  assert "pad" in inside   # -inf padding, then an unpadded pool
   with cpu.plain_forms():
-    assert "reduce_window_max" in ops(x)
+    assert "pad" not in ops(x) and "reduce_window_max" in ops(x)
   assert cpu._mode == "dispatch"   # restored after the blocks
 
 

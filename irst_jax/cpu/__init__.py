@@ -42,9 +42,11 @@ _mode = "dispatch"
 _F = TypeVar("_F", bound=Callable)
 
 
-def form(cpu_form: Callable, portable: Optional[Callable] = None) -> Callable[[_F], _F]:
+def form(cpu_form: Optional[Callable], portable: Optional[Callable] = None
+         ) -> Callable[[_F], _F]:
   """Decorator: the decorated (plain) function, computed as ``cpu_form`` (same arguments and
-  results) where the program runs on CPU.
+  results) where the program runs on CPU (``cpu_form=None``: the plain function everywhere,
+  the portable form only within :func:`portable_forms`).
 
   The returned function calls ``jax.lax.platform_dependent(cpu=cpu_form, default=plain)`` on
   the call's arguments (arrays and static values alike, closed over); both forms are traced,
@@ -57,10 +59,10 @@ def form(cpu_form: Callable, portable: Optional[Callable] = None) -> Callable[[_
 
     @functools.wraps(plain)
     def dispatch(*args, **kwargs):
-      if _mode == "plain":
-        return plain(*args, **kwargs)
       if _mode == "portable":
         return portable_form(*args, **kwargs)
+      if _mode == "plain" or cpu_form is None:
+        return plain(*args, **kwargs)
       return jax.lax.platform_dependent(cpu=lambda: cpu_form(*args, **kwargs),
                                         default=lambda: plain(*args, **kwargs))
     dispatch.plain, dispatch.cpu_form, dispatch.portable = plain, cpu_form, portable_form

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -37,11 +38,12 @@ def _pool_taps(x):
           for dy in range(3) for dx in range(3)]
 
 
-def max_pool_3x3_s2_taps(x: jax.Array) -> jax.Array:
-  """The forward pass of :func:`max_pool_3x3_s2` alone (the maximum of the nine strided taps
-  of the -inf-padded input; no custom gradient): the portable form of the layer, which ONNX
-  converters express as slices and maxima."""
-  return functools.reduce(jnp.maximum, _pool_taps(x))
+def max_pool_3x3_s2_padded(x: jax.Array) -> jax.Array:
+  """:func:`max_pool_3x3_s2`'s values as the input padded with -inf and pooled without padding
+  (`flax.linen.max_pool`, keywords): the portable form of the layer, which jax2onnx converts
+  to one ONNX MaxPool (its rule for explicit pool padding gives a wrong output shape)."""
+  x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+  return nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding="VALID")
 
 
 def _max_pool_fwd(x):

@@ -14,7 +14,7 @@ The graph (ONNX opset :data:`OPSET`):
   output ``logits``  float32 [b, S, S, 1], pre-sigmoid (``models.final_logits`` under deep
          supervision).
 
-It normalises ``(x - mean) / std`` with the training statistics, repeats the grey channel to
+It normalises ``(x - mean) * (1 / std)`` with the training statistics, repeats the grey channel to
 the model's input channels and runs the network in inference mode (BatchNorm running
 statistics, no dropout). The detector pads each image to S x S with the value ``mean``
 (which the normalisation maps to exactly 0, the padding of the evaluation and of the
@@ -23,11 +23,15 @@ cannot trace the networks with symbolic height and width (its ``jnp.take`` rule 
 symbolic gather indices, its flax ``max_pool`` rule keeps symbolic sides unpooled, and
 ``jax.image.resize`` refuses symbolic shapes).
 
-Layers are traced in their portable forms (:func:`irst_jax.cpu.portable_forms`): the max pools
-as strided slices / reshapes and the 4x4 transposed convolution as a 3x3 convolution to its
-four output phases followed by depth-to-space, whose kernel is rearranged once, in numpy; every
-other layer in its plain form (not the XLA:CPU forms). Those forms give the training forms'
-forward values (tests/test_onnx_export.py). jax2onnx and onnxruntime are imported inside the
+Layers are traced in their portable forms (:func:`irst_jax.cpu.portable_forms`): the 3x3 /
+stride-2 max pool as -inf padding and an unpadded pool (one ONNX MaxPool), the 4x4 transposed
+convolution as a 3x3 convolution to its four output phases followed by depth-to-space (its
+kernel rearranged once, in numpy), inference-mode BatchNorm as a multiply-add with constants
+folded in numpy (fused into the convolution by ONNX Runtime and TensorRT); every other layer
+in its plain form (not the XLA:CPU forms). Those forms give the training forms' forward values
+up to float32 rounding (tests/test_onnx_export.py). ONNX Runtime removes the NHWC <-> NCHW
+transposes jax2onnx puts around each convolution (its transpose optimiser; the benchmark's
+optimised graph keeps 9 of 105 for ACM-U-Net). jax2onnx and onnxruntime are imported inside the
 functions, so importing this module needs neither.
 """
 from __future__ import annotations
@@ -77,8 +81,12 @@ def network(config: ml_collections.ConfigDict, variables: dict[str, Any], mean: 
   in_channels = int(config.model.in_channels)
   mean, std = np.float32(mean), np.float32(std)
 
+  inverse_std = np.float32(1.0) / std
+
   def forward(images):
-    x = jnp.repeat((images - mean) / std, in_channels, axis=-1)
+    # times the reciprocal: a division is several times slower in ONNX Runtime; the padding
+    # (value mean) still normalises to exactly 0
+    x = jnp.repeat((images - mean) * inverse_std, in_channels, axis=-1)
     return models.final_logits(model.apply(variables, x, train=False))
 
   return forward
