@@ -87,6 +87,7 @@ def _ort_runner(path: Path, x: np.ndarray):
     options.optimized_model_filepath = _OPTIMIZED.value
   if _PROFILE.value:
     options.enable_profiling = True
+    options.profile_file_prefix = str(Path(tempfile.gettempdir()) / "benchmark_deploy_ort")
   session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
   feed = {onnx_export.INPUT_NAME: x}
   return (lambda: session.run(None, feed)), session, f"onnxruntime {ort.__version__}"
