@@ -6,7 +6,9 @@
     result.score, result.mask, result.detections
 
 This module imports nothing but the standard library, numpy and jax at import time (and
-scipy, a dependency of jax, when it labels a mask on the host), so that
+scipy, a dependency of jax, when it labels a mask on the host; onnxruntime when an artifact's
+ONNX graph is loaded, :func:`load_onnx`, ``Detector.from_export(dir, backend="onnxruntime")``),
+so that
 an exported artifact (:mod:`irst_jax.serving.export`; a copy of this file is written into it
 as ``irst_detector.py``) runs on a machine without irst_jax's training or model code. It
 imports nothing of irst_jax: the in-framework detector of a workdir is built by
