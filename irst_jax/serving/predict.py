@@ -8,7 +8,8 @@
 
 --model is an exported artifact (irst_jax.serving.export; needs only jax + numpy) or a training
 workdir (its --checkpoint, in-framework). --backend=onnxruntime runs an artifact's model.onnx
-(exported with --format=onnx) under ONNX Runtime instead of its jax.export module. Inputs: PNG, BMP, TIFF, JPEG; 1-bit, 8-bit grey,
+(exported with --format=onnx) under ONNX Runtime instead of its jax.export module.
+Inputs: PNG, BMP, TIFF, JPEG; 1-bit, 8-bit grey,
 palette, RGB(A), 16-bit grey (``I;16``) and 32-bit integer / float grey (TIFF) of any size;
 folders are read non-recursively, globs may use ``**``. Every image's size is read from its
 header first; at most four padded shapes ("canvases", multiples of the model's 32) are planned
