@@ -301,3 +301,9 @@ def test_onnx_backend_errors(tmp_path):
     detector_lib.load_onnx(tmp_path)
   with pytest.raises(ValueError, match="backend must be one of"):
     detector_lib.Detector.from_export(tmp_path, backend="tensorrt")
+
+
+def test_unknown_export_format_is_named(tmp_path):
+  from irst_jax.serving import export
+  with pytest.raises(errors.UserError, match=r"--format=tflite: expected one or more of jax, onnx"):
+    export.export_workdir(tmp_path, formats=["tflite"])
