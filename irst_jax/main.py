@@ -5,6 +5,7 @@
       --config.train.num_epochs=5                          # override any config value
   python -m irst_jax.main --mode=eval --workdir=runs/acm_unet [--checkpoint=latest]
   python -m irst_jax.main --mode=export --workdir=runs/acm_unet [--export_dir=DIR] [--seed_index=I]
+      [--format=jax|onnx|jax,onnx] [--onnx_size=512]   # onnx: the extra irst_jax[onnx]
 
 Several hosts (JAX's multi-controller runtime, `irst_jax.distributed`): the same command on
 every host with `--coordinator_address=HOST:PORT --num_processes=N --process_id=I` (I = 0 on
@@ -39,6 +40,11 @@ _CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", ["best", "latest"],
                                 "Checkpoint evaluated or exported by --mode=eval|export.")
 _EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Artifact directory written by "
                                   "--mode=export (default: WORKDIR/export).")
+_FORMAT = flags.DEFINE_list("format", ["jax"], "Artifact format(s) of --mode=export, "
+                            "comma-separated: jax (jax.export module + weights) and/or onnx "
+                            "(model.onnx, jax2onnx: pip install \"irst_jax[onnx]\").")
+_ONNX_SIZE = flags.DEFINE_integer("onnx_size", None, "Side of the ONNX graph's square input "
+                                  "(a multiple of 32; larger frames are tiled; default 512).")
 _EVAL_DIR = flags.DEFINE_string("eval_dir", None, "Report folder of --mode=eval (metrics.json, "
                                 "roc.png, pr.png, grid.png; default WORKDIR/eval/CHECKPOINT_SPLIT).")
 _PROTOCOL = flags.DEFINE_enum("protocol", None, ["basicirstd", "basicirstd_2023", "dnanet"],
@@ -83,7 +89,8 @@ def main(argv):
     from irst_jax.serving import export
     if distributed.is_primary():   # one artifact: with several processes, process 0 alone
       path = export.export_workdir(_WORKDIR.value, _EXPORT_DIR.value, _CHECKPOINT.value,
-                                   seed_index=_SEED_INDEX.value)
+                                   seed_index=_SEED_INDEX.value, formats=_FORMAT.value,
+                                   onnx_size=_ONNX_SIZE.value)
       print(f"exported the {_CHECKPOINT.value} checkpoint of {_WORKDIR.value} to {path}")
   else:
     values = train.evaluate_workdir(_WORKDIR.value, _CHECKPOINT.value, _CONFIG.value, _SPLIT.value,

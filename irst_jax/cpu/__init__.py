@@ -14,6 +14,11 @@ carries both, each used on its own platform. Measurements: docs/performance.md.
   pooling       max pools without reduce-window or select-and-scatter
   resample      linear resampling with a gathered, not scattered, gradient
 
+A layer may also name a portable form (``form(..., portable=f)``): its forward values in
+operations that ONNX converters and runtimes express exactly (strided slices, reshapes, plain
+convolutions), traced within :func:`portable_forms` by the ONNX export
+(`irst_jax.serving.onnx_export`) instead of the plain form.
+
 Importing this package changes nothing in the process; the CPU process settings (XLA flags,
 malloc) are `irst_jax.platform_settings`, applied by the command-line entry points.
 """
@@ -21,36 +26,46 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, Iterator, Optional, TypeVar
 
 import jax
 
 from irst_jax.cpu import batch_norm, convolution, pooling, resample
 
-__all__ = ["batch_norm", "convolution", "form", "plain_forms", "pooling", "resample"]
+__all__ = ["batch_norm", "convolution", "form", "plain_forms", "pooling", "portable_forms",
+           "resample"]
 
-_plain_only = False
+#: What a function marked with `form` traces: "dispatch" (platform_dependent), "plain" or
+#: "portable" (its portable form where it has one, else its plain form).
+_mode = "dispatch"
 
 _F = TypeVar("_F", bound=Callable)
 
 
-def form(cpu_form: Callable) -> Callable[[_F], _F]:
+def form(cpu_form: Optional[Callable], portable: Optional[Callable] = None
+         ) -> Callable[[_F], _F]:
   """Decorator: the decorated (plain) function, computed as ``cpu_form`` (same arguments and
-  results) where the program runs on CPU.
+  results) where the program runs on CPU (``cpu_form=None``: the plain function everywhere,
+  the portable form only within :func:`portable_forms`).
 
   The returned function calls ``jax.lax.platform_dependent(cpu=cpu_form, default=plain)`` on
   the call's arguments (arrays and static values alike, closed over); both forms are traced,
   only the one of the lowering platform is compiled. It keeps the plain function as
-  ``.plain`` and the CPU form as ``.cpu_form``.
+  ``.plain``, the CPU form as ``.cpu_form`` and the portable form (``portable``, or the plain
+  function when None; same arguments and forward values) as ``.portable``.
   """
   def decorate(plain: _F) -> _F:
+    portable_form = plain if portable is None else portable
+
     @functools.wraps(plain)
     def dispatch(*args, **kwargs):
-      if _plain_only:
+      if _mode == "portable":
+        return portable_form(*args, **kwargs)
+      if _mode == "plain" or cpu_form is None:
         return plain(*args, **kwargs)
       return jax.lax.platform_dependent(cpu=lambda: cpu_form(*args, **kwargs),
                                         default=lambda: plain(*args, **kwargs))
-    dispatch.plain, dispatch.cpu_form = plain, cpu_form
+    dispatch.plain, dispatch.cpu_form, dispatch.portable = plain, cpu_form, portable_form
     return dispatch
   return decorate
 
@@ -60,9 +75,25 @@ def plain_forms() -> Iterator[None]:
   """Within the block, functions marked with :func:`form` trace their plain form on every
   platform, CPU included (for counting a network's own operations: irst_jax.serving.profile).
   Affects tracing only: call a fresh `jax.jit` inside the block."""
-  global _plain_only
-  previous, _plain_only = _plain_only, True
+  with _forms("plain"):
+    yield
+
+
+@contextlib.contextmanager
+def portable_forms() -> Iterator[None]:
+  """Within the block, functions marked with :func:`form` trace their portable form (their
+  plain form where they name none) on every platform: the forward pass in operations an ONNX
+  converter expresses exactly (irst_jax.serving.onnx_export). Forward values only (no custom
+  gradients); affects tracing only."""
+  with _forms("portable"):
+    yield
+
+
+@contextlib.contextmanager
+def _forms(mode: str) -> Iterator[None]:
+  global _mode
+  previous, _mode = _mode, mode
   try:
     yield
   finally:
-    _plain_only = previous
+    _mode = previous

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -35,6 +36,14 @@ def _pool_taps(x):
   return [jax.lax.slice(padded, (0, dy, dx, 0), (n, dy + 2 * ho - 1, dx + 2 * wo - 1, c),
                         (1, 2, 2, 1))
           for dy in range(3) for dx in range(3)]
+
+
+def max_pool_3x3_s2_padded(x: jax.Array) -> jax.Array:
+  """:func:`max_pool_3x3_s2`'s values as the input padded with -inf and pooled without padding
+  (`flax.linen.max_pool`, keywords): the portable form of the layer, which jax2onnx converts
+  to one ONNX MaxPool (its rule for explicit pool padding gives a wrong output shape)."""
+  x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+  return nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding="VALID")
 
 
 def _max_pool_fwd(x):

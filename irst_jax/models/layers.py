@@ -7,7 +7,9 @@ model runs inside `jax.pmap` with `axis_name` set, batch statistics are averaged
 devices (synchronised BatchNorm).
 
 Functions marked `@cpu.form(...)` are computed, where the program runs on CPU, by the form
-named there (`irst_jax.cpu`: same values and gradients).
+named there (`irst_jax.cpu`: same values and gradients); the ONNX export traces their portable
+forms (`irst_jax.cpu.portable_forms`: same forward values, in operations jax2onnx converts
+exactly: max pools as strided slices or reshapes, the transposed convolution as a plain one).
 """
 from __future__ import annotations
 
@@ -46,6 +48,26 @@ def _normalize_with_batch_statistics(x: jax.Array, scale: jax.Array, bias: jax.A
   return y, jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var)
 
 
+def _affine_with_running_statistics(x, mean, var, scale, bias, epsilon):
+  """`_normalize_with_running_statistics` as ``x * a + b``, ``a = rsqrt(var + eps) * scale``,
+  ``b = bias - mean * a`` (computed once in numpy when the statistics are concrete, as in an
+  export): the portable form, a multiply-add that ONNX Runtime and TensorRT fold into the
+  preceding convolution. Equal up to float32 rounding (the mean is subtracted after scaling)."""
+  if not any(isinstance(v, jax.core.Tracer) for v in (mean, var, scale, bias)):
+    mean, var, scale, bias = (np.asarray(v, np.float32) for v in (mean, var, scale, bias))
+    a = (scale / np.sqrt(var + np.float32(epsilon))).astype(np.float32)
+    return x * a + (bias - mean * a).astype(np.float32)
+  a = jax.lax.rsqrt(var + epsilon) * scale
+  return x * a + (bias - mean * a)
+
+
+@cpu.form(None, portable=_affine_with_running_statistics)
+def _normalize_with_running_statistics(x, mean, var, scale, bias, epsilon):
+  """Inference-mode BatchNorm of NHWC `x` [..., C] with running statistics [C]:
+  ``(x - mean) * (rsqrt(var + eps) * scale) + bias`` (flax.linen.BatchNorm's)."""
+  return (x - mean) * (jax.lax.rsqrt(var + epsilon) * scale) + bias
+
+
 class BatchNorm(nn.Module):
   """`flax.linen.BatchNorm` on NHWC input (feature axis -1, scale and bias), with PyTorch's
   running variance as an option.
@@ -73,7 +95,8 @@ class BatchNorm(nn.Module):
     scale = self.param("scale", nn.initializers.ones, features, jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, features, jnp.float32)
     if use_running_average:
-      return (x - ra_mean.value) * (jax.lax.rsqrt(ra_var.value + self.epsilon) * scale) + bias
+      return _normalize_with_running_statistics(x, ra_mean.value, ra_var.value, scale, bias,
+                                                self.epsilon)
     axis_name = None if self.is_initializing() else self.axis_name
     y, mean, var = _normalize_with_batch_statistics(x, scale, bias, self.epsilon, axis_name)
     if not self.is_initializing():
@@ -121,7 +144,7 @@ def conv(features: int, kernel: int = 3, strides: int = 1, use_bias: bool = Fals
               use_bias=use_bias, kernel_init=he_normal, name=name)
 
 
-@cpu.form(cpu.pooling.max_pool_3x3_s2)
+@cpu.form(cpu.pooling.max_pool_3x3_s2, portable=cpu.pooling.max_pool_3x3_s2_padded)
 def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
   """PyTorch `MaxPool2d(3, stride=2, padding=1)` on NHWC input (padding never wins):
   [N, H, W, C] -> [N, ceil(H/2), ceil(W/2), C]."""
@@ -131,8 +154,9 @@ def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
 @cpu.form(cpu.pooling.max_pool_2x2)
 def max_pool_2x2(x: jax.Array) -> jax.Array:
   """PyTorch `MaxPool2d(2, 2)` on NHWC input [N, H, W, C] -> [N, H // 2, W // 2, C] (odd
-  trailing rows/columns dropped, as PyTorch's floor mode)."""
-  return nn.max_pool(x, (2, 2), strides=(2, 2))
+  trailing rows/columns dropped, as PyTorch's floor mode). Keyword arguments: jax2onnx's
+  rule for `flax.linen.max_pool` takes no others (also the portable form)."""
+  return nn.max_pool(x, window_shape=(2, 2), strides=(2, 2), padding="VALID")
 
 
 class BasicBlock(nn.Module):
@@ -174,7 +198,8 @@ class ResidualStage(nn.Module):
     return x
 
 
-@cpu.form(cpu.convolution.conv_transpose_4x4_s2)
+@cpu.form(cpu.convolution.conv_transpose_4x4_s2,
+          portable=cpu.convolution.sub_pixel_conv_transpose)
 def conv_transpose_4x4_s2(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """PyTorch `ConvTranspose2d(kernel_size=4, stride=2, padding=1)` of NHWC `x` [N, H, W, I]
   with `kernel` [4, 4, I, O] (kernel[ky, kx, i, o] = torch_weight[i, o, ky, kx]), no bias ->

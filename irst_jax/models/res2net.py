@@ -62,13 +62,18 @@ class Bottle2neck(nn.Module):
       outputs.append(y)
     last = splits[-1]
     if self.stage:
-      last = nn.avg_pool(last, (3, 3), (self.strides, self.strides), ((1, 1), (1, 1)))
+      # avg_pool with zero padding ((1, 1), (1, 1)) counted in the mean, as zero-padding then
+      # an unpadded pool (the form jax2onnx converts: irst_jax.serving.onnx_export)
+      last = jnp.pad(last, ((0, 0), (1, 1), (1, 1), (0, 0)))
+      last = nn.avg_pool(last, window_shape=(3, 3), strides=(self.strides, self.strides),
+                         padding="VALID")
     out = jnp.concatenate(outputs + [last], axis=-1)
     out = self.norm(name="bn3")(layers.conv(4 * self.planes, 1, name="conv3")(out))
     residual = x
     if self.stage:
       if self.strides > 1:
-        residual = nn.avg_pool(x, (self.strides, self.strides), (self.strides, self.strides))
+        residual = nn.avg_pool(x, window_shape=(self.strides, self.strides),
+                               strides=(self.strides, self.strides))
       residual = self.norm(name="downsample_bn")(
           layers.conv(4 * self.planes, 1, name="downsample_conv")(residual))
     return nn.relu(out + residual)

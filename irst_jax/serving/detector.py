@@ -6,7 +6,9 @@
     result.score, result.mask, result.detections
 
 This module imports nothing but the standard library, numpy and jax at import time (and
-scipy, a dependency of jax, when it labels a mask on the host), so that
+scipy, a dependency of jax, when it labels a mask on the host; onnxruntime when an artifact's
+ONNX graph is loaded, :func:`load_onnx`, ``Detector.from_export(dir, backend="onnxruntime")``),
+so that
 an exported artifact (:mod:`irst_jax.serving.export`; a copy of this file is written into it
 as ``irst_detector.py``) runs on a machine without irst_jax's training or model code. It
 imports nothing of irst_jax: the in-framework detector of a workdir is built by
@@ -76,6 +78,11 @@ FORMAT_VERSION = 2
 #: written before the serving package carry it too), so it stays as it was.
 FORMAT_NAME = "irst_jax.export"
 MODULE_FILE = "model.jaxexport"
+#: The ONNX graph of an export with --format=onnx (irst_jax.serving.onnx_export).
+ONNX_FILE = "model.onnx"
+#: Runtimes of :meth:`Detector.from_export`: the jax.export module, or model.onnx under
+#: ONNX Runtime.
+BACKENDS = ("jax", "onnxruntime")
 WEIGHTS_FILE = "weights.npz"
 MANIFEST_FILE = "manifest.json"
 #: Largest image side the exported module accepts (int32 component labels).
@@ -347,6 +354,64 @@ def load_export(path: str | pathlib.Path) -> tuple[Forward, dict[str, Any]]:
   return (lambda images, sizes, threshold: call(weights, images, sizes, threshold)), manifest
 
 
+def load_onnx(path: str | pathlib.Path, providers: Optional[Sequence[str]] = None
+              ) -> tuple[Forward, dict[str, Any]]:
+  """Loads the ONNX graph of an exported artifact (its directory or manifest.json) into an
+  ONNX Runtime session: (forward, manifest), forward with the signature of
+  :func:`load_export`'s.
+
+  The graph (``irst_jax.serving.onnx_export``) takes grey images [b, S, S, 1] (0..255) of one
+  side S (the manifest's ``onnx.side``) and returns logits; forward pads each image of the
+  canvas [B, H, W, 1] (H, W <= S) to S x S with the training mean (which the graph's
+  normalisation maps to 0, the padding of the jax.export module), crops the logits back to
+  H x W and labels the 8-connected components of ``logits > logit_threshold`` inside each
+  image on the host (:func:`label_mask`; none for an infinite threshold).
+
+  Args:
+    providers: ONNX Runtime execution providers (default: those available, e.g. CUDA, CPU).
+
+  Raises:
+    ArtifactError: no ONNX graph in the artifact (exported without --format=onnx), missing
+      or damaged file; ImportError: onnxruntime is not installed.
+  """
+  directory = pathlib.Path(path)
+  if directory.name == MANIFEST_FILE:
+    directory = directory.parent
+  manifest = read_manifest(directory)
+  spec = manifest.get("onnx")
+  if not isinstance(spec, dict) or "side" not in spec:
+    raise ArtifactError(f"{directory} holds no ONNX graph ({ONNX_FILE}); export the workdir with "
+                        "--format=onnx (or --format=jax,onnx)")
+  model_path = _checked_file(directory, manifest, spec.get("file", ONNX_FILE))
+  try:
+    import onnxruntime  # optional: the onnxruntime backend only
+  except ImportError as e:
+    raise ImportError(f"the onnxruntime backend needs ONNX Runtime ({e}): pip install "
+                      "onnxruntime (or \"irst_jax[onnx]\")") from e
+  session = onnxruntime.InferenceSession(
+      str(model_path), providers=list(providers or onnxruntime.get_available_providers()))
+  side, pad = int(spec["side"]), np.float32(spec["pad_value"])
+  input_name = spec.get("input", {}).get("name", "images")
+
+  def forward(images, sizes, logit_threshold):
+    images, sizes = np.asarray(images, np.float32), np.asarray(sizes)
+    count, height, width, _ = images.shape
+    if height > side or width > side:
+      raise ValueError(f"canvas {height}x{width} is larger than the ONNX graph's {side}x{side} "
+                       f"({model_path}); tile the frame or re-export with a larger --onnx_size")
+    canvas = np.full((count, side, side, 1), pad, np.float32)
+    for i, (h, w) in enumerate(sizes):
+      canvas[i, :h, :w] = images[i, :h, :w]
+    logits = session.run(None, {input_name: canvas})[0][:, :height, :width]
+    labels = np.zeros((count, height, width), np.int32)
+    if np.isfinite(logit_threshold):
+      for i, (h, w) in enumerate(sizes):
+        labels[i, :h, :w] = label_mask(logits[i, :h, :w, 0] > logit_threshold)
+    return logits, labels
+
+  return forward, manifest
+
+
 #: A transform of the dihedral group: (transpose, flip rows (vertical), flip columns
 #: (horizontal)), applied in that order; see :func:`apply_transform`.
 Transform = tuple[bool, bool, bool]
@@ -491,9 +556,32 @@ class Detector:
       raise ValueError(f"tile must be 0 (no tiling), positive or None (automatic), got {tile}")
 
   @classmethod
-  def from_export(cls, path: str | pathlib.Path, **kwargs) -> "Detector":
-    """The detector of an exported artifact directory; needs only jax and numpy."""
-    return cls(*load_export(path), **kwargs)
+  def from_export(cls, path: str | pathlib.Path, backend: str = "jax", **kwargs) -> "Detector":
+    """The detector of an exported artifact directory.
+
+    Args:
+      backend: "jax" (the jax.export module: needs only jax and numpy) or "onnxruntime"
+        (model.onnx, :func:`load_onnx`: needs onnxruntime). The ONNX graph has one input
+        side S: frames with a side above S are tiled in tiles of S (``tile`` defaults to S
+        and may not exceed it).
+      kwargs: :class:`Detector`'s arguments.
+
+    Raises:
+      ValueError: unknown backend, a tile above the ONNX graph's side; what
+        :func:`load_export` / :func:`load_onnx` and :class:`Detector` raise.
+    """
+    if backend == "jax":
+      return cls(*load_export(path), **kwargs)
+    if backend != "onnxruntime":
+      raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    forward, manifest = load_onnx(path)
+    side = int(manifest["onnx"]["side"])
+    if kwargs.get("tile") is None:
+      kwargs["tile"] = side
+    elif not 0 < kwargs["tile"] <= side:
+      raise ValueError(f"tile {kwargs['tile']}: the ONNX graph of {path} takes frames of at "
+                       f"most {side}x{side}; expected a tile in 1..{side}")
+    return cls(forward, manifest, **kwargs)
 
   @property
   def pad_multiple(self) -> int:

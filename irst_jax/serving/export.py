@@ -1,7 +1,7 @@
 """Export a workdir's checkpoint as a self-contained artifact: jax.export module + weights.
 
     python -m irst_jax.main --mode=export --workdir=runs/acm_unet [--checkpoint=best|latest]
-        [--export_dir=runs/acm_unet/export]
+        [--export_dir=runs/acm_unet/export] [--format=jax|onnx|jax,onnx] [--onnx_size=512]
 
 Artifact (a directory; read by :func:`irst_jax.serving.detector.load_export`, which needs
 only jax and numpy):
@@ -21,6 +21,10 @@ only jax and numpy):
                     constraint, platforms, library versions, sha256 of both files.
   irst_detector.py  a copy of irst_jax/serving/detector.py: ``from irst_detector import Detector;
                     Detector.from_export(dir)`` without irst_jax installed.
+  model.onnx        with ``--format=onnx`` (or ``jax,onnx``): the network as an ONNX graph
+                    (:mod:`irst_jax.serving.onnx_export`; the manifest's ``onnx`` section);
+                    ``Detector.from_export(dir, backend="onnxruntime")`` runs it. With
+                    ``--format=onnx`` alone, model.jaxexport and weights.npz are not written.
 
 Divisibility and padding: every irst_jax model needs H and W divisible by 32 (five stride-2
 stages in DNA-Net; ACM-U-Net / FPN need 16). The module treats every pixel outside an image's
@@ -255,36 +259,61 @@ def export_forward(forward: Callable, weights: dict[str, np.ndarray],
       jax.ShapeDtypeStruct((b, 2), jnp.int32), jax.ShapeDtypeStruct((), jnp.float32))
 
 
+#: Artifact formats of :func:`export_workdir` (``--format``).
+FORMATS = ("jax", "onnx")
+
+
 def export_workdir(workdir: str | pathlib.Path, output: Optional[str | pathlib.Path] = None,
                    checkpoint: str = "best", step: Optional[int] = None,
                    platforms: Sequence[str] = DEFAULT_PLATFORMS,
-                   seed_index: Optional[int] = None) -> pathlib.Path:
+                   seed_index: Optional[int] = None, formats: Sequence[str] = ("jax",),
+                   onnx_size: Optional[int] = None) -> pathlib.Path:
   """Writes the artifact of a workdir's checkpoint into `output` (default workdir/export):
   replica `seed_index` of a several-seed run (:func:`load_workdir`).
 
+  `formats`: "jax" (model.jaxexport + weights.npz) and/or "onnx" (model.onnx of side
+  `onnx_size`, default ``onnx_export.DEFAULT_SIZE``; needs the extra ``irst_jax[onnx]``).
+
   Returns the artifact directory. Raises what :func:`load_workdir` and
-  ``pipeline.dataset_info`` raise (no checkpoint, dataset not prepared/found).
+  ``pipeline.dataset_info`` raise (no checkpoint, dataset not prepared/found), a UserError
+  for an unknown or empty `formats`, and what ``onnx_export.export_onnx`` raises (package
+  missing, a layer the converter cannot express, a bad side).
   """
+  formats = tuple(dict.fromkeys(formats))
+  if not formats or any(f not in FORMATS for f in formats):
+    raise errors.UserError(f"--format={','.join(formats)}: expected one or more of "
+                           f"{', '.join(FORMATS)} (comma-separated)")
+  if "onnx" in formats:
+    from irst_jax.serving import onnx_export   # the optional extra irst_jax[onnx]
+    onnx_export.require()
   workdir = pathlib.Path(workdir).absolute()
   output = pathlib.Path(output) if output is not None else workdir / "export"
   config, variables, step = load_workdir(workdir, checkpoint, step, seed_index)
   info = pipeline.dataset_info(config.dataset)
-  weights = flatten(variables)
-  exported = export_forward(make_forward(config, info.mean, info.std), weights, platforms)
-  output.mkdir(parents=True, exist_ok=True)
-  (output / detector.MODULE_FILE).write_bytes(exported.serialize())
-  np.savez(output / detector.WEIGHTS_FILE, **weights)
-  shutil.copyfile(detector.__file__, output / "irst_detector.py")
   manifest = _manifest(config, workdir, checkpoint, step, info)
+  files = []
+  output.mkdir(parents=True, exist_ok=True)
+  if "jax" in formats:
+    weights = flatten(variables)
+    exported = export_forward(make_forward(config, info.mean, info.std), weights, platforms)
+    (output / detector.MODULE_FILE).write_bytes(exported.serialize())
+    np.savez(output / detector.WEIGHTS_FILE, **weights)
+    files += [detector.MODULE_FILE, detector.WEIGHTS_FILE]
+    manifest.update(platforms=list(exported.platforms),
+                    calling_convention_version=exported.calling_convention_version)
+  if "onnx" in formats:
+    side = onnx_export.DEFAULT_SIZE if onnx_size is None else int(onnx_size)
+    manifest["onnx"] = onnx_export.export_onnx(config, variables, info.mean, info.std,
+                                               output / detector.ONNX_FILE, side)
+    files.append(detector.ONNX_FILE)
+  shutil.copyfile(detector.__file__, output / "irst_detector.py")
   manifest.update(
-      platforms=list(exported.platforms),
-      calling_convention_version=exported.calling_convention_version,
       versions={"irst_jax": irst_jax.__version__, "jax": jax.__version__,
                 "jaxlib": jaxlib.__version__,
                 "flax": flax.__version__, "numpy": np.__version__,
                 "python": platform.python_version()},
       files={name: {"sha256": detector.sha256(output / name),
                     "bytes": (output / name).stat().st_size}
-             for name in (detector.MODULE_FILE, detector.WEIGHTS_FILE)})
+             for name in files})
   (output / detector.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
   return output

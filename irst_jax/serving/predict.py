@@ -7,7 +7,9 @@
   python -m irst_jax.predict --model=runs/acm_unet/export --input=clip.mp4 --save_video --tta=flips
 
 --model is an exported artifact (irst_jax.serving.export; needs only jax + numpy) or a training
-workdir (its --checkpoint, in-framework). Inputs: PNG, BMP, TIFF, JPEG; 1-bit, 8-bit grey,
+workdir (its --checkpoint, in-framework). --backend=onnxruntime runs an artifact's model.onnx
+(exported with --format=onnx) under ONNX Runtime instead of its jax.export module.
+Inputs: PNG, BMP, TIFF, JPEG; 1-bit, 8-bit grey,
 palette, RGB(A), 16-bit grey (``I;16``) and 32-bit integer / float grey (TIFF) of any size;
 folders are read non-recursively, globs may use ``**``. Every image's size is read from its
 header first; at most four padded shapes ("canvases", multiples of the model's 32) are planned
@@ -160,21 +162,35 @@ def output_names(files: list[pathlib.Path]) -> list[str]:
 
 
 def load_detector(model: str | pathlib.Path, checkpoint: str = "best",
-                  seed_index: Optional[int] = None, **kwargs) -> detector_lib.Detector:
+                  seed_index: Optional[int] = None, backend: str = "jax",
+                  **kwargs) -> detector_lib.Detector:
   """A Detector from an exported artifact directory or a training workdir (of a run of
   several seeds: replica `seed_index`, default the best, `export.load_workdir`).
+
+  `backend`: "jax" or "onnxruntime" (an artifact exported with --format=onnx; see
+  ``Detector.from_export``).
 
   Raises:
     FileNotFoundError: `model` is neither (naming what was looked for).
     errors.UserError: `seed_index` given for an artifact (it holds one replica), or out of
-      range for the workdir.
+      range for the workdir; the onnxruntime backend with a workdir.
+    errors.MissingDependencyError: the onnxruntime backend without onnxruntime installed.
   """
   path = pathlib.Path(model)
+  if backend == "onnxruntime":
+    try:
+      import onnxruntime  # noqa: F401  (checked here for a one-line error)
+    except ImportError as e:
+      raise errors.MissingDependencyError(f"--backend=onnxruntime needs ONNX Runtime ({e}): "
+                                          'pip install "irst_jax[onnx]"') from e
   if (path / detector_lib.MANIFEST_FILE).is_file() or path.name == detector_lib.MANIFEST_FILE:
     if seed_index is not None:
       raise errors.UserError(f"--seed_index={seed_index}: {path} is an exported detector, which "
                              "holds one replica; give a training workdir to choose one")
-    return detector_lib.Detector.from_export(path, **kwargs)
+    return detector_lib.Detector.from_export(path, backend=backend, **kwargs)
+  if backend != "jax":
+    raise errors.UserError(f"--backend={backend} runs an exported artifact; {path} is not one "
+                           "(export it with --mode=export --format=onnx)")
   if (path / "config.json").is_file():
     # Imported here: an artifact's detector needs neither Flax nor the models (export's imports).
     from irst_jax.serving import export
@@ -372,6 +388,9 @@ def define_flags() -> None:
   """The command's flags; defined only when run as a command, since other irst_jax commands
   (irst_jax.main) define flags of the same names."""
   flags.DEFINE_string("model", None, "Exported artifact directory or training workdir.")
+  flags.DEFINE_enum("backend", "jax", list(detector_lib.BACKENDS), "Runtime of an exported "
+                    "artifact: its jax.export module, or its model.onnx under ONNX Runtime "
+                    "(exported with --format=onnx; pip install \"irst_jax[onnx]\").")
   flags.DEFINE_multi_string("input", None, "Image file, folder or glob (repeatable).")
   flags.DEFINE_string("output", None, "Output directory.")
   flags.DEFINE_enum("checkpoint", "best", ["best", "latest"],
@@ -402,7 +421,8 @@ def main(argv) -> Optional[int]:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   compilation_cache.enable()
   f = flags.FLAGS
-  detector = load_detector(f.model, f.checkpoint, seed_index=f.seed_index, threshold=f.threshold,
+  detector = load_detector(f.model, f.checkpoint, seed_index=f.seed_index, backend=f.backend,
+                           threshold=f.threshold,
                            uint16_scaling=f.uint16_scaling, tta=f.tta, tile=f.tile,
                            overlap=f.overlap, tile_batch=f.tile_batch)
   report = run(detector, f.input, f.output, save_scores=f.save_scores, batch_size=f.batch_size,
