@@ -718,7 +718,6 @@ def _train_and_evaluate(given: ml_collections.ConfigDict, config: ml_collections
 def _train_loop(config: ml_collections.ConfigDict, workdir_path: pathlib.Path, model,
                 schedule: optax.Schedule, state: TrainState, store: checkpoints.CheckpointStore,
                 start_epoch: int, skip_steps: int, steps_per_epoch: int) -> dict[str, Any]:
-  num_devices = jax.local_device_count()
   num_epochs = config.train.num_epochs
   eval_step = make_eval_step(model, config.eval)
   restored_step = int(state.step)
