@@ -1,14 +1,14 @@
-"""Test-time augmentation of --mode=eval (`eval.tta`): predict's transforms inside the eval step."""
-import json
+"""Test-time augmentation of --mode=eval (`eval.tta`): predict's transforms inside the eval step.
 
+TTA's transforms and averaging do not depend on the network: tiny flax networks (one that
+commutes with the flips, one that does not) keep the compilations to seconds."""
 import flax
 import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 
-from configs import acm_unet
-from irst_jax import optim, train
+from irst_jax import train
 from irst_jax.evaluation import tta as tta_lib
 from irst_jax.serving import detector
 from tests.test_main import _tiny_config
@@ -16,40 +16,55 @@ from tests.test_main import _tiny_config
 SIZES = [(32, 32), (27, 30)]   # two images of one padded 32 x 32 batch
 
 
-def _config(tta="none"):
-  config = acm_unet.get_config("nuaa_sirst,smoke")
-  config.model.channels = (4, 8, 8, 16)   # _tiny_config's network
-  config.model.num_blocks = 1
-  config.eval.tta = tta
-  config.eval.roc_thresholds = ()          # the sweep is not what is tested here
-  return config
+class _Conv(nn.Module):
+  """Does not commute with the flips: 3 x 3 convolutions with random kernels."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = nn.tanh(nn.Conv(4, (3, 3))(x))
+    return nn.Conv(1, (3, 3))(x) + 0.3
 
 
-@pytest.fixture(scope="module")
-def acm_state():
-  config = _config()
-  model = train.models.create_model(config.model, axis_name=train.AXIS)
-  tx, _ = optim.create_optimizer(config.optim, 1, 1)
-  return model, train.replicate(train.create_train_state(model, config, tx, (1, 32, 32, 1)))
+class _Pointwise(nn.Module):
+  """Commutes with the flips and the transpose: a 1 x 1 convolution."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    return nn.Conv(1, (1, 1), kernel_init=nn.initializers.constant(2.0),
+                   bias_init=nn.initializers.constant(-0.5))(x)
 
 
-def _batch(images):
-  """An eval batch [1, b, 32, 32, 1] of images [h, w] at the top-left (one device)."""
-  image = np.zeros((1, len(images), 32, 32, 1), np.float32)
+@flax.struct.dataclass
+class _State:
+  params: dict
+  batch_stats: dict
+
+
+def _variables(model):
+  params = model.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 1), np.float32))["params"]
+  return {"params": params}
+
+
+_FUNCTIONS = {}
+
+
+def _scores(images, tta, model=_Conv()):
+  """Score maps [h, w] of `images` (in one zero-padded 32 x 32 batch) under TTA mode `tta`:
+  `tta.average_scores` of the network jitted on the batch (sizes from `valid`, as the eval
+  step does); with 'none', the sigmoid of the network on the batch."""
+  image = np.zeros((len(images), 32, 32, 1), np.float32)
   valid = np.zeros_like(image)
-  mask = np.zeros_like(image)
   for i, x in enumerate(images):
-    h, w = x.shape
-    image[0, i, :h, :w, 0] = x
-    valid[0, i, :h, :w, 0] = 1.0
-    mask[0, i, h // 2, w // 3, 0] = 1.0
-  return {"image": image, "mask": mask, "valid": valid}
-
-
-def _scores(model, state, images, tta):
-  out = train.make_eval_step(model, _config(tta).eval, curves=True)(state, _batch(images))
-  scores = np.asarray(out["scores"])[0, ..., 0]
-  return [s[:x.shape[0], :x.shape[1]] for s, x in zip(scores, images)], out
+    image[i, :x.shape[0], :x.shape[1], 0] = x
+    valid[i, :x.shape[0], :x.shape[1], 0] = 1.0
+  if tta not in _FUNCTIONS:
+    variables = _variables(model)
+    net = lambda x: model.apply(variables, x)
+    _FUNCTIONS[tta] = jax.jit(
+        (lambda x, v: jax.nn.sigmoid(net(x))) if tta == "none"
+        else (lambda x, v: tta_lib.average_scores(net, x, tta_lib.image_sizes(v), tta)))
+  scores = np.asarray(_FUNCTIONS[tta](image, valid))[..., 0]
+  return [s[:x.shape[0], :x.shape[1]] for s, x in zip(scores, images)]
 
 
 def _random_images(seed=0):
@@ -63,6 +78,7 @@ def test_modes_and_transforms_are_predicts():
   x[1, 4:] = -1.0
   x[1, :, 6:] = -1.0
   sizes = np.array([[5, 7], [4, 6]], np.int32)
+  np.testing.assert_array_equal(tta_lib.image_sizes((x > -1)[..., None]), sizes)
   for mode in tta_lib.TTA_MODES:
     assert tta_lib.transforms(mode) == detector.tta_transforms(mode)
     for t in tta_lib.transforms(mode):
@@ -73,7 +89,7 @@ def test_modes_and_transforms_are_predicts():
         hm, wm = expected.shape
         assert tuple(np.asarray(moved_sizes[i])) == (hm, wm)
         np.testing.assert_array_equal(moved[i, :hm, :wm], expected)
-        assert (moved[i, hm:] == -1.0).all() and (moved[i, :, wm:] == -1.0).all() or i == 0
+      assert (moved[1, hm:] == -1.0).all() and (moved[1, :, wm:] == -1.0).all()   # padding
       back = tta_lib.invert_transform(moved[..., None], np.asarray(moved_sizes), t)
       np.testing.assert_array_equal(np.asarray(back)[..., 0], x)
   with pytest.raises(ValueError, match="eval.tta='rot90'"):
@@ -81,91 +97,68 @@ def test_modes_and_transforms_are_predicts():
 
 
 @pytest.mark.parametrize("mode", ["flips", "flips_transpose"])
-def test_eval_tta_is_the_mean_probability_of_the_transformed_images(acm_state, mode):
-  """Independent check: predict's numpy transforms of each image, the no-TTA eval step on each,
-  the probabilities mapped back and averaged. TTA changes the scores of a non-symmetric image."""
-  model, state = acm_state
+def test_tta_is_the_mean_probability_of_the_transformed_images(mode):
+  """Independent check: predict's numpy transforms of each image, the network on each, the
+  probabilities mapped back and averaged. TTA changes the scores of a non-symmetric image."""
   images = _random_images()
-  got, _ = _scores(model, state, images, mode)
+  got = _scores(images, mode)
   transforms = detector.tta_transforms(mode)
   expected = [np.zeros(x.shape, np.float64) for x in images]
   for t in transforms:
     moved = [np.ascontiguousarray(detector.apply_transform(x, t)) for x in images]
-    scores, _ = _scores(model, state, moved, "none")
-    for e, s in zip(expected, scores):
+    for e, s in zip(expected, _scores(moved, "none")):
       e += detector.invert_transform(s, t) / len(transforms)
-  plain, _ = _scores(model, state, images, "none")
-  for g, e, p in zip(got, expected, plain):
+  for g, e, p in zip(got, expected, _scores(images, "none")):
     assert 0.0 < p.min() < p.max() < 1.0   # not saturated: the comparisons mean something
     np.testing.assert_allclose(g, e, rtol=0, atol=2e-6)
     assert np.abs(g - p).max() > 1e-3
 
 
-def test_eval_tta_is_exactly_equivariant(acm_state):
+def test_tta_is_exactly_equivariant():
   """TTA of flipped (transposed) images is the flipped TTA, bit for bit; so on an image
-  symmetric under the flips the TTA map is exactly symmetric."""
-  model, state = acm_state
+  symmetric under the flips the TTA map is exactly symmetric, the network's own is not."""
   images = _random_images(1)
-  got, _ = _scores(model, state, images, "flips_transpose")
+  got = _scores(images, "flips_transpose")
   for t in [(False, True, False), (False, False, True), (True, True, False)]:
     moved = [np.ascontiguousarray(detector.apply_transform(x, t)) for x in images]
-    moved_got, _ = _scores(model, state, moved, "flips_transpose")
-    for g, m in zip(got, moved_got):
+    for g, m in zip(got, _scores(moved, "flips_transpose")):
       np.testing.assert_array_equal(m, detector.apply_transform(g, t))
-  x = images[1]
-  symmetric = [x + x[::-1] + x[:, ::-1] + x[::-1, ::-1]]   # 27 x 30
-  (s,), _ = _scores(model, state, symmetric, "flips")
+  top = np.concatenate([images[1][:14, :15], images[1][:14, :15][:, ::-1]], axis=1)
+  symmetric = [np.concatenate([top, top[-2::-1]])]   # 27 x 30, mirrored copies
+  np.testing.assert_array_equal(symmetric[0], symmetric[0][::-1, ::-1])
+  (s,) = _scores(symmetric, "flips")
   np.testing.assert_array_equal(s, s[::-1])
   np.testing.assert_array_equal(s, s[:, ::-1])
-  (plain,), _ = _scores(model, state, symmetric, "none")
-  assert np.abs(plain - plain[::-1]).max() > 1e-4   # the network alone is not symmetric
+  (plain,) = _scores(symmetric, "none")
+  assert np.abs(plain - plain[::-1]).max() > 1e-4
 
 
-@flax.struct.dataclass
-class _State:
-  params: dict
-  batch_stats: dict
+def _evaluate(config, model, mode):
+  config.eval.tta = mode
+  state = train.replicate(_State(params=_variables(model)["params"], batch_stats={}))
+  return train.evaluate(train.make_eval_step(model, config.eval, curves=True), state, config,
+                        "test", keep_images=6)
 
 
-class _Pointwise(nn.Module):
-  """A flip- and transpose-equivariant network: a 1 x 1 convolution."""
-
-  @nn.compact
-  def __call__(self, x, train=False):
-    return nn.Conv(1, (1, 1), kernel_init=nn.initializers.constant(2.0),
-                   bias_init=nn.initializers.constant(-0.5))(x)
-
-
-@pytest.mark.parametrize("mode", ["flips", "flips_transpose"])
-def test_eval_tta_of_an_equivariant_network_equals_no_tta(mode):
-  """With a network that commutes with the flips, every transform's probability maps back to
-  the same value, and TTA gives the scores and statistics of no TTA exactly."""
-  model = _Pointwise()
-  params = model.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 1), np.float32))["params"]
-  state = train.replicate(_State(params=params, batch_stats={}))
-  images = _random_images(2)
-  got, out = _scores(model, state, images, mode)
-  plain, plain_out = _scores(model, state, images, "none")
-  for g, p in zip(got, plain):
-    assert (g > 0.5).any() and (g < 0.5).any()
-    np.testing.assert_array_equal(g, p)
-  jax.tree.map(np.testing.assert_array_equal, jax.device_get(out["stats"]),
-               jax.device_get(plain_out["stats"]))
-
-
-def test_evaluate_workdir_with_tta(prepared_fake_nuaa, tmp_path):
-  """`evaluate_workdir(tta=...)` (--mode=eval --tta): the report in `<which>_<split>_tta_<mode>`,
-  the metrics of the mean probabilities (thresholded in score units)."""
+def test_eval_step_with_tta(prepared_fake_nuaa):
+  """`train.evaluate` of a TTA eval step (what --mode=eval --tta runs) on the fake NUAA-SIRST
+  test split (images of several sizes on one padded canvas): with a network that commutes with
+  the flips, every transform's probability maps back to the same value, so TTA gives the
+  statistics and scores of no TTA exactly; with one that does not, other scores and AUC."""
   config = _tiny_config(prepared_fake_nuaa)
-  workdir = tmp_path / "run"
-  train.train_and_evaluate(config, str(workdir))
-  plain = train.evaluate_workdir(str(workdir))
-  values = train.evaluate_workdir(str(workdir), tta="flips")
-  report = json.loads((workdir / "eval" / "best_test_tta_flips" / "metrics.json").read_text())
-  assert report["metrics"]["AUC"] == pytest.approx(values["AUC"])
-  assert report["title"].endswith(", tta flips")
-  assert (workdir / "eval" / "best_test" / "metrics.json").exists()
-  assert values["AUC"] != pytest.approx(plain["AUC"], abs=1e-6)   # other scores
-  assert 0.0 <= values["IoU"] <= 1.0 and values["images"] == plain["images"]
+  config.eval.roc_thresholds = ()   # the sweep is not what is tested here
+  for mode in ("flips", "flips_transpose"):
+    values, _, kept = _evaluate(config, _Pointwise(), mode)
+    plain, _, plain_kept = _evaluate(config, _Pointwise(), "none")
+    assert values == plain and 0.0 < plain["IoU"] < 1.0 and plain["images"] == 6
+    for k, p in zip(kept, plain_kept, strict=True):
+      assert k["name"] == p["name"] and (p["score"] > 0.5).any() and (p["score"] < 0.5).any()
+      np.testing.assert_array_equal(k["score"], p["score"])
+  values, _, kept = _evaluate(config, _Conv(), "flips")
+  plain, _, plain_kept = _evaluate(config, _Conv(), "none")
+  assert values["AUC"] != pytest.approx(plain["AUC"], abs=1e-6)
+  for k, p in zip(kept, plain_kept, strict=True):
+    assert k["name"] == p["name"] and np.abs(k["score"] - p["score"]).max() > 1e-4
+  config.eval.tta = "rot90"
   with pytest.raises(ValueError, match="eval.tta='rot90'"):
-    train.evaluate_workdir(str(workdir), tta="rot90")
+    train.make_eval_step(_Conv(), config.eval)

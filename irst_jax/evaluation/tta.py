@@ -91,8 +91,9 @@ def average_scores(logits_fn: Callable[[jax.Array], jax.Array], image: jax.Array
   """The TTA score map: the mean sigmoid probability over the transforms of `tta`.
 
   Args:
-    logits_fn: the network, images [B, H, W, C] -> logits [B, H, W, 1] (called once per
-      transform; with a transpose on [B, W, H, C]).
+    logits_fn: the network, images [N, H, W, C] -> logits [N, H, W, 1], each image's
+      logits independent of the others' (inference); called once on the [T * B, H, W, C]
+      flipped images and, with transposes, once on the [T * B, W, H, C] transposed ones.
     image: [B, H, W, C] images at the top-left, of `sizes` [B, 2] (h, w).
     tta: one of TTA_MODES.
 
@@ -101,9 +102,17 @@ def average_scores(logits_fn: Callable[[jax.Array], jax.Array], image: jax.Array
     scores (the caller masks it).
   """
   maps = []
-  for t in transforms(tta):
-    moved, moved_sizes = apply_transform(image, sizes, t)
-    maps.append(invert_transform(jax.nn.sigmoid(logits_fn(moved)), moved_sizes, t))
+  for transpose in (False, True):
+    group = [t for t in transforms(tta) if t[0] == transpose]
+    if not group:
+      continue
+    # One network call on the transformed images of one orientation, stacked on the batch axis:
+    # the network is traced (and compiled) once per orientation, and every transformed image
+    # goes through the same computation, whichever transform made it (exact equivariance).
+    moved = [apply_transform(image, sizes, t) for t in group]
+    scores = jax.nn.sigmoid(logits_fn(jnp.concatenate([m for m, _ in moved])))
+    for t, (_, moved_sizes), s in zip(group, moved, jnp.split(scores, len(group))):
+      maps.append(invert_transform(s, moved_sizes, t))
   # Summed in sorted order (exact equivariance), pairwise: n equal values (n = 1, 4, 8) sum to
   # exactly n times the value, so a network that commutes with the transforms gives its own
   # probabilities bit for bit.
