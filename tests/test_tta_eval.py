@@ -8,7 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from irst_jax import train
+from configs import acm_unet
+from irst_jax import config_checks, train
 from irst_jax.evaluation import tta as tta_lib
 from irst_jax.serving import detector
 from tests.test_main import _tiny_config
@@ -94,6 +95,12 @@ def test_modes_and_transforms_are_predicts():
       np.testing.assert_array_equal(np.asarray(back)[..., 0], x)
   with pytest.raises(ValueError, match="eval.tta='rot90'"):
     tta_lib.transforms("rot90")
+  config = acm_unet.get_config()
+  assert config.eval.tta == "none"
+  config.eval.tta = "rot90"
+  with pytest.raises(config_checks.ConfigError, match=r"^eval\.tta='rot90': unknown; expected "
+                     "one of none, flips, flips_transpose$"):
+    config_checks.check_eval(config)
 
 
 @pytest.mark.parametrize("mode", ["flips", "flips_transpose"])
