@@ -204,7 +204,7 @@ def make_eval_step(model, eval_config: ml_collections.ConfigDict, curves: bool =
   (`pipeline.create_eval_iterator`). With `curves`, also the score histograms, the target-level
   sweep and the sigmoid `scores` [D, b, Hc, Wc, 1] (for the qualitative grid).
 
-  With test-time augmentation (`eval.tta` 'flips' / 'flips_transpose', `evaluation.tta`), the
+  With test-time augmentation (`eval.tta` 'flips' / 'flips_transpose', `irst_jax.evaluation.tta`), the
   first program runs the network on each transform of the images and gives the mean sigmoid
   probability (0 beyond the network's output), and the metrics threshold it at
   `eval.threshold` (values in "scores" units, `eval_values_units`).
@@ -219,7 +219,7 @@ def make_eval_step(model, eval_config: ml_collections.ConfigDict, curves: bool =
                           image, train=False)
     return models.final_logits(outputs)
 
-  def forward(state: TrainState, image: jax.Array, valid: jax.Array,
+  def forward(state: TrainState, image: jax.Array, valid: Optional[jax.Array],
               canvas: tuple[int, int]) -> jax.Array:
     if tta == "none":
       values, padding = network(state, image), _PADDING_LOGIT
@@ -248,7 +248,8 @@ def make_eval_step(model, eval_config: ml_collections.ConfigDict, curves: bool =
 
   def eval_step(state: TrainState, batch: dict) -> dict:
     canvas = tuple(int(v) for v in np.shape(batch["mask"])[2:4])
-    values = forward_step(state, batch["image"], batch["valid"], canvas)
+    valid = None if tta == "none" else batch["valid"]   # the image sizes, for TTA only
+    values = forward_step(state, batch["image"], valid, canvas)
     return evaluation_step(values, batch["mask"], batch["valid"])
 
   return eval_step
