@@ -24,7 +24,7 @@ from flax import traverse_util
 
 from irst_jax import errors, losses, models, optim
 from irst_jax.data import builders, pipeline
-from irst_jax.evaluation import protocols
+from irst_jax.evaluation import protocols, tta
 from irst_jax.models import attention, daea, dnanet
 
 
@@ -115,7 +115,7 @@ def check_model(config: ml_collections.ConfigDict) -> None:
 
 def check_eval(config: ml_collections.ConfigDict) -> None:
   """The eval section: threshold and ROC thresholds in (0, 1), positive sizes, a known
-  protocol."""
+  protocol and test-time augmentation."""
   _probability(config, "eval.threshold")
   _positive_int(config, "eval.batch_size")
   for key in ("max_targets", "max_pixels", "num_bins"):
@@ -131,6 +131,8 @@ def check_eval(config: ml_collections.ConfigDict) -> None:
     _probability(config, "eval.roc_thresholds", value=value)
   if "protocol" in config.eval:
     _choice(config, "eval.protocol", sorted(protocols.PROTOCOLS))
+  if "tta" in config.eval:
+    _choice(config, "eval.tta", list(tta.TTA_MODES))
 
 
 def check_split(config: ml_collections.ConfigDict, info: pipeline.DatasetInfo, field: str,

@@ -55,6 +55,10 @@ _SEED_INDEX = flags.DEFINE_integer("seed_index", None, "Replica exported by --mo
                                    "default: the best IoU in best_metrics.json).")
 _SPLIT = flags.DEFINE_string("split", None, "Split evaluated by --mode=eval (default: the "
                              "config's dataset.eval_split).")
+_TTA = flags.DEFINE_enum("tta", None, ["none", "flips", "flips_transpose"],
+                         "Test-time augmentation of --mode=eval: the mean probability of the 4 "
+                         "flips or the 8 flips of the image and its transpose (default: the "
+                         "config's eval.tta; irst_jax/evaluation/tta.py).")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Several processes: HOST:PORT "
                                    "of process 0 (jax.distributed.initialize); default: "
                                    "detected (Slurm, Open MPI, Cloud TPU), else one process.")
@@ -94,7 +98,7 @@ def main(argv):
       print(f"exported the {_CHECKPOINT.value} checkpoint of {_WORKDIR.value} to {path}")
   else:
     values = train.evaluate_workdir(_WORKDIR.value, _CHECKPOINT.value, _CONFIG.value, _SPLIT.value,
-                                    _EVAL_DIR.value, protocol=_PROTOCOL.value)
+                                    _EVAL_DIR.value, protocol=_PROTOCOL.value, tta=_TTA.value)
     print(tables.metrics_line(values))
     if seeds.seeds_line(values):
       print(seeds.seeds_line(values))

@@ -71,6 +71,7 @@ from irst_jax.data import device_data, pipeline
 from irst_jax.evaluation import curves as curves_lib
 from irst_jax.evaluation import protocols
 from irst_jax.evaluation import report, seeds, tables
+from irst_jax.evaluation import tta as tta_lib
 
 AXIS = "batch"
 
@@ -303,34 +304,62 @@ def make_eval_step(model, eval_config: ml_collections.ConfigDict, curves: bool =
   compiles once per image shape and the costlier metrics once per canvas
   (`pipeline.create_eval_iterator`). With `curves`, also the score histograms, the target-level
   sweep and the sigmoid `scores` [D, b, Hc, Wc, 1] (for the qualitative grid).
+
+  With test-time augmentation (`eval.tta` 'flips' / 'flips_transpose', `irst_jax.evaluation.tta`), the
+  first program runs the network on each transform of the images and gives the mean sigmoid
+  probability (0 beyond the network's output), and the metrics threshold it at
+  `eval.threshold` (values in "scores" units, `eval_values_units`).
   """
   p = eval_config.threshold
   logit_threshold = float(math.log(p / (1.0 - p)))
+  tta = eval_config.get("tta", "none")
+  tta_lib.transforms(tta)   # checks the mode
 
-  def forward(state: TrainState, image: jax.Array, canvas: tuple[int, int]) -> jax.Array:
+  def network(state: TrainState, image: jax.Array) -> jax.Array:
     outputs = model.apply({"params": state.params, "batch_stats": state.batch_stats},
                           image, train=False)
-    logits = models.final_logits(outputs)
-    pad = ((0, 0), (0, canvas[0] - logits.shape[1]), (0, canvas[1] - logits.shape[2]), (0, 0))
-    return jnp.pad(logits, pad, constant_values=_PADDING_LOGIT)
+    return models.final_logits(outputs)
 
-  def evaluation(logits: jax.Array, mask: jax.Array, valid: jax.Array) -> dict:
-    scores = jax.nn.sigmoid(logits)
-    out = curves_lib.evaluation_outputs(logits, logit_threshold, scores, mask, valid,
-                                        eval_config, curves=curves)
+  def forward(state: TrainState, image: jax.Array, valid: Optional[jax.Array],
+              canvas: tuple[int, int]) -> jax.Array:
+    if tta == "none":
+      values, padding = network(state, image), _PADDING_LOGIT
+    else:
+      values = tta_lib.average_scores(lambda x: network(state, x), image,
+                                      tta_lib.image_sizes(valid), tta)
+      padding = 0.0
+    pad = ((0, 0), (0, canvas[0] - values.shape[1]), (0, canvas[1] - values.shape[2]), (0, 0))
+    return jnp.pad(values, pad, constant_values=padding)
+
+  def evaluation(values: jax.Array, mask: jax.Array, valid: jax.Array) -> dict:
+    if tta == "none":
+      scores = jax.nn.sigmoid(values)
+      out = curves_lib.evaluation_outputs(values, logit_threshold, scores, mask, valid,
+                                          eval_config, curves=curves)
+    else:
+      scores = values
+      out = curves_lib.evaluation_outputs(values, float(p), scores, mask, valid, eval_config,
+                                          curves=curves, values_units="scores")
     if curves:
       out["scores"] = scores
     return out
 
-  forward_step = jax.pmap(forward, axis_name=AXIS, static_broadcasted_argnums=(2,))
+  forward_step = jax.pmap(forward, axis_name=AXIS, static_broadcasted_argnums=(3,))
   evaluation_step = jax.pmap(evaluation, axis_name=AXIS)
 
   def eval_step(state: TrainState, batch: dict) -> dict:
     canvas = tuple(int(v) for v in np.shape(batch["mask"])[2:4])
-    logits = forward_step(state, batch["image"], canvas)
-    return evaluation_step(logits, batch["mask"], batch["valid"])
+    valid = None if tta == "none" else batch["valid"]   # the image sizes, for TTA only
+    values = forward_step(state, batch["image"], valid, canvas)
+    return evaluation_step(values, batch["mask"], batch["valid"])
 
   return eval_step
+
+
+def eval_values_units(eval_config: ml_collections.ConfigDict) -> str:
+  """Units of the thresholded map of `make_eval_step`'s outputs: "logits", or "scores" (mean
+  probabilities) with test-time augmentation (`eval.tta`)."""
+  return "logits" if eval_config.get("tta", "none") == "none" else "scores"
 
 
 #: Logit given to the canvas beyond the network's output (sigmoid 0 in float32).
@@ -348,7 +377,7 @@ def evaluate(eval_step: Callable, state: TrainState, config: ml_collections.Conf
   of name, image, mask, score cropped to the original size) instead of the numbers alone.
   """
   num_devices = jax.local_device_count()
-  evaluation = curves_lib.Evaluation(config.eval)
+  evaluation = curves_lib.Evaluation(config.eval, values_units=eval_values_units(config.eval))
   kept: list[dict] = []
   batches = pipeline.create_eval_iterator(
       config.dataset, split=split, batch_size=config.eval.batch_size * num_devices,
@@ -898,14 +927,16 @@ def evaluate_workdir(workdir: str, which: str = "best",
                      config: Optional[ml_collections.ConfigDict] = None,
                      split: Optional[str] = None,
                      out_dir: Optional[str] = None,
-                     protocol: Optional[str] = None) -> dict[str, float]:
+                     protocol: Optional[str] = None,
+                     tta: Optional[str] = None) -> dict[str, float]:
   """Evaluates the `which` ('best' or 'latest') checkpoint of a workdir on `split`.
 
   Returns the table numbers (IoU, nIoU, Pd, Fa, F-measure, AUC, AP, F-area, images) and
   writes the report (`report.write_report`: metrics.json, roc.png, pr.png, grid.png of the
   first `eval.grid_images` images) into `out_dir` (default `<workdir>/eval/<which>_<split>`,
-  plus `_<protocol>` for a protocol other than the default). `protocol` overrides the
-  config's `eval.protocol` (irst_jax/evaluation/protocols.py).
+  plus `_<protocol>` for a protocol other than the default and `_tta_<tta>` with test-time
+  augmentation). `protocol` overrides the config's `eval.protocol`
+  (irst_jax/evaluation/protocols.py), `tta` its `eval.tta` (irst_jax/evaluation/tta.py).
   Eval options missing from an older workdir's saved config take the current defaults.
   A run of `train.num_seeds` = N > 1 evaluates each replica: the values are
   `seeds.summarize`'s (mean under the usual keys, `k_std`, `k/seed_i`); the curves and grid
@@ -930,6 +961,9 @@ def evaluate_workdir(workdir: str, which: str = "best",
   if protocol is not None:
     with config.unlocked():
       config.eval.protocol = protocol
+  if tta is not None:
+    with config.unlocked():
+      config.eval.tta = tta
   config = checkpoints.with_saved_normalization(config, workdir)   # the trained statistics
   config_checks.check_model(config)
   config_checks.check_eval(config)
@@ -964,8 +998,11 @@ def evaluate_workdir(workdir: str, which: str = "best",
   if jax.process_index() == 0:
     name = f"{which}_{split}" + ("" if config.eval.protocol == protocols.DEFAULT
                                  else f"_{config.eval.protocol}")
+    if config.eval.tta != "none":
+      name += f"_tta_{config.eval.tta}"
     report.write_report(out_dir or pathlib.Path(workdir) / "eval" / name, values,
-                        curves, examples, config.eval, title=title)
+                        curves, examples, config.eval,
+                        title=title + ("" if config.eval.tta == "none" else f", tta {config.eval.tta}"))
   return values
 
 

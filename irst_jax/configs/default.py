@@ -101,6 +101,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.eval.roc_thresholds = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
   config.eval.grid_images = 8               # --mode=eval qualitative grid: first N test images
   config.eval.protocol = "basicirstd"       # | basicirstd_2023 | dnanet: evaluation/protocols.py
+  config.eval.tta = "none"                  # | flips | flips_transpose: evaluation/tta.py
   return config
 
 
