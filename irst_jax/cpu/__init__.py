@@ -15,8 +15,8 @@ carries both, each used on its own platform. Measurements: docs/performance.md.
   resample      linear resampling with a gathered, not scattered, gradient
 
 A layer may also name a portable form (``form(..., portable=f)``): its forward values in
-operations that ONNX converters and runtimes express exactly (strided slices, reshapes, plain
-convolutions), traced within :func:`portable_forms` by the ONNX export
+operations that ONNX converters and runtimes express exactly (-inf padding and unpadded pools,
+reshapes, plain convolutions), traced within :func:`portable_forms` by the ONNX export
 (`irst_jax.serving.onnx_export`) instead of the plain form.
 
 Importing this package changes nothing in the process; the CPU process settings (XLA flags,

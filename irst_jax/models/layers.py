@@ -9,7 +9,8 @@ devices (synchronised BatchNorm).
 Functions marked `@cpu.form(...)` are computed, where the program runs on CPU, by the form
 named there (`irst_jax.cpu`: same values and gradients); the ONNX export traces their portable
 forms (`irst_jax.cpu.portable_forms`: same forward values, in operations jax2onnx converts
-exactly: max pools as strided slices or reshapes, the transposed convolution as a plain one).
+exactly: the padded max pool as a -inf pad and an unpadded pool, the transposed convolution as a
+plain one).
 """
 from __future__ import annotations
 
