@@ -44,8 +44,16 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from irst_jax import (checkpoints, compilation_cache, convert, errors, models, optim,
-                      platform_settings, train)
+from irst_jax import (
+  checkpoints,
+  compilation_cache,
+  convert,
+  errors,
+  models,
+  optim,
+  platform_settings,
+  train,
+)
 from irst_jax.data import pipeline
 
 #: Keys under which a checkpoint dict may nest its state_dict, in the order tried.

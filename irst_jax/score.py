@@ -2,8 +2,7 @@
 short name (README, scripts); flags and behaviour are that module's."""
 from __future__ import annotations
 
-from irst_jax import errors
-from irst_jax import platform_settings
+from irst_jax import errors, platform_settings
 from irst_jax.evaluation import score
 
 if __name__ == "__main__":

@@ -65,12 +65,10 @@ from flax.training import train_state
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from irst_jax import (checkpoints, config_checks, convert, distributed, errors, losses, models,
-                      optim)
+from irst_jax import checkpoints, config_checks, convert, distributed, errors, losses, models, optim
 from irst_jax.data import device_data, pipeline
 from irst_jax.evaluation import curves as curves_lib
-from irst_jax.evaluation import protocols
-from irst_jax.evaluation import report, seeds, tables
+from irst_jax.evaluation import protocols, report, seeds, tables
 from irst_jax.evaluation import tta as tta_lib
 
 AXIS = "batch"

@@ -221,6 +221,7 @@ def test_tiles_of_a_16_bit_frame_share_its_min_max_scaling(local_forward):
 
 def test_predict_writes_tiled_frames(local_forward, tmp_path):
   from PIL import Image
+
   from irst_jax.serving import predict
   rng = np.random.default_rng(7)
   big = rng.integers(0, 256, (300, 200)).astype(np.uint8)

@@ -1,8 +1,8 @@
 """Exported artifact: equal to in-framework inference, self-contained, checked on load."""
 import json
 import os
-import re
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -15,8 +15,8 @@ from PIL import Image
 from skimage import measure
 
 from irst_jax import checkpoints, models
-from irst_jax.data import pipeline
 from irst_jax.cpu import convolution as cpu_convolution
+from irst_jax.data import pipeline
 from irst_jax.evaluation import components
 from irst_jax.models import layers
 from irst_jax.serving import export

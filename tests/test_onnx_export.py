@@ -231,7 +231,8 @@ def test_export_command_and_backends_give_the_same_masks_and_detections(
 
   from irst_jax import checkpoints
   from irst_jax.serving import detector as detector_lib
-  from tests.test_export import ROOT, _variables as export_variables
+  from tests.test_export import ROOT
+  from tests.test_export import _variables as export_variables
   from tests.test_main import _tiny_config
 
   workdir, artifact = tmp_path / "run", tmp_path / "artifact"

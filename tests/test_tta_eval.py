@@ -47,9 +47,10 @@ def _variables(model):
 
 
 _FUNCTIONS = {}
+_MODEL = _Conv()   # the network of every `_scores` call (its jitted functions are cached by mode)
 
 
-def _scores(images, tta, model=_Conv()):
+def _scores(images, tta):
   """Score maps [h, w] of `images` (in one zero-padded 32 x 32 batch) under TTA mode `tta`:
   `tta.average_scores` of the network jitted on the batch (sizes from `valid`, as the eval
   step does); with 'none', the sigmoid of the network on the batch."""
@@ -59,8 +60,8 @@ def _scores(images, tta, model=_Conv()):
     image[i, :x.shape[0], :x.shape[1], 0] = x
     valid[i, :x.shape[0], :x.shape[1], 0] = 1.0
   if tta not in _FUNCTIONS:
-    variables = _variables(model)
-    net = lambda x: model.apply(variables, x)
+    variables = _variables(_MODEL)
+    net = lambda x: _MODEL.apply(variables, x)
     _FUNCTIONS[tta] = jax.jit(
         (lambda x, v: jax.nn.sigmoid(net(x))) if tta == "none"
         else (lambda x, v: tta_lib.average_scores(net, x, tta_lib.image_sizes(v), tta)))

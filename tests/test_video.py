@@ -105,7 +105,7 @@ def test_missing_extra_is_named(monkeypatch, box_detector, tmp_path):
 
 
 def test_predict_command_on_a_video(tmp_path_factory, prepared_fake_nuaa, tmp_path):
-  from tests.test_export import shared   # the tiny exported ACM-U-Net of the export tests
+  from tests.test_export import shared  # the tiny exported ACM-U-Net of the export tests
   _, artifact, _, _ = shared(tmp_path_factory, prepared_fake_nuaa)
   clip = tmp_path / "clip.mp4"
   _write_clip(clip, frames=3)

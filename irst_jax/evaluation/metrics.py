@@ -57,8 +57,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from irst_jax.evaluation.components import (_segment_scan, _slot_labels, _slots,
-                                            connected_components)
+from irst_jax.evaluation.components import _segment_scan, _slot_labels, _slots, connected_components
 
 __all__ = [
     "batch_statistics",

@@ -284,7 +284,7 @@ def export_workdir(workdir: str | pathlib.Path, output: Optional[str | pathlib.P
     raise errors.UserError(f"--format={','.join(formats)}: expected one or more of "
                            f"{', '.join(FORMATS)} (comma-separated)")
   if "onnx" in formats:
-    from irst_jax.serving import onnx_export   # the optional extra irst_jax[onnx]
+    from irst_jax.serving import onnx_export  # the optional extra irst_jax[onnx]
     onnx_export.require()
   workdir = pathlib.Path(workdir).absolute()
   output = pathlib.Path(output) if output is not None else workdir / "export"

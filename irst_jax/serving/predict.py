@@ -62,8 +62,8 @@ from tqdm import tqdm
 from irst_jax import compilation_cache, errors, platform_settings
 from irst_jax.data import canvas as canvas_lib
 from irst_jax.serving import detector as detector_lib
-from irst_jax.serving.draw import overlay
 from irst_jax.serving import video as video_lib
+from irst_jax.serving.draw import overlay
 
 SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg")
 _EIGHT_BIT_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "La")
