@@ -38,16 +38,29 @@ def test_portable_max_pools_equal_the_training_forms(shape):
   assert layers.max_pool_3x3_s2.portable(ramp).tolist() == [[[[3.0]]]]
 
 
-def test_portable_transposed_convolution_equals_the_training_form():
+@pytest.mark.parametrize("sizes,align_corners", [((5, 8), False), ((7, 16), True),
+                                                 ((12, 5), False), ((6, 6), True)])
+def test_portable_resampling_is_a_matrix_product_equal_to_the_training_form(sizes,
+                                                                           align_corners):
+  n_in, n_out = sizes
+  lo, hi, frac = layers._static_taps(n_in, n_out, align_corners)
+  matrix = cpu.resample.interpolation_matrix(lo, hi, frac, n_in)
+  assert matrix.shape == (n_out, n_in)
+  np.testing.assert_allclose(matrix.sum(1), 1.0, rtol=1e-6)   # each row: two weights summing to 1
+  if not align_corners and n_out == 2 * n_in:
+    # hand-computed: half-pixel x2 upsampling, output 1 = x[0] / 4 + 3 x[1] / 4 ... and the
+    # first output clamps to x[0]
+    assert matrix[0, :2].tolist() == [1.0, 0.0] and matrix[2, :2].tolist() == [0.25, 0.75]
   rng = np.random.default_rng(1)
-  x = rng.normal(size=(2, 5, 6, 3)).astype(np.float32)
-  kernel = rng.normal(size=(4, 4, 3, 2)).astype(np.float32)
-  want = layers.conv_transpose_4x4_s2.plain(x, kernel)
-  # concrete kernel: the phase kernel is rearranged in numpy; traced: in jnp
-  np.testing.assert_allclose(layers.conv_transpose_4x4_s2.portable(x, kernel), want,
-                             rtol=1e-6, atol=1e-6)
-  np.testing.assert_allclose(jax.jit(layers.conv_transpose_4x4_s2.portable)(x, kernel), want,
-                             rtol=1e-6, atol=1e-6)
+  for axis, shape in ((1, (2, n_in, 3, 4)), (2, (2, 3, n_in, 4))):
+    x = rng.normal(size=shape).astype(np.float32)
+    want = layers._linear.plain(x, axis, lo, hi, frac)
+    got = layers._linear.portable(x, axis, lo, hi, frac)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+  with cpu.portable_forms():
+    ops = {e.primitive.name for e in jax.make_jaxpr(
+        lambda v: layers.resize_bilinear(v, (9, 10), align_corners))(x).jaxpr.eqns}
+  assert "dot_general" in ops and "gather" not in ops
 
 
 def test_portable_batch_norm_is_a_multiply_add_equal_to_the_training_form():
@@ -87,6 +100,68 @@ def test_portable_forms_select_the_portable_layer_only_inside_the_block():
   with cpu.plain_forms():
     assert "pad" not in ops(x) and "reduce_window_max" in ops(x)
   assert cpu._mode == "dispatch"   # restored after the blocks
+
+
+# ------------------------------------------------------------------ max-pool padding fold
+
+def _pad_pool_graph(pad_value, pads, transpose=True):
+  """Pad(pad_value, `pads` on NHWC) [-> Transpose to NCHW] -> MaxPool 3x3 / s2 (VALID)."""
+  from onnx import TensorProto, helper, numpy_helper
+  nodes = [helper.make_node("Pad", ["x", "pads", "value"], ["padded"], mode="constant")]
+  if transpose:
+    nodes.append(helper.make_node("Transpose", ["padded"], ["nchw"], perm=[0, 3, 1, 2]))
+  nodes.append(helper.make_node("MaxPool", ["nchw" if transpose else "padded"], ["y"],
+                                kernel_shape=[3, 3], strides=[2, 2], auto_pad="VALID"))
+  graph = helper.make_graph(
+      nodes, "pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 6, 8, 3])],
+      [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+      [numpy_helper.from_array(np.asarray(pads, np.int64), "pads"),
+       numpy_helper.from_array(np.asarray(pad_value, np.float32), "value")])
+  return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def _run(model, x):
+  import onnxruntime as ort
+  session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+  return session.run(None, {"x": x})[0]
+
+
+def test_minus_infinity_padding_folds_into_the_max_pool():
+  pytest.importorskip("onnx")
+  pytest.importorskip("onnxruntime")
+  x = np.random.default_rng(3).normal(size=(2, 6, 8, 3)).astype(np.float32) - 5.0   # all < 0
+  model = _pad_pool_graph(-np.inf, [0, 1, 1, 0, 0, 1, 1, 0])
+  before = _run(model, x)
+  assert onnx_export.fold_max_pool_padding(model) == 1
+  assert [n.op_type for n in model.graph.node] == ["Transpose", "MaxPool"]
+  pool = model.graph.node[1]
+  assert {a.name: list(a.ints) for a in pool.attribute if a.name == "pads"} == {
+      "pads": [1, 1, 1, 1]}
+  assert "auto_pad" not in [a.name for a in pool.attribute]
+  after = _run(model, x)
+  np.testing.assert_array_equal(after, before)
+  # PyTorch's MaxPool2d(3, 2, 1), by hand on the NCHW view: padding never wins
+  nchw = np.pad(x.transpose(0, 3, 1, 2), ((0, 0), (0, 0), (1, 1), (1, 1)),
+                constant_values=-np.inf)
+  want = np.stack([np.stack([nchw[:, :, 2 * i:2 * i + 3, 2 * j:2 * j + 3].max((2, 3))
+                             for j in range(4)], -1) for i in range(3)], -2)
+  np.testing.assert_array_equal(after, want)
+
+
+@pytest.mark.parametrize("pad_value,pads,transpose", [
+    (0.0, [0, 1, 1, 0, 0, 1, 1, 0], True),        # zero padding can win the max
+    (-np.inf, [0, 1, 1, 1, 0, 1, 1, 0], True),    # a padded channel is not a pool padding
+    (-np.inf, [0, 0, 1, 1, 0, 0, 1, 1], False)])  # already NCHW: folded (control)
+def test_only_minus_infinity_spatial_padding_folds(pad_value, pads, transpose):
+  pytest.importorskip("onnx")
+  pytest.importorskip("onnxruntime")
+  model = _pad_pool_graph(pad_value, pads, transpose)
+  x = np.random.default_rng(4).normal(size=(1, 6, 8, 3)).astype(np.float32) - 5.0
+  before = _run(model, x)
+  folded = onnx_export.fold_max_pool_padding(model)
+  assert folded == (0 if transpose else 1)
+  assert ("Pad" in [n.op_type for n in model.graph.node]) == transpose
+  np.testing.assert_array_equal(_run(model, x), before)
 
 
 # ---------------------------------------------------------------------------- every model
@@ -166,6 +241,22 @@ def test_onnx_graph_equals_the_jax_model(name, tmp_path):
       got = session.run(None, {"images": x[:batch]})[0]
       assert got.shape == (batch,) + size + (1,)
       assert np.abs(got - want[:batch]).max() <= 1e-4 * scale, (name, size, batch)
+
+
+def test_acm_unet_graph_holds_the_operators_of_pytorch_s_export(tmp_path):
+  onnx = pytest.importorskip("onnx")
+  pytest.importorskip("jax2onnx")
+  config = _tiny("acm_unet")
+  fn = onnx_export.network(config, _variables(config), mean=100.0, std=40.0)
+  path = onnx_export.to_onnx(fn, (64, 64), tmp_path / "acm_unet.onnx")
+  nodes = onnx.load(str(path)).graph.node
+  ops = [n.op_type for n in nodes]
+  # two transposed convolutions, the stem's padded max pool without a Pad, the head's
+  # bilinear upsampling as two matrix products (no gathers of feature maps)
+  assert ops.count("ConvTranspose") == 2 and "Pad" not in ops and ops.count("MatMul") == 2
+  pools = [n for n in nodes if n.op_type == "MaxPool"]
+  assert [[list(a.ints) for a in n.attribute if a.name == "pads"] for n in pools] == [
+      [[1, 1, 1, 1]]]
 
 
 def test_a_construct_the_converter_cannot_express_names_the_layer(tmp_path):

@@ -265,11 +265,9 @@ def conv_transpose_4x4_s2(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 def sub_pixel_conv_transpose(x: jax.Array, kernel: jax.Array,
                              conv: Callable = jax.lax.conv_general_dilated) -> jax.Array:
-  """:func:`conv_transpose_4x4_s2` with the 3x3 phase convolution computed by `conv` (default:
-  `jax.lax.conv_general_dilated`, the portable form of the layer for ONNX export, which has no
-  transposed-kernel convolution). A concrete `kernel` (not a tracer: weights closed over by
-  the exported function) is rearranged into the phase kernel once, in numpy, so the exported
-  graph holds the phase kernel as a constant."""
+  """:func:`conv_transpose_4x4_s2` with the 3x3 phase convolution computed by `conv` (default
+  `jax.lax.conv_general_dilated`). A concrete `kernel` (not a tracer: weights closed over by a
+  function) is rearranged into the phase kernel once, in numpy."""
   c_in, features = kernel.shape[2:]
   if isinstance(kernel, jax.core.Tracer):
     taps = jnp.asarray(_PHASE_TAPS, x.dtype)

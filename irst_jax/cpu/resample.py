@@ -26,6 +26,29 @@ def gathered_sum(x: jax.Array, axis: int, indices, weights):
   return out
 
 
+def interpolation_matrix(lo, hi, frac, in_size: int) -> np.ndarray:
+  """The [out_size, in_size] float32 matrix of 1-D linear resampling with taps ``lo``, ``hi``
+  and weights ``1 - frac``, ``frac`` [out_size] (numpy): row i holds the weights of output i."""
+  out_size = len(lo)
+  matrix = np.zeros((out_size, in_size), np.float32)
+  np.add.at(matrix, (np.arange(out_size), lo), 1.0 - np.asarray(frac, np.float32))
+  np.add.at(matrix, (np.arange(out_size), hi), np.asarray(frac, np.float32))
+  return matrix
+
+
+def matmul_linear(x: jax.Array, axis: int, lo, hi, frac) -> jax.Array:
+  """:func:`linear` of NHWC `x` (`axis` 1 or 2, static numpy taps) as a product with its
+  :func:`interpolation_matrix`, written on the NCHW view: ``M @ x`` along H and ``x @ M.T``
+  along W, each one broadcasting ONNX MatMul. The portable form of the layer for ONNX export:
+  gathers along an NHWC axis reach the graph between layout transposes that ONNX Runtime does
+  not remove (experiments/results/benchmark_deploy.md). Same values up to float32 rounding
+  (each output sums the same two products, plus exact zeros)."""
+  matrix = jnp.asarray(interpolation_matrix(lo, hi, frac, x.shape[axis]), x.dtype)
+  nchw = x.transpose(0, 3, 1, 2)
+  nchw = jnp.matmul(matrix, nchw) if axis == 1 else jnp.matmul(nchw, matrix.T)
+  return nchw.transpose(0, 2, 3, 1)
+
+
 def _transposed_taps(lo, hi, frac, in_size: int):
   """``(src_t, w_t)`` [in_size, width]: input j receives ``sum_k w_t[j, k] dy[src_t[j, k]]``
   from the outputs that read it (a contiguous range, since ``lo`` is monotone), padded with

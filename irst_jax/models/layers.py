@@ -9,8 +9,8 @@ devices (synchronised BatchNorm).
 Functions marked `@cpu.form(...)` are computed, where the program runs on CPU, by the form
 named there (`irst_jax.cpu`: same values and gradients); the ONNX export traces their portable
 forms (`irst_jax.cpu.portable_forms`: same forward values, in operations jax2onnx converts
-exactly: the padded max pool as a -inf pad and an unpadded pool, the transposed convolution as a
-plain one).
+exactly: the padded max pool as a -inf pad and an unpadded pool, inference BatchNorm as a
+multiply-add).
 """
 from __future__ import annotations
 
@@ -199,8 +199,7 @@ class ResidualStage(nn.Module):
     return x
 
 
-@cpu.form(cpu.convolution.conv_transpose_4x4_s2,
-          portable=cpu.convolution.sub_pixel_conv_transpose)
+@cpu.form(cpu.convolution.conv_transpose_4x4_s2)
 def conv_transpose_4x4_s2(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """PyTorch `ConvTranspose2d(kernel_size=4, stride=2, padding=1)` of NHWC `x` [N, H, W, I]
   with `kernel` [4, 4, I, O] (kernel[ky, kx, i, o] = torch_weight[i, o, ky, kx]), no bias ->
@@ -242,7 +241,7 @@ def _source_taps(xp, in_size, out_size, align_corners: bool, dtype):
   return lo, hi, src - lo
 
 
-@cpu.form(cpu.resample.linear)
+@cpu.form(cpu.resample.linear, portable=cpu.resample.matmul_linear)
 def _linear(x: jax.Array, axis: int, lo, hi, frac) -> jax.Array:
   """``(1 - frac) take(x, lo) + frac take(x, hi)`` along ``axis`` (taps of `_source_taps`)."""
   return cpu.resample.gathered_sum(x, axis, np.stack([lo, hi], 1), np.stack([1.0 - frac, frac], 1))

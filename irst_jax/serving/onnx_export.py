@@ -24,14 +24,14 @@ symbolic gather indices, its flax ``max_pool`` rule keeps symbolic sides unpoole
 ``jax.image.resize`` refuses symbolic shapes).
 
 Layers are traced in their portable forms (:func:`irst_jax.cpu.portable_forms`): the 3x3 /
-stride-2 max pool as -inf padding and an unpadded pool (one ONNX MaxPool), the 4x4 transposed
-convolution as a 3x3 convolution to its four output phases followed by depth-to-space (its
-kernel rearranged once, in numpy), inference-mode BatchNorm as a multiply-add with constants
-folded in numpy (fused into the convolution by ONNX Runtime and TensorRT); every other layer
-in its plain form (not the XLA:CPU forms). Those forms give the training forms' forward values
-up to float32 rounding (tests/test_onnx_export.py). ONNX Runtime removes the NHWC <-> NCHW
-transposes jax2onnx puts around each convolution (its transpose optimiser; the benchmark's
-optimised graph keeps 9 of 105 for ACM-U-Net). jax2onnx and onnxruntime are imported inside the
+stride-2 max pool as -inf padding and an unpadded pool, the padding then folded into the ONNX
+MaxPool (:func:`fold_max_pool_padding`), and inference-mode BatchNorm as a multiply-add with
+constants folded in numpy (fused into the convolution by ONNX Runtime and TensorRT); every
+other layer in its plain form (not the XLA:CPU forms), the 4x4 transposed convolution as an
+ONNX ConvTranspose. Those forms give the training forms' forward values up to float32
+rounding (tests/test_onnx_export.py). ONNX Runtime removes the NHWC <-> NCHW transposes
+jax2onnx puts around each convolution (its transpose optimiser); what the optimised graph
+keeps, and the speed: experiments/results/benchmark_deploy.md. jax2onnx and onnxruntime are imported inside the
 functions, so importing this module needs neither.
 """
 from __future__ import annotations
@@ -79,14 +79,17 @@ def network(config: ml_collections.ConfigDict, variables: dict[str, Any], mean: 
   ({'params', 'batch_stats'}, numpy) closed over as constants. H, W multiples of 32."""
   model = models.create_model(config.model)
   in_channels = int(config.model.in_channels)
-  mean, std = np.float32(mean), np.float32(std)
-
-  inverse_std = np.float32(1.0) / std
+  # [1, 1, 1, 1] constants, not scalars: ONNX Runtime broadcasts a rank-0 operand over a
+  # tensor with a last axis of 1 one element at a time (50 times slower here); times the
+  # reciprocal, since a division is several times slower than a product. The padding
+  # (value mean) still normalises to exactly 0.
+  mean = np.full((1, 1, 1, 1), mean, np.float32)
+  inverse_std = np.float32(1.0) / np.full((1, 1, 1, 1), std, np.float32)
 
   def forward(images):
-    # times the reciprocal: a division is several times slower in ONNX Runtime; the padding
-    # (value mean) still normalises to exactly 0
-    x = jnp.repeat((images - mean) * inverse_std, in_channels, axis=-1)
+    x = (images - mean) * inverse_std
+    if in_channels != 1:
+      x = jnp.repeat(x, in_channels, axis=-1)
     return models.final_logits(model.apply(variables, x, train=False))
 
   return forward
@@ -156,6 +159,84 @@ def _failed_layer(error: BaseException, fn: Callable, size: tuple[int, int]) -> 
   return f"{pathlib.Path(f.filename).name}:{f.lineno} in {f.name} ({f.line})"
 
 
+def fold_max_pool_padding(model) -> int:
+  """Folds each constant -inf ``Pad`` that feeds a ``MaxPool`` (directly or through one
+  ``Transpose``) into the pool's ``pads`` attribute, in place; returns how many it folded.
+
+  The portable max pool (:func:`irst_jax.cpu.pooling.max_pool_3x3_s2_padded`) reaches the
+  graph as Pad(-inf) -> Transpose(NHWC -> NCHW) -> MaxPool(VALID): jax2onnx's pooling rules
+  cannot write a padded MaxPool from an NHWC layer. ONNX MaxPool ignores its padded positions,
+  which is what -inf padding does, so the fold is exact; it spares ONNX Runtime a Pad in NCHW
+  between two layout reorders (it does not fuse a Pad into a MaxPool itself), and TensorRT
+  sees the pool PyTorch's exporter writes. `model`: an ``onnx.ModelProto``.
+  """
+  from onnx import helper, numpy_helper
+  graph = model.graph
+  constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+  for node in graph.node:
+    if node.op_type == "Constant" and node.attribute[0].name == "value":
+      constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+  producer = {out: node for node in graph.node for out in node.output}
+  consumers: dict[str, list] = {}
+  for node in graph.node:
+    for name in node.input:
+      consumers.setdefault(name, []).append(node)
+  graph_outputs = {o.name for o in graph.output}
+
+  def only_consumer(name: str, node) -> bool:
+    return name not in graph_outputs and [id(n) for n in consumers.get(name, [])] == [id(node)]
+
+  def attributes(node) -> dict[str, Any]:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+  folded, removed, stale = 0, [], set()
+  for pool in graph.node:
+    pool_attributes = attributes(pool)
+    if (pool.op_type != "MaxPool" or len(pool.output) > 1 or any(pool_attributes.get("pads", []))
+        or pool_attributes.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID")
+        or pool_attributes.get("ceil_mode", 0)):
+      continue
+    source = producer.get(pool.input[0])
+    permutation = None
+    if source is not None and source.op_type == "Transpose" and only_consumer(source.output[0], pool):
+      permutation = list(attributes(source)["perm"])
+      pad = producer.get(source.input[0])
+      if pad is None or not only_consumer(pad.output[0], source):
+        continue
+    else:
+      pad = source
+      if pad is None or not only_consumer(pad.output[0], pool):
+        continue
+    if (pad.op_type != "Pad" or attributes(pad).get("mode", b"constant") != b"constant"
+        or len(pad.input) not in (3,) or pad.input[1] not in constants
+        or pad.input[2] not in constants):
+      continue
+    value = np.asarray(constants[pad.input[2]])
+    if value.size != 1 or not np.isneginf(value.reshape(())):
+      continue
+    rank = len(constants[pad.input[1]]) // 2
+    begin, end = constants[pad.input[1]][:rank], constants[pad.input[1]][rank:]
+    permutation = permutation or list(range(rank))
+    begin, end = [int(begin[a]) for a in permutation], [int(end[a]) for a in permutation]
+    if min(begin + end) < 0 or any(begin[:2]) or any(end[:2]):
+      continue   # only the spatial axes (2, ...) of the pool's NCHW input may be padded
+    if permutation != list(range(rank)):
+      source.input[0] = pad.input[0]
+      stale.add(source.output[0])   # its recorded shape was the padded one
+    else:
+      pool.input[0] = pad.input[0]
+    for a in [a for a in pool.attribute if a.name in ("auto_pad", "pads")]:
+      pool.attribute.remove(a)
+    pool.attribute.append(helper.make_attribute("pads", begin[2:] + end[2:]))
+    removed.append(pad)
+    folded += 1
+  for pad in removed:
+    graph.node.remove(pad)
+  for info in [v for v in graph.value_info if v.name in stale]:
+    graph.value_info.remove(info)
+  return folded
+
+
 def to_onnx(fn: Callable[[jax.Array], jax.Array], size: tuple[int, int], path: pathlib.Path,
             name: str = "irst_jax") -> pathlib.Path:
   """Converts `fn` (images [b, H, W, 1] -> logits) to an ONNX file at `path` with jax2onnx:
@@ -182,6 +263,7 @@ def to_onnx(fn: Callable[[jax.Array], jax.Array], size: tuple[int, int], path: p
         f"jax2onnx cannot convert {name}"
         f"{f' at {where}' if where else ''}: {type(e).__name__}: "
         f"{errors.one_line(e)[:300]}") from e
+  fold_max_pool_padding(model)
   path.write_bytes(model.SerializeToString())
   return path
 
