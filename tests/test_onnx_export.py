@@ -134,6 +134,7 @@ def test_minus_infinity_padding_folds_into_the_max_pool():
   before = _run(model, x)
   assert onnx_export.fold_max_pool_padding(model) == 1
   assert [n.op_type for n in model.graph.node] == ["Transpose", "MaxPool"]
+  assert not model.graph.initializer   # the Pad's pads and value went with it
   pool = model.graph.node[1]
   assert {a.name: list(a.ints) for a in pool.attribute if a.name == "pads"} == {
       "pads": [1, 1, 1, 1]}

@@ -208,7 +208,7 @@ def fold_max_pool_padding(model) -> int:
       if pad is None or not only_consumer(pad.output[0], pool):
         continue
     if (pad.op_type != "Pad" or attributes(pad).get("mode", b"constant") != b"constant"
-        or len(pad.input) not in (3,) or pad.input[1] not in constants
+        or len(pad.input) != 3 or pad.input[1] not in constants
         or pad.input[2] not in constants):
       continue
     value = np.asarray(constants[pad.input[2]])
@@ -232,6 +232,12 @@ def fold_max_pool_padding(model) -> int:
     folded += 1
   for pad in removed:
     graph.node.remove(pad)
+  used = {name for node in graph.node for name in node.input}
+  orphans = {name for pad in removed for name in pad.input[1:]} - used
+  for tensor in [t for t in graph.initializer if t.name in orphans]:
+    graph.initializer.remove(tensor)
+  for node in [n for n in graph.node if n.op_type == "Constant" and n.output[0] in orphans]:
+    graph.node.remove(node)
   for info in [v for v in graph.value_info if v.name in stale]:
     graph.value_info.remove(info)
   return folded
