@@ -5,7 +5,7 @@
       --config.train.num_epochs=5                          # override any config value
   python -m irst_jax.main --mode=eval --workdir=runs/acm_unet [--checkpoint=latest]
   python -m irst_jax.main --mode=export --workdir=runs/acm_unet [--export_dir=DIR] [--seed_index=I]
-      [--format=jax|onnx|jax,onnx] [--onnx_size=512]   # onnx: the extra irst_jax[onnx]
+      [--format=jax|onnx|jax,onnx] [--onnx_size=512|HxW]   # onnx: the extra irst_jax[onnx]
 
 Several hosts (JAX's multi-controller runtime, `irst_jax.distributed`): the same command on
 every host with `--coordinator_address=HOST:PORT --num_processes=N --process_id=I` (I = 0 on
@@ -43,8 +43,10 @@ _EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Artifact directory writte
 _FORMAT = flags.DEFINE_list("format", ["jax"], "Artifact format(s) of --mode=export, "
                             "comma-separated: jax (jax.export module + weights) and/or onnx "
                             "(model.onnx, jax2onnx: pip install \"irst_jax[onnx]\").")
-_ONNX_SIZE = flags.DEFINE_integer("onnx_size", None, "Side of the ONNX graph's square input "
-                                  "(a multiple of 32; larger frames are tiled; default 512).")
+_ONNX_SIZE = flags.DEFINE_string("onnx_size", None, "Frame size of the ONNX graph: a side S or "
+                                 "HEIGHTxWIDTH, multiples of 32 (the sensor's frames, e.g. "
+                                 "512x640; smaller frames are padded, larger ones tiled; "
+                                 "default 512).")
 _EVAL_DIR = flags.DEFINE_string("eval_dir", None, "Report folder of --mode=eval (metrics.json, "
                                 "roc.png, pr.png, grid.png; default WORKDIR/eval/CHECKPOINT_SPLIT).")
 _PROTOCOL = flags.DEFINE_enum("protocol", None, ["basicirstd", "basicirstd_2023", "dnanet"],

@@ -336,24 +336,26 @@ def test_export_command_and_backends_give_the_same_masks_and_detections(
   store.close()
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   command = [sys.executable, "-m", "irst_jax.main", "--mode=export", f"--workdir={workdir}",
-             f"--export_dir={artifact}", "--format=jax,onnx", "--onnx_size=64"]
+             f"--export_dir={artifact}", "--format=jax,onnx", "--onnx_size=64x96"]
   out = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   manifest = json.loads((artifact / "manifest.json").read_text())
-  assert manifest["onnx"]["side"] == 64 and manifest["onnx"]["opset"] >= 17
+  assert (manifest["onnx"]["height"], manifest["onnx"]["width"]) == (64, 96)
+  assert manifest["onnx"]["opset"] >= 17
   assert manifest["files"]["model.onnx"]["sha256"] == detector_lib.sha256(artifact / "model.onnx")
   assert set(manifest["files"]) == {"model.onnx", "model.jaxexport", "weights.npz"}
 
-  # the same canvas (64 x 64) for both runtimes: ACM's global attention pools the canvas
-  images = [_images((1, 64, 64), seed)[0].astype(np.uint8) for seed in range(3)]
+  # the same canvas (64 x 96, the graph's) for both runtimes: ACM's global attention pools
+  # the canvas
+  images = [_images((1, 64, 96), seed)[0].astype(np.uint8) for seed in range(3)]
   images[2] = images[2][:50, :41]   # padded inside the canvas
   jax_detector = detector_lib.Detector.from_export(artifact, backend="jax")
-  scores = [p.score for p in jax_detector.predict_batch(images, canvas=(64, 64))]
+  scores = [p.score for p in jax_detector.predict_batch(images, canvas=(64, 96))]
   threshold = _gap_threshold(scores)
   by_backend = {}
   for backend in detector_lib.BACKENDS:
     detector = detector_lib.Detector.from_export(artifact, backend=backend, threshold=threshold)
-    by_backend[backend] = detector.predict_batch(images, canvas=(64, 64))
+    by_backend[backend] = detector.predict_batch(images, canvas=(64, 96))
   for a, b in zip(by_backend["jax"], by_backend["onnxruntime"]):
     np.testing.assert_allclose(a.score, b.score, atol=2e-5)
     np.testing.assert_array_equal(a.mask, b.mask)
@@ -361,7 +363,25 @@ def test_export_command_and_backends_give_the_same_masks_and_detections(
         [(d.x, d.y, d.area, d.x_min, d.y_max) for d in b.detections]
   assert sum(len(p.detections) for p in by_backend["jax"]) > 0
   onnx_tiled = detector_lib.Detector.from_export(artifact, backend="onnxruntime")
-  assert onnx_tiled.tile == 64 and onnx_tiled.tile_size((65, 10)) == 64   # above S: tiles
+  assert onnx_tiled.tile == 64   # frames that fit the graph in one piece, others in tiles
+  assert onnx_tiled.tile_size((64, 96)) is None and onnx_tiled.tile_size((40, 70)) is None
+  assert onnx_tiled.tile_size((65, 10)) == 64 and onnx_tiled.tile_size((10, 97)) == 64
+  # a canvas larger than the graph (images of both orientations): each image scored as on
+  # the graph's own canvas
+  wide = detector_lib.Detector.from_export(artifact, backend="onnxruntime",
+                                           threshold=threshold)
+  for a, b in zip(wide.predict_batch(images, canvas=(96, 96)), by_backend["onnxruntime"]):
+    np.testing.assert_array_equal(a.score, b.score)
+    np.testing.assert_array_equal(a.mask, b.mask)
+  assert wide.predict_batch([np.zeros((70, 20), np.uint8)])[0].score.shape == (70, 20)  # tiles
+  with pytest.raises(ValueError, match=r"image of 70x20 pixels is larger than the ONNX "
+                     r"graph's 64x96.*--onnx_size"):
+    wide.forward(np.zeros((1, 96, 32, 1), np.float32), np.array([[70, 20]]), np.inf)
+  with pytest.raises(ValueError, match=r"tta 'flips_transpose' transposes frames, which the "
+                     r"64x96 ONNX graph .* cannot take"):
+    detector_lib.Detector.from_export(artifact, backend="onnxruntime", tta="flips_transpose")
+  flips = detector_lib.Detector.from_export(artifact, backend="onnxruntime", tta="flips")
+  assert flips.predict_batch(images[:1])[0].score.shape == (64, 96)
 
   # the command: same masks and detections from either backend
   (tmp_path / "in").mkdir()
@@ -384,6 +404,22 @@ def test_export_command_and_backends_give_the_same_masks_and_detections(
   for a, b in zip(*rows):
     assert a[:9] == b[:9]   # image, id, centroid, area, box; the scores within 1e-4
     assert all(abs(float(x) - float(y)) < 1e-4 for x, y in zip(a[9:], b[9:]) if x[0].isdigit())
+
+
+def test_onnx_size_is_a_side_or_height_by_width():
+  assert onnx_export.parse_size("512") == (512, 512)
+  assert onnx_export.parse_size("512x640") == (512, 640)
+  assert onnx_export.parse_size(" 256 X 320 ") == (256, 320)
+  assert onnx_export.parse_size(None) == (onnx_export.DEFAULT_SIZE,) * 2
+  assert onnx_export.parse_size(96) == (96, 96)
+  for bad in ("512x", "x640", "512x640x3", "-64", "big"):
+    with pytest.raises(errors.UserError, match=f"--onnx_size={bad}: expected a side S or "
+                       "HEIGHTxWIDTH"):
+      onnx_export.parse_size(bad)
+  assert onnx_export.check_size((64, 96), 32) == (64, 96)
+  for bad in ((0, 64), (64, 80), (16, 32)):
+    with pytest.raises(errors.UserError, match="expected sides that are positive multiples of 32"):
+      onnx_export.check_size(bad, 32)
 
 
 def test_onnx_backend_errors(tmp_path):

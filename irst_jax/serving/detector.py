@@ -354,32 +354,42 @@ def load_export(path: str | pathlib.Path) -> tuple[Forward, dict[str, Any]]:
   return (lambda images, sizes, threshold: call(weights, images, sizes, threshold)), manifest
 
 
+def onnx_graph_shape(manifest: dict[str, Any]) -> tuple[int, int]:
+  """(height, width) of the frames an artifact's ONNX graph takes (its manifest's ``onnx``
+  section: ``height`` and ``width``, or the ``side`` of older square graphs)."""
+  spec = manifest["onnx"]
+  return int(spec.get("height", spec.get("side"))), int(spec.get("width", spec.get("side")))
+
+
 def load_onnx(path: str | pathlib.Path, providers: Optional[Sequence[str]] = None
               ) -> tuple[Forward, dict[str, Any]]:
   """Loads the ONNX graph of an exported artifact (its directory or manifest.json) into an
   ONNX Runtime session: (forward, manifest), forward with the signature of
   :func:`load_export`'s.
 
-  The graph (``irst_jax.serving.onnx_export``) takes grey images [b, S, S, 1] (0..255) of one
-  side S (the manifest's ``onnx.side``) and returns logits; forward pads each image of the
-  canvas [B, H, W, 1] (H, W <= S) to S x S with the training mean (which the graph's
-  normalisation maps to 0, the padding of the jax.export module), crops the logits back to
-  H x W and labels the 8-connected components of ``logits > logit_threshold`` inside each
-  image on the host (:func:`label_mask`; none for an infinite threshold).
+  The graph (``irst_jax.serving.onnx_export``) takes grey images [b, GH, GW, 1] (0..255) of
+  one size (the manifest's ``onnx.height`` and ``onnx.width``; ``onnx.side`` in artifacts
+  written before non-square graphs) and returns logits; forward pads each image of the
+  canvas [B, H, W, 1] to GH x GW with the training mean (which the graph's normalisation maps
+  to 0, the padding of the jax.export module), returns the logits on the canvas (outside the
+  graph, where no image lies, the lowest float32) and labels the 8-connected components of
+  ``logits > logit_threshold`` inside each image on the host (:func:`label_mask`; none for an
+  infinite threshold). A canvas may be larger than the graph; its images may not.
 
   Args:
     providers: ONNX Runtime execution providers (default: those available, e.g. CUDA, CPU).
 
   Raises:
     ArtifactError: no ONNX graph in the artifact (exported without --format=onnx), missing
-      or damaged file; ImportError: onnxruntime is not installed.
+      or damaged file; ImportError: onnxruntime is not installed. forward raises ValueError
+      for an image larger than the graph.
   """
   directory = pathlib.Path(path)
   if directory.name == MANIFEST_FILE:
     directory = directory.parent
   manifest = read_manifest(directory)
   spec = manifest.get("onnx")
-  if not isinstance(spec, dict) or "side" not in spec:
+  if not isinstance(spec, dict) or not ({"side", "height"} & set(spec)):
     raise ArtifactError(f"{directory} holds no ONNX graph ({ONNX_FILE}); export the workdir with "
                         "--format=onnx (or --format=jax,onnx)")
   model_path = _checked_file(directory, manifest, spec.get("file", ONNX_FILE))
@@ -390,19 +400,24 @@ def load_onnx(path: str | pathlib.Path, providers: Optional[Sequence[str]] = Non
                       "onnxruntime (or \"irst_jax[onnx]\")") from e
   session = onnxruntime.InferenceSession(
       str(model_path), providers=list(providers or onnxruntime.get_available_providers()))
-  side, pad = int(spec["side"]), np.float32(spec["pad_value"])
+  graph_height, graph_width = onnx_graph_shape(manifest)
+  pad = np.float32(spec["pad_value"])
   input_name = spec.get("input", {}).get("name", "images")
 
   def forward(images, sizes, logit_threshold):
     images, sizes = np.asarray(images, np.float32), np.asarray(sizes)
     count, height, width, _ = images.shape
-    if height > side or width > side:
-      raise ValueError(f"canvas {height}x{width} is larger than the ONNX graph's {side}x{side} "
-                       f"({model_path}); tile the frame or re-export with a larger --onnx_size")
-    canvas = np.full((count, side, side, 1), pad, np.float32)
+    for h, w in sizes:
+      if h > graph_height or w > graph_width:
+        raise ValueError(f"image of {h}x{w} pixels is larger than the ONNX graph's "
+                         f"{graph_height}x{graph_width} ({model_path}); tile the frame or "
+                         "re-export with a larger --onnx_size")
+    canvas = np.full((count, graph_height, graph_width, 1), pad, np.float32)
     for i, (h, w) in enumerate(sizes):
       canvas[i, :h, :w] = images[i, :h, :w]
-    logits = session.run(None, {input_name: canvas})[0][:, :height, :width]
+    inside = session.run(None, {input_name: canvas})[0][:, :height, :width]
+    logits = np.full((count, height, width, 1), np.finfo(np.float32).min, np.float32)
+    logits[:, :inside.shape[1], :inside.shape[2]] = inside
     labels = np.zeros((count, height, width), np.int32)
     if np.isfinite(logit_threshold):
       for i, (h, w) in enumerate(sizes):
@@ -540,6 +555,9 @@ class Detector:
     self.tta = tta
     m = self.pad_multiple
     self.tile = tile
+    #: (height, width) of the frames the network takes whole (an ONNX graph's fixed size, set
+    #: by :meth:`from_export` when the tile is automatic): frames that fit run in one piece
+    self.graph_shape: Optional[tuple[int, int]] = None
     #: automatic tile side: DEFAULT_TILE rounded up to the module's pad multiple
     self.default_tile = -(-DEFAULT_TILE // m) * m
     if overlap is None:
@@ -561,13 +579,15 @@ class Detector:
 
     Args:
       backend: "jax" (the jax.export module: needs only jax and numpy) or "onnxruntime"
-        (model.onnx, :func:`load_onnx`: needs onnxruntime). The ONNX graph has one input
-        side S: frames with a side above S are tiled in tiles of S (``tile`` defaults to S
-        and may not exceed it).
+        (model.onnx, :func:`load_onnx`: needs onnxruntime). The ONNX graph takes frames of
+        one size GH x GW: frames that fit run in one piece, larger ones in square tiles of
+        min(GH, GW) (``tile`` defaults to that and may not exceed it; a tile given
+        explicitly tiles every frame with a side above it).
       kwargs: :class:`Detector`'s arguments.
 
     Raises:
-      ValueError: unknown backend, a tile above the ONNX graph's side; what
+      ValueError: unknown backend, a tile above the ONNX graph's smaller side, transposing
+        TTA with a non-square ONNX graph; what
         :func:`load_export` / :func:`load_onnx` and :class:`Detector` raise.
     """
     if backend == "jax":
@@ -575,13 +595,23 @@ class Detector:
     if backend != "onnxruntime":
       raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     forward, manifest = load_onnx(path)
-    side = int(manifest["onnx"]["side"])
-    if kwargs.get("tile") is None:
-      kwargs["tile"] = side
-    elif not 0 < kwargs["tile"] <= side:
+    graph_shape = onnx_graph_shape(manifest)
+    largest = min(graph_shape)
+    automatic = kwargs.get("tile") is None
+    if automatic:
+      kwargs["tile"] = largest
+    elif not 0 < kwargs["tile"] <= largest:
       raise ValueError(f"tile {kwargs['tile']}: the ONNX graph of {path} takes frames of at "
-                       f"most {side}x{side}; expected a tile in 1..{side}")
-    return cls(forward, manifest, **kwargs)
+                       f"most {graph_shape[0]}x{graph_shape[1]}; expected a tile in "
+                       f"1..{largest}")
+    detector = cls(forward, manifest, **kwargs)
+    if graph_shape[0] != graph_shape[1] and any(t[0] for t in detector.transforms):
+      raise ValueError(f"tta {detector.tta!r} transposes frames, which the "
+                       f"{graph_shape[0]}x{graph_shape[1]} ONNX graph of {path} cannot take; "
+                       "use tta 'flips' or export a square --onnx_size")
+    if automatic:
+      detector.graph_shape = graph_shape
+    return detector
 
   @property
   def pad_multiple(self) -> int:
@@ -591,6 +621,8 @@ class Detector:
   def tile_size(self, shape: tuple[int, int]) -> Optional[int]:
     """The tile side an image of `shape` (H, W) is run with, or None (one piece)."""
     h, w = (int(x) for x in shape[:2])
+    if self.graph_shape is not None and h <= self.graph_shape[0] and w <= self.graph_shape[1]:
+      return None
     if self.tile is None:
       return self.default_tile if h * w > AUTO_TILE_PIXELS or max(h, w) > MAX_SIDE else None
     if self.tile == 0:

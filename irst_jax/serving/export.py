@@ -1,7 +1,7 @@
 """Export a workdir's checkpoint as a self-contained artifact: jax.export module + weights.
 
     python -m irst_jax.main --mode=export --workdir=runs/acm_unet [--checkpoint=best|latest]
-        [--export_dir=runs/acm_unet/export] [--format=jax|onnx|jax,onnx] [--onnx_size=512]
+        [--export_dir=runs/acm_unet/export] [--format=jax|onnx|jax,onnx] [--onnx_size=512|HxW]
 
 Artifact (a directory; read by :func:`irst_jax.serving.detector.load_export`, which needs
 only jax and numpy):
@@ -267,17 +267,19 @@ def export_workdir(workdir: str | pathlib.Path, output: Optional[str | pathlib.P
                    checkpoint: str = "best", step: Optional[int] = None,
                    platforms: Sequence[str] = DEFAULT_PLATFORMS,
                    seed_index: Optional[int] = None, formats: Sequence[str] = ("jax",),
-                   onnx_size: Optional[int] = None) -> pathlib.Path:
+                   onnx_size: Optional[str | int] = None) -> pathlib.Path:
   """Writes the artifact of a workdir's checkpoint into `output` (default workdir/export):
   replica `seed_index` of a several-seed run (:func:`load_workdir`).
 
-  `formats`: "jax" (model.jaxexport + weights.npz) and/or "onnx" (model.onnx of side
-  `onnx_size`, default ``onnx_export.DEFAULT_SIZE``; needs the extra ``irst_jax[onnx]``).
+  `formats`: "jax" (model.jaxexport + weights.npz) and/or "onnx" (model.onnx for frames of
+  `onnx_size`: a side S, "HxW" or None for ``onnx_export.DEFAULT_SIZE``; needs the extra
+  ``irst_jax[onnx]``).
 
   Returns the artifact directory. Raises what :func:`load_workdir` and
   ``pipeline.dataset_info`` raise (no checkpoint, dataset not prepared/found), a UserError
   for an unknown or empty `formats`, and what ``onnx_export.export_onnx`` raises (package
-  missing, a layer the converter cannot express, a bad side).
+  missing, a layer the converter cannot express, a bad size), checked before anything is
+  written.
   """
   formats = tuple(dict.fromkeys(formats))
   if not formats or any(f not in FORMATS for f in formats):
@@ -286,9 +288,12 @@ def export_workdir(workdir: str | pathlib.Path, output: Optional[str | pathlib.P
   if "onnx" in formats:
     from irst_jax.serving import onnx_export  # the optional extra irst_jax[onnx]
     onnx_export.require()
+    onnx_size = onnx_export.parse_size(onnx_size)
   workdir = pathlib.Path(workdir).absolute()
   output = pathlib.Path(output) if output is not None else workdir / "export"
   config, variables, step = load_workdir(workdir, checkpoint, step, seed_index)
+  if "onnx" in formats:
+    onnx_size = onnx_export.check_size(onnx_size, int(config.dataset.pad_multiple))
   info = pipeline.dataset_info(config.dataset)
   manifest = _manifest(config, workdir, checkpoint, step, info)
   files = []
@@ -302,9 +307,8 @@ def export_workdir(workdir: str | pathlib.Path, output: Optional[str | pathlib.P
     manifest.update(platforms=list(exported.platforms),
                     calling_convention_version=exported.calling_convention_version)
   if "onnx" in formats:
-    side = onnx_export.DEFAULT_SIZE if onnx_size is None else int(onnx_size)
     manifest["onnx"] = onnx_export.export_onnx(config, variables, info.mean, info.std,
-                                               output / detector.ONNX_FILE, side)
+                                               output / detector.ONNX_FILE, onnx_size)
     files.append(detector.ONNX_FILE)
   shutil.copyfile(detector.__file__, output / "irst_detector.py")
   manifest.update(

@@ -8,20 +8,24 @@ with ``backend="onnxruntime"`` runs it with ONNX Runtime.
 
 The graph (ONNX opset :data:`OPSET`):
 
-  input  ``images``  float32 [b, S, S, 1] (NHWC; for one channel the same memory as NCHW
-         [b, 1, S, S]), grey on the 0..255 scale, not normalised; symbolic batch b, fixed
-         side S (``--onnx_size``, a multiple of 32).
-  output ``logits``  float32 [b, S, S, 1], pre-sigmoid (``models.final_logits`` under deep
+  input  ``images``  float32 [b, H, W, 1] (NHWC; for one channel the same memory as NCHW
+         [b, 1, H, W]), grey on the 0..255 scale, not normalised; symbolic batch b, fixed
+         height H and width W (``--onnx_size=S`` or ``HxW``, multiples of 32).
+  output ``logits``  float32 [b, H, W, 1], pre-sigmoid (``models.final_logits`` under deep
          supervision).
 
 It normalises ``(x - mean) * (1 / std)`` with the training statistics, repeats the grey channel to
 the model's input channels and runs the network in inference mode (BatchNorm running
-statistics, no dropout). The detector pads each image to S x S with the value ``mean``
+statistics, no dropout). The detector pads each image to H x W with the value ``mean``
 (which the normalisation maps to exactly 0, the padding of the evaluation and of the
-jax.export module) and tiles frames with a side above S. The side is fixed: jax2onnx 0.17.1
-cannot trace the networks with symbolic height and width (its ``jnp.take`` rule fails on
-symbolic gather indices, its flax ``max_pool`` rule keeps symbolic sides unpooled, and
-``jax.image.resize`` refuses symbolic shapes).
+jax.export module) and tiles frames larger than H x W. The sides are fixed: jax2onnx 0.17.1
+cannot trace the networks with a symbolic height and width (its flax ``max_pool`` rule keeps
+symbolic sides unpooled, its ``jnp.take`` rule fails on symbolic gather indices, and
+``jax.image.resize`` refuses symbolic shapes). Scores are those of the network on the H x W
+canvas: export the size of the sensor's frames (e.g. ``--onnx_size=512x640``) to get, for
+those frames, the scores of the evaluation and of the jax.export module (which pad to a
+multiple of 32 only); networks with global pooling (ACM's attention) score a frame padded
+into a larger canvas differently.
 
 Layers are traced in their portable forms (:func:`irst_jax.cpu.portable_forms`): the 3x3 /
 stride-2 max pool as -inf padding and an unpadded pool, the padding then folded into the ONNX
@@ -38,7 +42,7 @@ from __future__ import annotations
 
 import pathlib
 import traceback
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -52,7 +56,7 @@ from irst_jax import cpu, errors, models
 OPSET = 18
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
-#: The side of the exported graph unless --onnx_size says otherwise.
+#: The side of the exported (square) graph unless --onnx_size says otherwise.
 DEFAULT_SIZE = 512
 _INSTALL = 'pip install "irst_jax[onnx]"'
 
@@ -274,27 +278,62 @@ def to_onnx(fn: Callable[[jax.Array], jax.Array], size: tuple[int, int], path: p
   return path
 
 
-def export_onnx(config: ml_collections.ConfigDict, variables: dict[str, Any], mean: float,
-                std: float, path: pathlib.Path, side: int = DEFAULT_SIZE) -> dict[str, Any]:
-  """Writes the graph of `config`'s model (module docstring) to `path`; returns the manifest's
-  ``onnx`` section (file, opset, input/output names and shapes, side, padding value).
+def parse_size(text: str | int | Sequence[int] | None) -> tuple[int, int]:
+  """The (height, width) of ``--onnx_size``: "S" (a square), "HxW", an int or a pair; None:
+  DEFAULT_SIZE square.
 
   Raises:
-    errors.UserError: `side` not a positive multiple of the model's pad multiple (32); what
+    errors.UserError: anything else, one line naming the value.
+  """
+  if text is None:
+    return DEFAULT_SIZE, DEFAULT_SIZE
+  if isinstance(text, (int, np.integer)):
+    return int(text), int(text)
+  if not isinstance(text, str):
+    height, width = (int(v) for v in text)
+    return height, width
+  parts = text.lower().replace(" ", "").split("x")
+  if len(parts) in (1, 2) and all(p.isdigit() for p in parts):
+    return int(parts[0]), int(parts[-1])
+  raise errors.UserError(f"--onnx_size={text}: expected a side S or HEIGHTxWIDTH in pixels "
+                         "(e.g. 512 or 512x640)")
+
+
+def check_size(size: tuple[int, int], multiple: int) -> tuple[int, int]:
+  """`size` (H, W) as ints.
+
+  Raises:
+    errors.UserError: H or W not a positive multiple of `multiple` (the model's 32).
+  """
+  height, width = (int(v) for v in size)
+  if min(height, width) < multiple or height % multiple or width % multiple:
+    raise errors.UserError(f"--onnx_size={height}x{width}: expected sides that are positive "
+                           f"multiples of {multiple}")
+  return height, width
+
+
+def export_onnx(config: ml_collections.ConfigDict, variables: dict[str, Any], mean: float,
+                std: float, path: pathlib.Path,
+                size: tuple[int, int] = (DEFAULT_SIZE, DEFAULT_SIZE)) -> dict[str, Any]:
+  """Writes the graph of `config`'s model (module docstring) for frames of `size` = (H, W)
+  pixels to `path`; returns the manifest's ``onnx`` section (file, opset, input/output names
+  and shapes, height, width, padding value).
+
+  Raises:
+    errors.UserError: H or W not a positive multiple of the model's pad multiple (32); what
       :func:`to_onnx` raises.
   """
-  multiple = int(config.dataset.pad_multiple)
-  if side < multiple or side % multiple:
-    raise errors.UserError(f"--onnx_size={side}: expected a positive multiple of {multiple}")
-  to_onnx(network(config, variables, mean, std), (side, side), path, name=config.model.name)
+  height, width = check_size(size, int(config.dataset.pad_multiple))
+  to_onnx(network(config, variables, mean, std), (height, width), path,
+          name=config.model.name)
   return {
       "file": pathlib.Path(path).name, "opset": OPSET,
-      "input": {"name": INPUT_NAME, "shape": ["b", side, side, 1], "dtype": "float32",
-                "layout": "NHWC (one channel: also NCHW [b, 1, S, S])",
+      "input": {"name": INPUT_NAME, "shape": ["b", height, width, 1], "dtype": "float32",
+                "layout": "NHWC (one channel: also NCHW [b, 1, H, W])",
                 "values": "grey, 0..255 scale, not normalised; pad with normalization.mean"},
-      "output": {"name": OUTPUT_NAME, "shape": ["b", side, side, 1], "dtype": "float32",
+      "output": {"name": OUTPUT_NAME, "shape": ["b", height, width, 1], "dtype": "float32",
                  "values": "logits (pre-sigmoid)"},
-      "side": side, "pad_value": float(mean),
+      "height": height, "width": width, "pad_value": float(mean),
       "converter": "jax2onnx " + _version("jax2onnx"),
   }
 
