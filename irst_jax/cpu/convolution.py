@@ -23,8 +23,6 @@ The forms (measurements and commands: docs/performance.md):
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -260,22 +258,12 @@ def conv_transpose_4x4_s2(x: jax.Array, kernel: jax.Array) -> jax.Array:
   -> [N, 2H, 2W, O], as one 3x3 convolution to the 4 * O output phases (this module's
   :func:`conv_general_dilated`) and :func:`depth_to_space`. Exact (each output sums the same
   products)."""
-  return sub_pixel_conv_transpose(x, kernel, conv_general_dilated)
-
-
-def sub_pixel_conv_transpose(x: jax.Array, kernel: jax.Array,
-                             conv: Callable = jax.lax.conv_general_dilated) -> jax.Array:
-  """:func:`conv_transpose_4x4_s2` with the 3x3 phase convolution computed by `conv` (default
-  `jax.lax.conv_general_dilated`). A concrete `kernel` (not a tracer: weights closed over by a
-  function) is rearranged into the phase kernel once, in numpy."""
   c_in, features = kernel.shape[2:]
-  if isinstance(kernel, jax.core.Tracer):
-    taps = jnp.asarray(_PHASE_TAPS, x.dtype)
-    phases = jnp.einsum("ayk,bxl,klio->yxiabo", taps, taps, kernel)
-  else:
-    phases = np.einsum("ayk,bxl,klio->yxiabo", _PHASE_TAPS, _PHASE_TAPS, np.asarray(kernel))
+  taps = jnp.asarray(_PHASE_TAPS, x.dtype)
+  phases = jnp.einsum("ayk,bxl,klio->yxiabo", taps, taps, kernel)
   phases = phases.reshape(3, 3, c_in, 4 * features)
-  return depth_to_space(conv(x, phases, (1, 1), ((1, 1), (1, 1)), dimension_numbers=_NHWC))
+  return depth_to_space(
+      conv_general_dilated(x, phases, (1, 1), ((1, 1), (1, 1)), dimension_numbers=_NHWC))
 
 
 def convolution_equations(fn, *args, platform: str | None = None) -> list:

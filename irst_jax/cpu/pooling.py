@@ -40,8 +40,10 @@ def _pool_taps(x):
 
 def max_pool_3x3_s2_padded(x: jax.Array) -> jax.Array:
   """:func:`max_pool_3x3_s2`'s values as the input padded with -inf and pooled without padding
-  (`flax.linen.max_pool`, keywords): the portable form of the layer, which jax2onnx converts
-  to one ONNX MaxPool (its rule for explicit pool padding gives a wrong output shape)."""
+  (`flax.linen.max_pool`, keywords): the portable form of the layer (jax2onnx's rule for
+  explicit pool padding gives a wrong output shape). jax2onnx writes it as a Pad and a
+  MaxPool; the export folds the Pad into the MaxPool's pads
+  (`irst_jax.serving.onnx_export.fold_max_pool_padding`)."""
   x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
   return nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding="VALID")
 

@@ -415,9 +415,11 @@ def load_onnx(path: str | pathlib.Path, providers: Optional[Sequence[str]] = Non
     canvas = np.full((count, graph_height, graph_width, 1), pad, np.float32)
     for i, (h, w) in enumerate(sizes):
       canvas[i, :h, :w] = images[i, :h, :w]
-    inside = session.run(None, {input_name: canvas})[0][:, :height, :width]
-    logits = np.full((count, height, width, 1), np.finfo(np.float32).min, np.float32)
-    logits[:, :inside.shape[1], :inside.shape[2]] = inside
+    logits = session.run(None, {input_name: canvas})[0][:, :height, :width]
+    if logits.shape[1:3] != (height, width):   # a canvas larger than the graph
+      inside, logits = logits, np.full((count, height, width, 1), np.finfo(np.float32).min,
+                                       np.float32)
+      logits[:, :inside.shape[1], :inside.shape[2]] = inside
     labels = np.zeros((count, height, width), np.int32)
     if np.isfinite(logit_threshold):
       for i, (h, w) in enumerate(sizes):

@@ -35,8 +35,8 @@ other layer in its plain form (not the XLA:CPU forms), the 4x4 transposed convol
 ONNX ConvTranspose. Those forms give the training forms' forward values up to float32
 rounding (tests/test_onnx_export.py). ONNX Runtime removes the NHWC <-> NCHW transposes
 jax2onnx puts around each convolution (its transpose optimiser); what the optimised graph
-keeps, and the speed: experiments/results/benchmark_deploy.md. jax2onnx and onnxruntime are imported inside the
-functions, so importing this module needs neither.
+keeps, and the speed: experiments/results/benchmark_deploy.md. jax2onnx, onnx and onnxruntime
+are imported inside the functions, so importing this module needs none of them.
 """
 from __future__ import annotations
 
